@@ -1,0 +1,43 @@
+"""fnn: a functional neural-network library on PyTorch tensors with hand-written VJPs.
+
+A layer is a pair of pure functions `init(key, input_shape)` and
+`apply(params, x) -> (y, vjp)`; the `vjp` is a module-level backward function
+plus explicit residuals. No autograd anywhere.
+
+    >>> import fnn
+    >>> from fnn import layers as L
+    >>> init, apply = fnn.serial(L.Dense(25), L.Relu(), L.Dense(2))
+    >>> _, params = init(fnn.random.key(0), (-1, 2))
+"""
+
+from . import data, errors, initializers, layers, losses, optim, random, testing, tree
+from .combinators import parallel, serial
+from .core import VJP, Key, Layer, Params, PyTree, Shape
+from .errors import FnnError
+from .grad import value_and_grad
+from .update import update
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Layer",
+    "VJP",
+    "Params",
+    "PyTree",
+    "Shape",
+    "Key",
+    "FnnError",
+    "serial",
+    "parallel",
+    "value_and_grad",
+    "update",
+    "random",
+    "tree",
+    "layers",
+    "losses",
+    "optim",
+    "initializers",
+    "testing",
+    "data",
+    "errors",
+]

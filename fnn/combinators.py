@@ -1,0 +1,218 @@
+"""Combinators: `serial` chains layers, `parallel` runs layers side by side.
+
+Their params nest the children's under `"0"`, `"1"`, … (as `torch.nn.Sequential`'s
+`state_dict()` does), and their VJPs mirror their forwards: `serial`'s residuals are
+its children's VJPs, walked in reverse; `parallel`'s are mapped over the outputs.
+A missing entry for a parameter-free child is accepted (as in a `state_dict`), and
+the gradients then have no entry for it either: `dparams` mirrors the given params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from . import random
+from .core import VJP, Key, Layer, Params, Shapes
+from .errors import FnnError, FnnTypeError, ShapeError, TreeError, describe, with_context
+
+__all__ = ["serial", "parallel"]
+
+_EMPTY: Params = {}
+
+
+class _Children:
+    """What `serial` and `parallel` share: their layers and the `"0"`, `"1"`, … keys."""
+
+    def __init__(self, kind: str, layers: Sequence[Layer]):
+        if not layers:
+            raise FnnError(f"{kind}: needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
+                hint = " (did you forget the call, e.g. Relu()?)" if callable(layer) else ""
+                raise FnnTypeError(
+                    f"{kind}[{i}]: expected a Layer (init, apply) pair, got {describe(layer)}{hint}"
+                )
+        self.kind = kind
+        self.inits = tuple(layer[0] for layer in layers)
+        self.applies = tuple(layer[1] for layer in layers)
+        self.names = tuple(str(i) for i in range(len(layers)))
+        self.position = {name: i for i, name in enumerate(self.names)}
+        self.all_positions = tuple(range(len(layers)))
+
+    def where(self, i: int) -> str:
+        return f"{self.kind}[{i}]"
+
+    def split_params(self, params: Params) -> tuple[list[Params], tuple[str, ...], tuple[int, ...]]:
+        """Each child's params (`{}` where missing) and the given keys with their positions."""
+        if not isinstance(params, Mapping):
+            raise TreeError(
+                f"{self.kind}: expected params as a dict with keys {list(self.names)}, got {describe(params)}"
+            )
+        given = tuple(params)
+        if given == self.names:
+            return [params[k] for k in given], given, self.all_positions
+        unknown = [k for k in given if k not in self.position]
+        if unknown:
+            raise TreeError(
+                f"{self.kind}: unexpected params keys {unknown}; this {self.kind} has layers "
+                f"{list(self.names)}"
+            )
+        return [params.get(name, _EMPTY) for name in self.names], given, tuple(
+            self.position[k] for k in given
+        )
+
+    def init_keys(self, key: Key) -> list[Key]:
+        return list(random.split(key, len(self.names)).unbind(0))
+
+
+def _gather(grads: list[Any], given: tuple[str, ...], positions: tuple[int, ...]) -> Params:
+    return {name: grads[i] for name, i in zip(given, positions)}
+
+
+def serial(*layers: Layer) -> Layer:
+    """Compose layers in sequence: `serial(f, g)` computes `g(f(x))`.
+
+    Params are `{"0": params_f, "1": params_g}`; a `key=` given to `apply` is split
+    among the layers; other keywords go to every layer.
+
+    Example:
+        >>> init, apply = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
+        >>> out_shape, params = init(fnn.random.key(0), (-1, 3))
+        >>> out_shape, list(params)
+        ((-1, 2), ['0', '1', '2'])
+        >>> y, vjp = apply(params, torch.ones(5, 3))
+        >>> dparams, dx = vjp(torch.ones(5, 2))
+    """
+    children = _Children("serial", layers)
+
+    def init(
+        key: Key,
+        input_shape: Shapes,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shapes, Params]:
+        params: Params = {}
+        shape = input_shape
+        for i, (child_init, child_key) in enumerate(zip(children.inits, children.init_keys(key))):
+            try:
+                shape, params[children.names[i]] = child_init(child_key, shape, dtype=dtype, device=device)
+            except FnnError as error:
+                raise with_context(error, children.where(i)) from None
+        return shape, params
+
+    def apply(params: Params, x: Any, *, key: Key | None = None, **kwargs: Any) -> tuple[Any, VJP]:
+        child_params, given, positions = children.split_params(params)
+        keys = children.init_keys(key) if key is not None else None
+        vjps = []
+        for i, child_apply in enumerate(children.applies):
+            try:
+                if keys is not None:
+                    x, vjp = child_apply(child_params[i], x, key=keys[i], **kwargs)
+                elif kwargs:
+                    x, vjp = child_apply(child_params[i], x, **kwargs)
+                else:
+                    x, vjp = child_apply(child_params[i], x)
+            except FnnError as error:
+                raise with_context(error, children.where(i)) from None
+            vjps.append(vjp)
+        return x, VJP(serial_backward, (tuple(vjps), given, positions))
+
+    apply.layer_name = "serial"  # type: ignore[attr-defined]
+    apply.children = layers  # type: ignore[attr-defined]
+    return Layer(init, apply)
+
+
+# y = fₙ(…f₁(x))   ⇒   walk the children's VJPs in reverse: dxᵢ₋₁ = vjpᵢ(dxᵢ)
+def serial_backward(
+    residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any
+) -> tuple[Params, Any]:
+    vjps, given, positions = residuals
+    grads: list[Any] = [None] * len(vjps)
+    for i in range(len(vjps) - 1, -1, -1):
+        try:
+            grads[i], dy = vjps[i](dy)
+        except FnnError as error:
+            raise with_context(error, f"serial[{i}]") from None
+    return _gather(grads, given, positions), dy
+
+
+def parallel(*layers: Layer) -> Layer:
+    """Apply layer i to input i: `parallel(f, g)` maps `(x0, x1)` to `(f(x0), g(x1))`.
+
+    `init` takes and returns a list of shapes; `apply` takes and returns tuples.
+    Combine with `FanOut` and `FanInSum` for residual blocks.
+
+    Example:
+        >>> init, apply = fnn.parallel(L.Dense(2), L.Identity())
+        >>> shapes, params = init(fnn.random.key(0), [(-1, 3), (-1, 2)])
+        >>> shapes
+        [(-1, 2), (-1, 2)]
+    """
+    children = _Children("parallel", layers)
+    count = len(layers)
+
+    def init(
+        key: Key,
+        input_shape: Shapes,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shapes, Params]:
+        if not isinstance(input_shape, list | tuple) or len(input_shape) != count or not all(
+            isinstance(s, list | tuple) for s in input_shape
+        ):
+            raise ShapeError(f"parallel: expected a list of {count} input shapes, got {input_shape!r}")
+        shapes, params = [], {}
+        for i, (child_init, child_key) in enumerate(zip(children.inits, children.init_keys(key))):
+            try:
+                shape, params[children.names[i]] = child_init(
+                    child_key, input_shape[i], dtype=dtype, device=device
+                )
+            except FnnError as error:
+                raise with_context(error, children.where(i)) from None
+            shapes.append(shape)
+        return shapes, params
+
+    def apply(
+        params: Params, x: Sequence[torch.Tensor], *, key: Key | None = None, **kwargs: Any
+    ) -> tuple[tuple[Any, ...], VJP]:
+        child_params, given, positions = children.split_params(params)
+        if not isinstance(x, tuple | list) or len(x) != count:
+            raise ShapeError(f"parallel: expected a tuple of {count} inputs, got {describe(x)}")
+        keys = children.init_keys(key) if key is not None else None
+        ys, vjps = [], []
+        for i, child_apply in enumerate(children.applies):
+            child_kwargs = dict(kwargs, key=keys[i]) if keys is not None else kwargs
+            try:
+                y, vjp = child_apply(child_params[i], x[i], **child_kwargs)
+            except FnnError as error:
+                raise with_context(error, children.where(i)) from None
+            ys.append(y)
+            vjps.append(vjp)
+        return tuple(ys), VJP(parallel_backward, (tuple(vjps), given, positions))
+
+    apply.layer_name = "parallel"  # type: ignore[attr-defined]
+    apply.children = layers  # type: ignore[attr-defined]
+    return Layer(init, apply)
+
+
+# (y₀, y₁, …) = (f₀(x₀), f₁(x₁), …)   ⇒   dxᵢ = vjpᵢ(dyᵢ)
+def parallel_backward(
+    residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Sequence[Any]
+) -> tuple[Params, tuple[Any, ...]]:
+    vjps, given, positions = residuals
+    if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
+        raise ShapeError(f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}")
+    grads, dxs = [], []
+    for i, (vjp, dyi) in enumerate(zip(vjps, dy)):
+        try:
+            g, dx = vjp(dyi)
+        except FnnError as error:
+            raise with_context(error, f"parallel[{i}]") from None
+        grads.append(g)
+        dxs.append(dx)
+    return _gather(grads, given, positions), tuple(dxs)

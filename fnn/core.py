@@ -1,0 +1,106 @@
+"""The two core types: a `Layer` is `(init, apply)`; a `VJP` is `(backward, residuals)`.
+
+A layer's `apply(params, x)` returns `(y, vjp)`. The `vjp` is closure-free: a
+module-level `backward` function and the tensors it needs (`residuals`), so it
+pickles, replays, and keeps alive exactly what it names:
+
+    y, vjp = apply(params, x)
+    dparams, dx = vjp(dy)          # == vjp.backward(vjp.residuals, dy)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Union
+
+import torch
+from typing_extensions import Protocol, TypeAlias
+
+__all__ = [
+    "Layer",
+    "VJP",
+    "Params",
+    "Shape",
+    "Shapes",
+    "Key",
+    "PyTree",
+    "InitFn",
+    "ApplyFn",
+    "BackwardFn",
+]
+
+PyTree: TypeAlias = Any
+"""Nested dicts, lists and tuples with tensors (or plain values) as leaves."""
+Params: TypeAlias = dict[str, Any]
+"""A layer's parameters: nested dicts with `str` keys and tensor leaves."""
+Shape: TypeAlias = tuple[int, ...]
+"""A tensor shape, batch first, with `-1` for "any batch size"."""
+Shapes: TypeAlias = Union[Shape, list[Shape]]
+"""One shape, or a list of them for layers with several inputs or outputs."""
+Key: TypeAlias = torch.Tensor
+"""An `fnn.random` key: a CPU int64 tensor of shape `(2,)`."""
+
+
+class BackwardFn(Protocol):
+    """`backward(residuals, dy) -> (dparams, dx)` for layers, `-> dpred` for losses."""
+
+    def __call__(self, residuals: Any, dy: Any, /) -> Any: ...
+
+
+class VJP(NamedTuple):
+    """A closure-free vector-Jacobian product: `vjp(dy) == backward(residuals, dy)`.
+
+    `backward` must be a module-level function (so the VJP pickles) and
+    `residuals` a pytree of tensors and plain Python values.
+
+    Example:
+        >>> def double_backward(residuals, dy):
+        ...     return {}, 2 * dy
+        >>> VJP(double_backward, None)(torch.ones(3))
+        ({}, tensor([2., 2., 2.]))
+    """
+
+    backward: BackwardFn
+    residuals: Any
+
+    def __call__(self, dy: Any) -> Any:
+        return self.backward(self.residuals, dy)
+
+
+class InitFn(Protocol):
+    """`init(key, input_shape, *, dtype, device) -> (output_shape, params)`."""
+
+    def __call__(
+        self,
+        key: Key,
+        input_shape: Shapes,
+        *,
+        dtype: torch.dtype = ...,
+        device: torch.device | str = ...,
+    ) -> tuple[Shapes, Params]: ...
+
+
+class ApplyFn(Protocol):
+    """`apply(params, x, **kwargs) -> (y, vjp)`; `x`/`y` are tensors or tuples of them."""
+
+    def __call__(self, params: Params, x: Any, /, **kwargs: Any) -> tuple[Any, VJP]: ...
+
+
+class Layer(NamedTuple):
+    """A layer: a pair of pure functions, so `init, apply = Dense(25)` works.
+
+    - `init(key, input_shape, *, dtype=torch.float32, device="cpu") -> (output_shape, params)`
+    - `apply(params, x, **kwargs) -> (y, vjp)` with `vjp(dy) -> (dparams, dx)`
+    """
+
+    init: InitFn
+    apply: ApplyFn
+
+
+def layer_name(layer: Layer | ApplyFn) -> str:
+    """The constructor name of a layer made by fnn ("Dense"), else its apply's name."""
+    apply = layer.apply if isinstance(layer, Layer) else layer
+    name = getattr(apply, "layer_name", None)
+    if name:
+        return str(name)
+    qualname = getattr(apply, "__qualname__", type(apply).__name__)
+    return qualname.split(".<locals>")[0].split(".")[0]

@@ -1,0 +1,165 @@
+"""Parameter initialisers: `f(key, shape, dtype, device) -> tensor`.
+
+Each public name here is a factory that returns an initialiser, so arguments are
+given once: `Dense(25, weight_init=xavier_uniform(gain=2 ** 0.5))`. The formulas
+are `torch.nn.init`'s; the numbers come from an explicit `fnn.random` key.
+
+Fans follow torch: for a weight of shape `(out, in, *kernel)`,
+`fan_in = in · prod(kernel)` and `fan_out = out · prod(kernel)`.
+
+    >>> w = kaiming_normal()(fnn.random.key(0), (25, 2), torch.float32, "cpu")
+    >>> w.shape
+    torch.Size([25, 2])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from typing_extensions import Protocol
+
+from . import random
+from .core import Key
+from .errors import FnnError
+
+__all__ = [
+    "Initializer",
+    "fans",
+    "torch_default",
+    "uniform",
+    "normal",
+    "zeros",
+    "ones",
+    "constant",
+    "xavier_uniform",
+    "xavier_normal",
+    "glorot_uniform",
+    "glorot_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+]
+
+
+class Initializer(Protocol):
+    """`init(key, shape, dtype, device) -> tensor of that shape`."""
+
+    def __call__(
+        self, key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor: ...
+
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+    """`(fan_in, fan_out)` of a weight shape `(out, in, *kernel)`, as in torch."""
+    if len(shape) < 2:
+        raise FnnError(
+            f"fan-based initialisers need a weight with at least 2 dimensions, got shape {tuple(shape)}"
+        )
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def uniform(low: float = 0.0, high: float = 1.0) -> Initializer:
+    """Uniform on `[low, high)`."""
+
+    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+        return random.uniform(key, shape, low, high, dtype=dtype, device=device)
+
+    return init
+
+
+def normal(std: float = 1.0, mean: float = 0.0) -> Initializer:
+    """Normal with the given standard deviation and mean."""
+
+    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+        return random.normal(key, shape, mean, std, dtype=dtype, device=device)
+
+    return init
+
+
+def constant(value: float) -> Initializer:
+    """Every element equal to `value`."""
+
+    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+        del key
+        return torch.full(tuple(shape), value, dtype=dtype, device=device)
+
+    return init
+
+
+def zeros() -> Initializer:
+    """All zeros."""
+    return constant(0.0)
+
+
+def ones() -> Initializer:
+    """All ones."""
+    return constant(1.0)
+
+
+def _fan_uniform(bound_of_fans: Callable[[int, int], float]) -> Initializer:
+    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+        bound = bound_of_fans(*fans(shape))
+        return random.uniform(key, shape, -bound, bound, dtype=dtype, device=device)
+
+    return init
+
+
+def _fan_normal(std_of_fans: Callable[[int, int], float]) -> Initializer:
+    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+        std = std_of_fans(*fans(shape))
+        return random.normal(key, shape, 0.0, std, dtype=dtype, device=device)
+
+    return init
+
+
+def xavier_uniform(gain: float = 1.0) -> Initializer:
+    """U(−a, a) with a = gain·√(6 / (fan_in + fan_out)) (`torch.nn.init.xavier_uniform_`)."""
+    return _fan_uniform(lambda fan_in, fan_out: gain * math.sqrt(6.0 / (fan_in + fan_out)))
+
+
+def xavier_normal(gain: float = 1.0) -> Initializer:
+    """N(0, σ²) with σ = gain·√(2 / (fan_in + fan_out)) (`torch.nn.init.xavier_normal_`)."""
+    return _fan_normal(lambda fan_in, fan_out: gain * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+glorot_uniform = xavier_uniform
+glorot_normal = xavier_normal
+
+
+def _kaiming_std(a: float, mode: str, nonlinearity: str) -> Callable[[int, int], float]:
+    if mode not in ("fan_in", "fan_out"):
+        raise FnnError(f"kaiming init: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    gain = torch.nn.init.calculate_gain(nonlinearity, a)  # type: ignore[arg-type]
+
+    def std(fan_in: int, fan_out: int) -> float:
+        return gain / math.sqrt(fan_in if mode == "fan_in" else fan_out)
+
+    return std
+
+
+def kaiming_uniform(
+    a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
+) -> Initializer:
+    """U(−b, b) with b = √3 · gain / √fan (`torch.nn.init.kaiming_uniform_`)."""
+    std = _kaiming_std(a, mode, nonlinearity)
+    return _fan_uniform(lambda fan_in, fan_out: math.sqrt(3.0) * std(fan_in, fan_out))
+
+
+def kaiming_normal(
+    a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
+) -> Initializer:
+    """N(0, σ²) with σ = gain / √fan (`torch.nn.init.kaiming_normal_`)."""
+    return _fan_normal(_kaiming_std(a, mode, nonlinearity))
+
+
+def torch_default() -> Initializer:
+    """The default weight init of `torch.nn.Linear`/`Conv2d`: U(±1/√fan_in)."""
+    return kaiming_uniform(a=math.sqrt(5.0))
+
+
+def fan_in_uniform(fan_in: int) -> Initializer:
+    """U(±1/√fan_in): torch's default bias init for a layer with that fan-in."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return uniform(-bound, bound)

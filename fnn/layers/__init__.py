@@ -1,0 +1,43 @@
+"""Layer constructors (stax style): each call returns a `Layer(init, apply)`."""
+
+from ..combinators import parallel, serial
+from .activations import (
+    Elu,
+    Gelu,
+    Identity,
+    LeakyRelu,
+    LogSoftmax,
+    Relu,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+    elementwise,
+)
+from .dense import Dense
+from .dropout import Dropout
+from .fan import FanInConcat, FanInSum, FanOut
+from .reshape import Flatten, Reshape
+
+__all__ = [
+    "Dense",
+    "Relu",
+    "LeakyRelu",
+    "Tanh",
+    "Sigmoid",
+    "Elu",
+    "Gelu",
+    "Softplus",
+    "Softmax",
+    "LogSoftmax",
+    "Identity",
+    "Flatten",
+    "Reshape",
+    "Dropout",
+    "FanOut",
+    "FanInSum",
+    "FanInConcat",
+    "serial",
+    "parallel",
+    "elementwise",
+]

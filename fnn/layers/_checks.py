@@ -1,0 +1,100 @@
+"""Cheap input checks shared by layers: Python attribute reads only, no device sync."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..core import Shape
+from ..errors import FnnError, FnnTypeError, ShapeError, TreeError, describe
+
+__all__ = ["FnnError", "ShapeError", "describe"]
+
+
+def float_input(name: str, x: object) -> torch.Tensor:
+    """`x` if it is a floating-point tensor, else a clear error naming the layer."""
+    if not isinstance(x, torch.Tensor):
+        raise FnnTypeError(f"{name}: expected a tensor input, got {describe(x)}")
+    if not x.is_floating_point():
+        raise FnnTypeError(
+            f"{name}: expected a floating-point input, got dtype {x.dtype} "
+            "(convert with x.float())"
+        )
+    return x
+
+
+def input_like(name: str, x: object, param: torch.Tensor) -> torch.Tensor:
+    """`x` if it is a tensor with `param`'s dtype and device, else a clear error."""
+    if not isinstance(x, torch.Tensor):
+        raise FnnTypeError(f"{name}: expected a tensor input, got {describe(x)}")
+    if x.dtype is not param.dtype:
+        if not x.is_floating_point():
+            raise FnnTypeError(
+                f"{name}: expected a floating-point input of dtype {param.dtype}, got dtype {x.dtype}"
+            )
+        raise FnnError(
+            f"{name}: input dtype {x.dtype} does not match the parameters' dtype {param.dtype}"
+        )
+    if x.device != param.device:
+        raise FnnError(
+            f"{name}: input is on device {x.device} but the parameters are on {param.device}"
+        )
+    return x
+
+
+def no_params(name: str, params: object) -> None:
+    """Parameter-free layers accept `{}` (or `None`) only."""
+    if params:
+        keys = list(params) if isinstance(params, Mapping) else describe(params)
+        raise TreeError(f"{name}: takes no parameters, got {keys}")
+
+
+def param_leaves(
+    name: str, params: object, required: Sequence[str], optional: Sequence[str] = ()
+) -> None:
+    """Check that `params` is a dict holding exactly the expected tensor leaves."""
+    if not isinstance(params, Mapping):
+        raise TreeError(f"{name}: expected params as a dict with {list(required)}, got {describe(params)}")
+    missing = [k for k in required if k not in params]
+    extra = [k for k in params if k not in required and k not in optional]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+        raise TreeError(f"{name}: params {' and '.join(parts)} (got keys {list(params)})")
+    for k in params:
+        if not isinstance(params[k], torch.Tensor):
+            raise FnnTypeError(f"{name}: params[{k!r}] must be a tensor, got {describe(params[k])}")
+
+
+def cotangent(name: str, dy: object, shape: torch.Size | Shape) -> torch.Tensor:
+    """`dy` if it is a tensor of the given output shape, else a clear error."""
+    if not isinstance(dy, torch.Tensor):
+        raise FnnTypeError(f"{name} VJP: expected a cotangent tensor of shape {tuple(shape)}, got {describe(dy)}")
+    if dy.shape != shape:
+        raise ShapeError(
+            f"{name} VJP: expected a cotangent of the output's shape {tuple(shape)}, got {tuple(dy.shape)}"
+        )
+    return dy
+
+
+def input_shape(name: str, shape: Any, min_rank: int = 1) -> Shape:
+    """An `init` input shape as a tuple of ints (`-1` allowed for the batch)."""
+    if not isinstance(shape, Sequence) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise ShapeError(f"{name}: expected an input shape as a tuple of ints, got {shape!r}")
+    if len(shape) < min_rank:
+        raise ShapeError(f"{name}: expected an input shape of rank ≥ {min_rank}, got {tuple(shape)}")
+    if any(d < -1 for d in shape) or any(d == -1 for d in shape[1:]):
+        raise ShapeError(
+            f"{name}: input shape {tuple(shape)} may use -1 only for the batch (first) dimension"
+        )
+    return tuple(shape)
+
+
+def positive_int(name: str, what: str, value: object) -> int:
+    """`value` if it is an int ≥ 1, else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FnnError(f"{name}: {what} must be a positive int, got {value!r}")
+    return value

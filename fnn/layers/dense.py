@@ -1,0 +1,96 @@
+"""Dense (fully connected) layer, as `torch.nn.Linear`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import random
+from ..core import VJP, Key, Layer, Params, Shape
+from ..initializers import Initializer, fan_in_uniform, torch_default
+from . import _checks
+
+
+def Dense(
+    out_features: int,
+    weight_init: Initializer | None = None,
+    bias_init: Initializer | None = None,
+    bias: bool = True,
+) -> Layer:
+    """A fully connected layer: `y = x Wᵀ + b` on the last axis.
+
+    Params: `{"weight": (out_features, in_features), "bias": (out_features,)}`
+    (no `"bias"` when `bias=False`). Input `(..., in_features)`, output
+    `(..., out_features)`. Default init is `torch.nn.Linear`'s: weight and bias
+    uniform in ±1/√in_features.
+
+    Example:
+        >>> init, apply = Dense(3)
+        >>> out_shape, params = init(fnn.random.key(0), (-1, 2))
+        >>> out_shape, params["weight"].shape
+        ((-1, 3), torch.Size([3, 2]))
+        >>> y, vjp = apply(params, torch.ones(4, 2))
+        >>> dparams, dx = vjp(torch.ones(4, 3))
+    """
+    _checks.positive_int("Dense", "out_features", out_features)
+    weight_init = weight_init or torch_default()
+
+    def init(
+        key: Key,
+        input_shape: Shape,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shape, Params]:
+        shape = _checks.input_shape("Dense", input_shape)
+        in_features = shape[-1]
+        if in_features < 1:
+            raise _checks.ShapeError(f"Dense: input features (last dimension) must be ≥ 1, got {shape}")
+        weight_key, bias_key = random.split(key)
+        params = {"weight": weight_init(weight_key, (out_features, in_features), dtype, device)}
+        if bias:
+            make_bias = bias_init or fan_in_uniform(in_features)
+            params["bias"] = make_bias(bias_key, (out_features,), dtype, device)
+        return shape[:-1] + (out_features,), params
+
+    def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
+        del kwargs  # Dense is deterministic
+        try:
+            weight = params["weight"]
+            b = params["bias"] if bias else None
+            if len(params) != (2 if bias else 1):
+                raise KeyError
+        except (KeyError, TypeError):
+            _checks.param_leaves("Dense", params, ["weight"] + (["bias"] if bias else []))
+            raise
+        _checks.input_like("Dense", x, weight)
+        if x.ndim == 0 or x.shape[-1] != weight.shape[-1]:
+            raise _checks.ShapeError(
+                f"Dense: expected input of shape (..., {weight.shape[-1]}), got {tuple(x.shape)}"
+            )
+        return F.linear(x, weight, b), VJP(dense_backward, (x, weight, bias))
+
+    return Layer(init, apply)
+
+
+# y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy W
+def dense_backward(
+    residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    x, weight, has_bias = residuals
+    expected = x.shape[:-1] + weight.shape[:1]
+    if not isinstance(dy, torch.Tensor) or dy.shape != expected:
+        _checks.cotangent("Dense", dy, expected)
+    if x.ndim == 2:
+        grads = {"weight": dy.t().mm(x)}
+        dx = dy.mm(weight)
+    else:
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        grads = {"weight": dy2.t().mm(x.reshape(-1, x.shape[-1]))}
+        dx = dy.matmul(weight)
+        dy = dy2
+    if has_bias:
+        grads["bias"] = dy.sum(0)
+    return grads, dx

@@ -1,0 +1,70 @@
+"""Dropout: zero each element with probability `rate`, drawn from an explicit key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import random
+from ..core import VJP, Key, Layer, Params, Shape
+from ..errors import FnnError
+from . import _checks
+
+__all__ = ["Dropout"]
+
+aten = torch.ops.aten
+
+
+def Dropout(rate: float) -> Layer:
+    """Zero each element with probability `rate` and scale the rest by 1/(1−rate).
+
+    Only when `apply` is given `key=`; without a key it is the identity
+    (evaluation mode). `rate` is PyTorch's `p`, in `[0, 1)`.
+
+    Example:
+        >>> init, apply = Dropout(0.5)
+        >>> y, vjp = apply({}, torch.ones(2, 4), key=fnn.random.key(0))
+        >>> sorted(set(y.flatten().tolist())) in ([0.0, 2.0], [0.0], [2.0])
+        True
+    """
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+        raise FnnError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
+    scale = 1.0 / (1.0 - rate)
+
+    def init(
+        key: Key,
+        input_shape: Shape,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shape, Params]:
+        del key, dtype, device
+        return _checks.input_shape("Dropout", input_shape, min_rank=0), {}
+
+    def apply(
+        params: Params, x: torch.Tensor, *, key: Key | None = None, **kwargs: Any
+    ) -> tuple[torch.Tensor, VJP]:
+        del kwargs
+        _checks.no_params("Dropout", params)
+        _checks.float_input("Dropout", x)
+        if key is None or rate == 0.0:
+            return x, VJP(dropout_backward, (None, 1.0, x.shape))
+        keep = random.bernoulli(key, 1.0 - rate, x.shape, device=x.device)
+        return aten.native_dropout_backward.default(x, keep, scale), VJP(
+            dropout_backward, (keep, scale, x.shape)
+        )
+
+    return Layer(init, apply)
+
+
+# y = x · m / (1 − p)   ⇒   dx = dy · m / (1 − p)      (m the kept-mask)
+def dropout_backward(
+    residuals: tuple[torch.Tensor | None, float, torch.Size], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    keep, scale, shape = residuals
+    if not isinstance(dy, torch.Tensor) or dy.shape != shape:
+        _checks.cotangent("Dropout", dy, shape)
+    if keep is None:
+        return {}, dy
+    return {}, aten.native_dropout_backward.default(dy, keep, scale)

@@ -1,0 +1,167 @@
+"""Fan-out and fan-in: layers with several outputs or several inputs.
+
+`FanOut(n)` copies its input to n outputs, so its VJP sums the n cotangents;
+`FanInSum()` adds its inputs, so its VJP hands the cotangent to each of them;
+`FanInConcat(axis)` joins along an axis, so its VJP splits the cotangent.
+Multi-input layers take a tuple of tensors and a list of shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..core import VJP, Key, Layer, Params, Shape
+from ..errors import ShapeError, describe
+from . import _checks
+
+__all__ = ["FanOut", "FanInSum", "FanInConcat"]
+
+
+def _input_shapes(name: str, shapes: Any) -> list[Shape]:
+    if not isinstance(shapes, list | tuple) or not shapes or not all(isinstance(s, list | tuple) for s in shapes):
+        raise ShapeError(f"{name}: expected a list of input shapes, got {shapes!r}")
+    return [_checks.input_shape(name, s, min_rank=0) for s in shapes]
+
+
+def _inputs(name: str, xs: Any) -> tuple[torch.Tensor, ...]:
+    if not isinstance(xs, tuple | list) or not xs or not all(isinstance(x, torch.Tensor) for x in xs):
+        raise ShapeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
+    return tuple(xs)
+
+
+def FanOut(num: int) -> Layer:
+    """Copy the input to `num` outputs: `x ↦ (x, x, …)`.
+
+    Example:
+        >>> FanOut(2).init(fnn.random.key(0), (-1, 3))[0]
+        [(-1, 3), (-1, 3)]
+    """
+    _checks.positive_int("FanOut", "num", num)
+
+    def init(
+        key: Key,
+        input_shape: Shape,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[list[Shape], Params]:
+        del key, dtype, device
+        return [_checks.input_shape("FanOut", input_shape, min_rank=0)] * num, {}
+
+    def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[tuple[torch.Tensor, ...], VJP]:
+        del kwargs
+        _checks.no_params("FanOut", params)
+        if not isinstance(x, torch.Tensor):
+            raise ShapeError(f"FanOut: expected a tensor input, got {describe(x)}")
+        return (x,) * num, VJP(fan_out_backward, (num, x.shape))
+
+    return Layer(init, apply)
+
+
+# (y₁ … yₙ) = (x … x)   ⇒   dx = Σᵢ dyᵢ
+def fan_out_backward(residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]) -> tuple[Params, torch.Tensor]:
+    num, shape = residuals
+    if not isinstance(dy, tuple | list) or len(dy) != num:
+        raise ShapeError(f"FanOut VJP: expected a tuple of {num} cotangents, got {describe(dy)}")
+    for d in dy:
+        _checks.cotangent("FanOut", d, shape)
+    dx = dy[0]
+    for d in dy[1:]:
+        dx = dx + d
+    return {}, dx
+
+
+def FanInSum() -> Layer:
+    """Add the inputs: `(x₁, x₂, …) ↦ x₁ + x₂ + …` (all of one shape).
+
+    Example:
+        >>> FanInSum().init(fnn.random.key(0), [(-1, 3), (-1, 3)])[0]
+        (-1, 3)
+    """
+
+    def init(
+        key: Key,
+        input_shape: list[Shape],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shape, Params]:
+        del key, dtype, device
+        shapes = _input_shapes("FanInSum", input_shape)
+        if any(s != shapes[0] for s in shapes):
+            raise ShapeError(f"FanInSum: all inputs must have the same shape, got {shapes}")
+        return shapes[0], {}
+
+    def apply(params: Params, x: Sequence[torch.Tensor], **kwargs: Any) -> tuple[torch.Tensor, VJP]:
+        del kwargs
+        _checks.no_params("FanInSum", params)
+        xs = _inputs("FanInSum", x)
+        if any(xi.shape != xs[0].shape for xi in xs):
+            raise ShapeError(f"FanInSum: all inputs must have the same shape, got {[tuple(xi.shape) for xi in xs]}")
+        y = xs[0]
+        for xi in xs[1:]:
+            y = y + xi
+        return y, VJP(fan_in_sum_backward, (len(xs), xs[0].shape))
+
+    return Layer(init, apply)
+
+
+# y = Σᵢ xᵢ   ⇒   dxᵢ = dy
+def fan_in_sum_backward(residuals: tuple[int, torch.Size], dy: torch.Tensor) -> tuple[Params, tuple[torch.Tensor, ...]]:
+    num, shape = residuals
+    _checks.cotangent("FanInSum", dy, shape)
+    return {}, (dy,) * num
+
+
+def FanInConcat(axis: int = 1) -> Layer:
+    """Concatenate the inputs along `axis` (default 1: features or channels).
+
+    Example:
+        >>> FanInConcat().init(fnn.random.key(0), [(-1, 3), (-1, 2)])[0]
+        (-1, 5)
+    """
+
+    def init(
+        key: Key,
+        input_shape: list[Shape],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shape, Params]:
+        del key, dtype, device
+        shapes = _input_shapes("FanInConcat", input_shape)
+        rank = len(shapes[0])
+        if not -rank <= axis < rank or any(len(s) != rank for s in shapes):
+            raise ShapeError(f"FanInConcat: axis {axis} does not fit input shapes {shapes}")
+        ax = axis % rank
+        rest = [s[:ax] + s[ax + 1 :] for s in shapes]
+        if any(r != rest[0] for r in rest):
+            raise ShapeError(f"FanInConcat: inputs must agree except on axis {axis}, got {shapes}")
+        total = sum(s[ax] for s in shapes) if all(s[ax] >= 0 for s in shapes) else -1
+        return shapes[0][:ax] + (total,) + shapes[0][ax + 1 :], {}
+
+    def apply(params: Params, x: Sequence[torch.Tensor], **kwargs: Any) -> tuple[torch.Tensor, VJP]:
+        del kwargs
+        _checks.no_params("FanInConcat", params)
+        xs = _inputs("FanInConcat", x)
+        try:
+            y = torch.cat(xs, axis)
+        except (RuntimeError, IndexError):
+            raise ShapeError(
+                f"FanInConcat: cannot concatenate shapes {[tuple(xi.shape) for xi in xs]} on axis {axis}"
+            ) from None
+        return y, VJP(fan_in_concat_backward, (axis, tuple(xi.shape[axis] for xi in xs), y.shape))
+
+    return Layer(init, apply)
+
+
+# y = concat(x₁ … xₙ)   ⇒   (dx₁ … dxₙ) = split(dy)
+def fan_in_concat_backward(
+    residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor
+) -> tuple[Params, tuple[torch.Tensor, ...]]:
+    axis, sizes, shape = residuals
+    _checks.cotangent("FanInConcat", dy, shape)
+    return {}, tuple(torch.split(dy, list(sizes), axis))

@@ -1,0 +1,145 @@
+"""Losses: `loss(pred, target, reduction="mean") -> (value, vjp)` with `vjp(dvalue) -> dpred`.
+
+Reductions are `torch.nn.functional`'s: `"mean"` (default), `"sum"` or `"none"`.
+`dvalue` may be a Python number or a tensor of the value's shape;
+`fnn.value_and_grad` passes `1.0`.
+
+    >>> value, vjp = cross_entropy(torch.tensor([[2.0, 0.0]]), torch.tensor([0]))
+    >>> dlogits = vjp(1.0)            # softmax(logits) − one_hot(labels)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .core import VJP
+from .errors import FnnError, FnnTypeError, ShapeError, describe
+
+__all__ = ["mse", "cross_entropy", "bce_with_logits"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_pred(name: str, pred: object, reduction: str) -> torch.Tensor:
+    if reduction not in _REDUCTIONS:
+        raise FnnError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
+        raise FnnTypeError(f"{name}: expected a floating-point prediction tensor, got {describe(pred)}")
+    return pred
+
+
+def _check_target_like(name: str, pred: torch.Tensor, target: object) -> torch.Tensor:
+    if not isinstance(target, torch.Tensor) or not target.is_floating_point():
+        raise FnnTypeError(f"{name}: expected a floating-point target tensor, got {describe(target)}")
+    if target.shape != pred.shape:
+        raise ShapeError(
+            f"{name}: target shape {tuple(target.shape)} does not match prediction shape {tuple(pred.shape)}"
+        )
+    if target.device != pred.device:
+        raise FnnError(f"{name}: target is on {target.device} but the prediction is on {pred.device}")
+    return target
+
+
+def _scale(name: str, dvalue: object, reduction: str, count: int) -> float | torch.Tensor:
+    """The factor the per-element gradient is multiplied by: dvalue (/count for "mean")."""
+    if reduction == "none":
+        return dvalue  # type: ignore[return-value]  # checked against the value's shape by torch
+    if isinstance(dvalue, torch.Tensor):
+        if dvalue.ndim:
+            raise ShapeError(f"{name} VJP: expected a scalar cotangent, got shape {tuple(dvalue.shape)}")
+    elif not isinstance(dvalue, int | float):
+        raise FnnTypeError(f"{name} VJP: expected a scalar cotangent, got {describe(dvalue)}")
+    return dvalue / count if reduction == "mean" and count else dvalue
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, VJP]:
+    """Mean squared error `mean((pred − target)²)`; pred and target of one shape.
+
+    Example:
+        >>> value, vjp = mse(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
+        >>> value, vjp(1.0)
+        (tensor(2.5000), tensor([1., 2.]))
+    """
+    _check_pred("mse", pred, reduction)
+    _check_target_like("mse", pred, target)
+    return F.mse_loss(pred, target, reduction=reduction), VJP(mse_backward, (pred, target, reduction))
+
+
+# L = mean((p − t)²)   ⇒   dp = dL · 2 (p − t) / n
+def mse_backward(residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor) -> torch.Tensor:
+    pred, target, reduction = residuals
+    scale = _scale("mse", dvalue, reduction, pred.numel())
+    return (pred - target).mul_(2 * scale)
+
+
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, VJP]:
+    """Softmax cross-entropy of `logits` `(N, C)` against integer `labels` `(N,)`.
+
+    Computed through log-sum-exp, so logits of ±1e4 give finite values and gradients.
+
+    Example:
+        >>> value, vjp = cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))
+        >>> round(value.item(), 4)    # log 4
+        1.3863
+    """
+    _check_pred("cross_entropy", logits, reduction)
+    if logits.ndim != 2:
+        raise ShapeError(f"cross_entropy: expected logits of shape (N, C), got {tuple(logits.shape)}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        raise FnnTypeError(
+            f"cross_entropy: expected integer labels (an int64 tensor of shape (N,)), got {describe(labels)}"
+        )
+    if labels.shape != logits.shape[:1]:
+        raise ShapeError(
+            f"cross_entropy: labels of shape {tuple(labels.shape)} do not match logits {tuple(logits.shape)}; "
+            f"expected ({logits.shape[0]},)"
+        )
+    log_probs = torch.log_softmax(logits, 1)
+    try:
+        value = F.nll_loss(log_probs, labels, reduction=reduction)
+    except (RuntimeError, IndexError):
+        raise FnnError(
+            f"cross_entropy: labels must be class indices in [0, {logits.shape[1]}) on {logits.device}"
+        ) from None
+    return value, VJP(cross_entropy_backward, (log_probs, labels, reduction))
+
+
+# L = mean(−log softmax(z)[y])   ⇒   dz = dL · (softmax(z) − one_hot(y)) / n
+def cross_entropy_backward(
+    residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor
+) -> torch.Tensor:
+    log_probs, labels, reduction = residuals
+    scale = _scale("cross_entropy", dvalue, reduction, log_probs.shape[0])
+    grad = log_probs.exp()
+    grad.scatter_add_(1, labels.unsqueeze(1), torch.full_like(grad[:, :1], -1.0))
+    if isinstance(scale, torch.Tensor) and scale.ndim:
+        return grad.mul_(scale.unsqueeze(1))
+    return grad.mul_(scale)
+
+
+def bce_with_logits(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, VJP]:
+    """Binary cross-entropy on logits (targets in [0, 1], of the logits' shape), stable for large logits.
+
+    Example:
+        >>> value, vjp = bce_with_logits(torch.zeros(3), torch.ones(3))
+        >>> round(value.item(), 4)    # log 2
+        0.6931
+    """
+    _check_pred("bce_with_logits", logits, reduction)
+    _check_target_like("bce_with_logits", logits, targets)
+    value = F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction)
+    return value, VJP(bce_with_logits_backward, (logits, targets, reduction))
+
+
+# L = mean(−t log σ(z) − (1 − t) log(1 − σ(z)))   ⇒   dz = dL · (σ(z) − t) / n
+def bce_with_logits_backward(
+    residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor
+) -> torch.Tensor:
+    logits, targets, reduction = residuals
+    scale = _scale("bce_with_logits", dvalue, reduction, logits.numel())
+    return torch.sigmoid(logits).sub_(targets).mul_(scale)

@@ -1,0 +1,168 @@
+"""Explicit, splittable random keys (JAX style) on top of torch generators.
+
+A key is a CPU `int64` tensor of shape `(2,)` holding two 32-bit words. It is a
+plain tensor, so it lives in pytrees and checkpoints like any other leaf. Every
+function here derives a private `torch.Generator` from the key, so the same key
+always gives the same numbers (on a given device) and torch's global generator is
+never read nor advanced.
+
+    >>> k = key(0)
+    >>> k1, k2 = split(k)
+    >>> uniform(k1, (2, 3)).shape
+    torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .errors import FnnError, KeyArrayError
+
+__all__ = ["key", "split", "fold_in", "uniform", "normal", "bernoulli", "permutation", "randint"]
+
+_MASK32 = 0xFFFFFFFF
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+Key = torch.Tensor
+
+
+def _mix64(z: int) -> int:
+    # splitmix64's finaliser: a bijective avalanche on 64-bit integers.
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _words(k: object) -> tuple[int, int]:
+    if not (
+        isinstance(k, torch.Tensor)
+        and k.dtype == torch.int64
+        and k.shape == (2,)
+        and k.device.type == "cpu"
+    ):
+        got = (
+            f"tensor of shape {tuple(k.shape)}, dtype {k.dtype}, device {k.device}"
+            if isinstance(k, torch.Tensor)
+            else type(k).__name__
+        )
+        raise KeyArrayError(
+            f"expected an fnn.random key (a CPU int64 tensor of shape (2,), made by "
+            f"fnn.random.key(seed) or split), got {got}"
+        )
+    hi, lo = k.tolist()
+    return hi, lo
+
+
+def _from_int(z: int) -> Key:
+    return torch.tensor([(z >> 32) & _MASK32, z & _MASK32], dtype=torch.int64)
+
+
+def key(seed: int) -> Key:
+    """A key made from an integer seed: `(2,)` int64 tensor."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise KeyArrayError(f"fnn.random.key: seed must be an int, got {type(seed).__name__}")
+    return _from_int(_mix64(seed & _MASK64))
+
+
+def split(k: Key, num: int = 2) -> Key:
+    """`num` new independent keys from `k`, as a `(num, 2)` tensor: `a, b = split(k)`."""
+    if not isinstance(num, int) or num < 1:
+        raise FnnError(f"fnn.random.split: num must be a positive int, got {num!r}")
+    hi, lo = _words(k)
+    base = _mix64((hi << 32) | lo)
+    rows = [_mix64(base ^ _mix64(i + 1)) for i in range(num)]
+    return torch.tensor(
+        [[(z >> 32) & _MASK32, z & _MASK32] for z in rows], dtype=torch.int64
+    )
+
+
+def fold_in(k: Key, data: int) -> Key:
+    """A new key from `k` and an integer (a step count, a rank, ...)."""
+    hi, lo = _words(k)
+    return _from_int(_mix64(_mix64((hi << 32) | lo) ^ _mix64(int(data) & _MASK64) ^ 0x5BD1E995))
+
+
+def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh `torch.Generator` on `device`, seeded from `k` (for users' own sampling)."""
+    hi, lo = _words(k)
+    g = torch.Generator(device=device)
+    g.manual_seed(_mix64(((hi << 32) | lo) ^ 0x2545F4914F6CDD1D) >> 1)
+    return g
+
+
+def _shape(shape: Sequence[int] | int) -> tuple[int, ...]:
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+def uniform(
+    k: Key,
+    shape: Sequence[int] | int,
+    low: float = 0.0,
+    high: float = 1.0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Samples uniform in `[low, high)` with the given shape."""
+    g = generator(k, device)
+    u = torch.rand(_shape(shape), generator=g, dtype=dtype, device=device)
+    if low != 0.0 or high != 1.0:
+        u = u * (high - low) + low
+    return u
+
+
+def normal(
+    k: Key,
+    shape: Sequence[int] | int,
+    mean: float = 0.0,
+    std: float = 1.0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Samples from N(mean, std²) with the given shape."""
+    g = generator(k, device)
+    z = torch.randn(_shape(shape), generator=g, dtype=dtype, device=device)
+    if mean != 0.0 or std != 1.0:
+        z = z * std + mean
+    return z
+
+
+def bernoulli(
+    k: Key,
+    p: float | torch.Tensor,
+    shape: Sequence[int] | int | None = None,
+    *,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """A bool tensor, each element True with probability `p`.
+
+    `shape` defaults to `p`'s shape when `p` is a tensor."""
+    if shape is None:
+        if not isinstance(p, torch.Tensor):
+            raise FnnError("fnn.random.bernoulli: give a shape when p is a number")
+        shape = tuple(p.shape)
+        device = p.device
+    g = generator(k, device)
+    return torch.rand(_shape(shape), generator=g, device=device) < p
+
+
+def permutation(k: Key, n: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A random permutation of `range(n)` as an int64 tensor."""
+    g = generator(k, device)
+    return torch.randperm(n, generator=g, device=device)
+
+
+def randint(
+    k: Key,
+    shape: Sequence[int] | int,
+    low: int,
+    high: int,
+    *,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Integers uniform in `[low, high)` as an int64 tensor."""
+    g = generator(k, device)
+    return torch.randint(low, high, _shape(shape), generator=g, device=device)

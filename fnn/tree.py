@@ -1,0 +1,301 @@
+"""Pytrees: nested dicts, lists and tuples with tensors (or other values) as leaves.
+
+`None` is an empty subtree (it has no leaves), as in JAX. Dicts keep their
+insertion order, so a flattened parameter tree lists its leaves in the same order
+as the matching `torch.nn` model's `state_dict()`.
+
+    >>> params = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}}
+    >>> list(to_state_dict(params))
+    ['0.weight', '0.bias']
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from .errors import TreeError
+
+__all__ = [
+    "TreeDef",
+    "map",
+    "leaves",
+    "flatten",
+    "unflatten",
+    "structure",
+    "paths",
+    "assert_same_structure",
+    "to_state_dict",
+    "from_state_dict",
+]
+
+PyTree = Any
+
+_LEAF = "*"
+
+
+class TreeDef:
+    """The structure of a pytree without its leaves; comparable with `==`."""
+
+    __slots__ = ("_node", "num_leaves")
+
+    def __init__(self, node: Any, num_leaves: int):
+        self._node = node
+        self.num_leaves = num_leaves
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TreeDef) and self._node == other._node
+
+    def __hash__(self) -> int:
+        return hash(self._node)
+
+    def __repr__(self) -> str:
+        return f"TreeDef({_show(self._node)})"
+
+
+def _show(node: Any) -> str:
+    if node == _LEAF:
+        return "*"
+    if node is None:
+        return "None"
+    kind, meta, children = node
+    if kind is dict:
+        return "{" + ", ".join(f"{k!r}: {_show(c)}" for k, c in zip(meta, children)) + "}"
+    inner = ", ".join(_show(c) for c in children)
+    return f"[{inner}]" if kind is list else f"({inner}{',' if len(children) == 1 else ''})"
+
+
+def _is_namedtuple(x: object) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _flatten_into(tree: PyTree, out: list[Any]) -> Any:
+    if isinstance(tree, dict):
+        keys = tuple(tree)
+        return (dict, keys, tuple(_flatten_into(tree[k], out) for k in keys))
+    if isinstance(tree, list):
+        return (list, len(tree), tuple(_flatten_into(c, out) for c in tree))
+    if isinstance(tree, tuple):
+        return (type(tree), len(tree), tuple(_flatten_into(c, out) for c in tree))
+    if tree is None:
+        return None
+    out.append(tree)
+    return _LEAF
+
+
+def flatten(tree: PyTree) -> tuple[list[Any], TreeDef]:
+    """`(leaves, treedef)`: the leaves in order and the structure to rebuild the tree."""
+    out: list[Any] = []
+    node = _flatten_into(tree, out)
+    return out, TreeDef(node, len(out))
+
+
+def leaves(tree: PyTree) -> list[Any]:
+    """The leaves of `tree`, in flattening order."""
+    out: list[Any] = []
+    _flatten_into(tree, out)
+    return out
+
+
+def structure(tree: PyTree) -> TreeDef:
+    """The `TreeDef` of `tree`."""
+    return flatten(tree)[1]
+
+
+def _build(node: Any, it: Iterator[Any]) -> PyTree:
+    if node == _LEAF:
+        return next(it)
+    if node is None:
+        return None
+    kind, meta, children = node
+    if kind is dict:
+        return {k: _build(c, it) for k, c in zip(meta, children)}
+    items = [_build(c, it) for c in children]
+    if kind is list:
+        return items
+    if kind is tuple:
+        return tuple(items)
+    return kind(*items)  # a NamedTuple
+
+
+def unflatten(treedef: TreeDef, leaves: list[Any] | tuple[Any, ...]) -> PyTree:
+    """The tree with structure `treedef` and the given leaves (inverse of `flatten`)."""
+    if len(leaves) != treedef.num_leaves:
+        raise TreeError(
+            f"unflatten: the treedef has {treedef.num_leaves} leaves, got {len(leaves)}"
+        )
+    return _build(treedef._node, iter(leaves))
+
+
+def _mismatch(a: PyTree, b: PyTree, path: str) -> str | None:
+    """A description of the first place where `b`'s structure differs from `a`'s."""
+    if isinstance(a, dict):
+        if not isinstance(b, dict):
+            return f"{path or 'the tree'}: expected a dict, got {type(b).__name__}"
+        missing = [k for k in a if k not in b]
+        extra = [k for k in b if k not in a]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if extra:
+                parts.append(f"unexpected keys {extra}")
+            return f"{path or 'the tree'}: " + " and ".join(parts)
+        for k in a:
+            found = _mismatch(a[k], b[k], f"{path}[{k!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(a, list | tuple):
+        if not isinstance(b, list | tuple) or len(a) != len(b):
+            return f"{path or 'the tree'}: expected a {type(a).__name__} of {len(a)} items, got {_kind(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _mismatch(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if a is None:
+        return None if b is None else f"{path or 'the tree'}: expected None, got {_kind(b)}"
+    if isinstance(b, dict | list | tuple) or b is None:
+        return f"{path or 'the tree'}: expected a leaf, got {_kind(b)}"
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
+        return f"{path or 'the tree'}: expected shape {tuple(a.shape)}, got {tuple(b.shape)}"
+    return None
+
+
+def _kind(x: object) -> str:
+    if isinstance(x, list | tuple):
+        return f"a {type(x).__name__} of {len(x)} items"
+    return "None" if x is None else f"a {type(x).__name__}"
+
+
+def assert_same_structure(
+    expected: PyTree, got: PyTree, what: str = "tree", *, shapes: bool = True
+) -> None:
+    """Raise `TreeError` naming the first leaf where `got` does not match `expected`.
+
+    With `shapes=True`, tensor leaves must also have equal shapes."""
+    if shapes:
+        found = _mismatch(expected, got, "")
+    else:
+        found = None if structure(expected) == structure(got) else _mismatch(
+            _strip(expected), _strip(got), ""
+        )
+    if found:
+        raise TreeError(f"{what} does not match: {found}")
+
+
+def _strip(tree: PyTree) -> PyTree:
+    return map(lambda _: 0, tree)
+
+
+def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
+    """Apply `f` leaf by leaf over one or more trees of the same structure."""
+    if not rest:
+        return _map1(f, tree)
+    for i, other in enumerate(rest):
+        found = _mismatch(_strip(tree), _strip(other), "")
+        if found:
+            raise TreeError(f"tree.map: tree {i + 1} does not match tree 0: {found}")
+    return _mapn(f, tree, rest)
+
+
+def _map1(f: Callable[[Any], Any], tree: PyTree) -> PyTree:
+    if isinstance(tree, dict):
+        return {k: _map1(f, v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map1(f, v) for v in tree]
+    if isinstance(tree, tuple):
+        items = [_map1(f, v) for v in tree]
+        return type(tree)(*items) if _is_namedtuple(tree) else tuple(items)
+    if tree is None:
+        return None
+    return f(tree)
+
+
+def _mapn(f: Callable[..., Any], tree: PyTree, rest: tuple[PyTree, ...]) -> PyTree:
+    if isinstance(tree, dict):
+        return {k: _mapn(f, v, tuple(r[k] for r in rest)) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        items = [_mapn(f, v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)]
+        if isinstance(tree, list):
+            return items
+        return type(tree)(*items) if _is_namedtuple(tree) else tuple(items)
+    if tree is None:
+        return None
+    return f(tree, *rest)
+
+
+def paths(tree: PyTree) -> list[str]:
+    """Each leaf's path in indexing syntax (`["0"]["weight"]`), in flattening order."""
+    out: list[str] = []
+
+    def walk(node: PyTree, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}[{k!r}]")
+        elif isinstance(node, list | tuple):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        elif node is not None:
+            out.append(path)
+
+    walk(tree, "")
+    return out
+
+
+def to_state_dict(params: PyTree) -> dict[str, Any]:
+    """Flatten nested params into `{"0.weight": tensor, ...}` (torch's `state_dict` names).
+
+    Empty subtrees (parameter-free layers) leave no entry, as in torch."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: PyTree, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            items = builtins.list(node.items())
+        elif isinstance(node, list | tuple):
+            items = builtins.list((str(i), v) for i, v in enumerate(node))
+        elif node is None:
+            return
+        else:
+            flat[prefix[:-1]] = node
+            return
+        for k, v in items:
+            if not isinstance(k, str) or not k or "." in k:
+                raise TreeError(
+                    f"to_state_dict: key {k!r} at {prefix[:-1] or 'the root'} must be a "
+                    "non-empty str without '.'"
+                )
+            walk(v, f"{prefix}{k}.")
+
+    if not isinstance(params, Mapping | list | tuple):
+        raise TreeError(f"to_state_dict: expected a dict of params, got {type(params).__name__}")
+    walk(params, "")
+    return flat
+
+
+def from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Nest flat dotted names (`"0.weight"`) into dicts: the inverse of `to_state_dict`."""
+    if not isinstance(state_dict, Mapping):
+        raise TreeError(
+            f"from_state_dict: expected a mapping of dotted names to tensors, got "
+            f"{type(state_dict).__name__}"
+        )
+    nested: dict[str, Any] = {}
+    for name, value in state_dict.items():
+        if not isinstance(name, str) or not name:
+            raise TreeError(f"from_state_dict: names must be non-empty str, got {name!r}")
+        *parents, last = name.split(".")
+        node = nested
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise TreeError(f"from_state_dict: {name!r} nests under a tensor entry {part!r}")
+            node = child
+        if last in node:
+            raise TreeError(f"from_state_dict: {name!r} clashes with another entry")
+        node[last] = value
+    return nested
