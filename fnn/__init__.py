@@ -11,6 +11,7 @@ plus explicit residuals. No autograd anywhere.
 """
 
 from . import data, errors, initializers, layers, losses, optim, random, testing, tree
+from . import debug, io
 from .combinators import parallel, serial
 from .core import VJP, Key, Layer, Params, PyTree, Shape
 from .errors import FnnError
@@ -40,4 +41,6 @@ __all__ = [
     "testing",
     "data",
     "errors",
+    "io",
+    "debug",
 ]

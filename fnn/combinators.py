@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import random
+from . import debug, random
 from .core import VJP, Key, Layer, Params, Shapes
 from .errors import FnnError, FnnTypeError, ShapeError, TreeError, describe, with_context
 
@@ -108,7 +108,8 @@ def serial(*layers: Layer) -> Layer:
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
         vjps = []
-        for i, child_apply in enumerate(children.applies):
+        applies = debug.checked(children.applies) if debug.CHECK_FINITE else children.applies
+        for i, child_apply in enumerate(applies):
             try:
                 if keys is not None:
                     x, vjp = child_apply(child_params[i], x, key=keys[i], **kwargs)
@@ -185,7 +186,8 @@ def parallel(*layers: Layer) -> Layer:
             raise ShapeError(f"parallel: expected a tuple of {count} inputs, got {describe(x)}")
         keys = children.init_keys(key) if key is not None else None
         ys, vjps = [], []
-        for i, child_apply in enumerate(children.applies):
+        applies = debug.checked(children.applies) if debug.CHECK_FINITE else children.applies
+        for i, child_apply in enumerate(applies):
             child_kwargs = dict(kwargs, key=keys[i]) if keys is not None else kwargs
             try:
                 y, vjp = child_apply(child_params[i], x[i], **child_kwargs)

@@ -1,0 +1,111 @@
+"""Opt-in debugging aids: find the first layer that produces NaN or Inf.
+
+Inside `with fnn.debug.check_finite():`, every layer run by `serial` or `parallel`
+has its input, its output and, in the backward pass, its incoming cotangent and
+its gradients checked; the first non-finite tensor raises `NonFiniteError` naming
+the layer by its path in the model (`serial[2] Dense: output contains NaN/Inf …`).
+
+The checks synchronise with the device and cost a reduction per tensor, so they
+are for debugging only. Off (the default), they cost one flag read per
+`serial`/`parallel` call. The mode is process-wide (not per thread) and applies
+to the forward passes run while it is on (their VJPs keep checking afterwards).
+
+    >>> init, apply = fnn.serial(L.Dense(2), L.Relu())
+    >>> _, params = init(fnn.random.key(0), (-1, 2))
+    >>> params["0"]["bias"] = torch.tensor([float("nan"), 0.0])
+    >>> with fnn.debug.check_finite():
+    ...     apply(params, torch.ones(3, 2))
+    Traceback (most recent call last):
+    ...
+    fnn.debug.NonFiniteError: serial[0] Dense: output contains NaN/Inf (3 NaN, 0 Inf of 6 elements)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import tree
+from .core import VJP, ApplyFn, Params, layer_name
+from .errors import FnnError
+
+__all__ = ["check_finite", "NonFiniteError", "is_checking_finite"]
+
+CHECK_FINITE = False
+"""True while `check_finite()` is on; `serial` and `parallel` read it once per call."""
+
+
+class NonFiniteError(FnnError):
+    """A layer's output, cotangent or gradient contains NaN or Inf (in `check_finite` mode)."""
+
+
+class check_finite(contextlib.ContextDecorator):
+    """Context manager (or decorator) that turns NaN/Inf checking on (or off) inside it.
+
+    Args:
+        enabled: `True` (default) to check, `False` to switch checking off inside.
+
+    Example:
+        >>> with fnn.debug.check_finite():
+        ...     fnn.debug.is_checking_finite()
+        True
+        >>> fnn.debug.is_checking_finite()
+        False
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = bool(enabled)
+        self._previous: list[bool] = []
+
+    def __enter__(self) -> check_finite:
+        global CHECK_FINITE
+        self._previous.append(CHECK_FINITE)
+        CHECK_FINITE = self.enabled
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global CHECK_FINITE
+        CHECK_FINITE = self._previous.pop()
+
+
+def is_checking_finite() -> bool:
+    """Whether `check_finite` mode is on."""
+    return CHECK_FINITE
+
+
+def checked(applies: tuple[ApplyFn, ...]) -> tuple[Callable[..., tuple[Any, VJP]], ...]:
+    """The children's `apply` functions wrapped with finiteness checks (used by combinators)."""
+    return tuple(functools.partial(checked_apply, layer_name(a), a) for a in applies)
+
+
+def checked_apply(name: str, apply: ApplyFn, params: Params, x: Any, **kwargs: Any) -> tuple[Any, VJP]:
+    """`apply(params, x, **kwargs)` with its input and output checked; its VJP checks too."""
+    _check(x, f"{name}: input already contains NaN/Inf (it came from outside the model)")
+    y, vjp = apply(params, x, **kwargs)
+    _check(y, f"{name}: output contains NaN/Inf")
+    return y, VJP(checked_backward, (vjp, name))
+
+
+# the wrapped VJP, unchanged: (dparams, dx) = vjp(dy), with dy, dparams and dx checked
+def checked_backward(residuals: tuple[VJP, str], dy: Any) -> tuple[Params, Any]:
+    vjp, name = residuals
+    _check(dy, f"{name} VJP: the incoming cotangent already contains NaN/Inf (from the loss or the caller)")
+    dparams, dx = vjp(dy)
+    for path, leaf in zip(tree.paths(dparams), tree.leaves(dparams)):
+        _check(leaf, f"{name} VJP: the gradient of params{path} contains NaN/Inf")
+    _check(dx, f"{name} VJP: the input gradient contains NaN/Inf")
+    return dparams, dx
+
+
+def _check(value: Any, message: str) -> None:
+    for t in tree.leaves(value):
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(t).sum())
+                inf = int(t.numel() - finite.sum()) - nan
+                raise NonFiniteError(f"{message} ({nan} NaN, {inf} Inf of {t.numel()} elements)")
