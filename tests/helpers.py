@@ -1,0 +1,34 @@
+"""Test helpers: autograd references (tests only: fnn itself never uses autograd)."""
+
+from __future__ import annotations
+
+import torch
+
+import fnn
+
+
+def autograd_vjp(fn, params, x, dy):
+    """`(dparams, dx)` of `fn(params, x)` by torch.autograd, for the cotangent `dy`."""
+    with torch.enable_grad():
+        params = fnn.tree.map(lambda t: t.detach().clone().requires_grad_(True), params)
+        xs = x if isinstance(x, tuple) else (x,)
+        xs = tuple(t.detach().clone().requires_grad_(True) for t in xs)
+        y = fn(params, xs if isinstance(x, tuple) else xs[0])
+        ys = y if isinstance(y, tuple) else (y,)
+        dys = dy if isinstance(dy, tuple) else (dy,)
+        leaves = fnn.tree.leaves(params)
+        grads = torch.autograd.grad(ys, [*leaves, *xs], dys, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip([*leaves, *xs], grads)]
+    dparams = fnn.tree.unflatten(fnn.tree.structure(params), grads[: len(leaves)])
+    dx = tuple(grads[len(leaves):])
+    return dparams, dx if isinstance(x, tuple) else dx[0]
+
+
+def assert_trees_close(actual, expected, atol=1e-10, rtol=1e-7):
+    fnn.tree.assert_same_structure(expected, actual, "gradient tree")
+    for path, a, e in zip(fnn.tree.paths(expected), fnn.tree.leaves(actual), fnn.tree.leaves(expected)):
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m, p=path: f"{p}: {m}")
+
+
+def randn(seed, *shape, dtype=torch.float64):
+    return fnn.random.normal(fnn.random.key(seed), shape, dtype=dtype)
