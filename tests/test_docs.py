@@ -2,6 +2,8 @@
 
 import pathlib
 import re
+import sys
+import types
 
 import pytest
 
@@ -17,10 +19,12 @@ def blocks(path):
 @pytest.mark.parametrize("path", [f for f in FILES if blocks(f)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_code_blocks_run(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": f"doc_{path.stem}"}
+    # A real module, so functions defined in the docs pickle by reference (VJPs must pickle).
+    module = types.ModuleType(f"doc_{path.stem.replace('-', '_')}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     for i, code in enumerate(blocks(path)):
         try:
-            exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)
+            exec(compile(code, f"{path.name}[block {i}]", "exec"), module.__dict__)
         except Exception as error:
             raise AssertionError(f"{path.name}, code block {i} failed: {error!r}\n{code}") from error
 
