@@ -4,21 +4,23 @@ A checkpoint holds any nested dict (str keys) / list / tuple of tensors and plai
 values (`int`, `float`, `bool`, `str`, `None`): params, optimizer state, step
 counts and `fnn.random` keys together.
 
-The file is a fixed 16-byte preamble, a JSON header and the raw tensor bytes::
+The file is a fixed 20-byte preamble, a JSON header and the raw tensor bytes::
 
-    b"FNNCKPT\\x00" | header length (8 bytes, little-endian) | JSON header | tensor data
+    b"FNNCKPT\\x00" | header length (u64) | header CRC-32 (u32) | JSON header | tensor data
 
-The JSON header describes the tree (containers, plain values, and for each tensor
-its dtype, shape and byte range) and carries a CRC-32 of the tensor data. Loading
-parses JSON and copies bytes, so it never runs code from the file: there is no
-pickle anywhere. A truncated or corrupt file is a `CheckpointError` naming the file.
+(integers little-endian). The JSON header describes the tree (containers, plain
+values, and for each tensor its dtype, shape and byte range) and carries a CRC-32
+of the tensor data. Loading parses JSON and copies bytes, so it never runs code
+from the file: there is no pickle anywhere. A truncated or corrupt file is a
+`CheckpointError` naming the file.
 
 `save` writes a temporary file in the same folder, flushes and fsyncs it, and
 renames it over `path` with `os.replace`, so `path` always holds either the old
 or the new checkpoint, even if the process dies mid-save.
 
     >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.fnn")
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "ckpt.fnn")
     >>> save(path, {"params": {"w": torch.ones(2)}, "step": 3})
     >>> load(path)
     {'params': {'w': tensor([1., 1.])}, 'step': 3}
@@ -49,7 +51,7 @@ MAGIC = b"FNNCKPT\x00"
 FORMAT_VERSION = 1
 """The version written in the header; `load` refuses versions it does not know."""
 
-_PREAMBLE = struct.Struct("<8sQ")  # magic, header length in bytes
+_PREAMBLE = struct.Struct("<8sQI")  # magic, header length in bytes, header CRC-32
 _MAX_HEADER = 1 << 30  # a larger header length is corruption, not a real tree
 _CHUNK = 1 << 24  # bytes per write/read call for big tensors
 
@@ -87,7 +89,8 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
 
     Example:
         >>> import tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.fnn")
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(folder.name, "ckpt.fnn")
         >>> save(path, {"key": fnn.random.key(0), "step": 20, "lr": 0.1})
         >>> sorted(load(path))
         ['key', 'lr', 'step']
@@ -121,7 +124,7 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_PREAMBLE.pack(MAGIC, len(header)))
+            f.write(_PREAMBLE.pack(MAGIC, len(header), zlib.crc32(header)))
             f.write(header)
             _write_tensors(f, tensors)
             f.flush()
@@ -221,7 +224,8 @@ def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
 
     Example:
         >>> import tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.fnn")
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(folder.name, "ckpt.fnn")
         >>> save(path, {"w": torch.zeros(2, 3)})
         >>> load(path, like={"w": torch.ones(3, 2)})
         Traceback (most recent call last):
@@ -234,11 +238,14 @@ def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
         preamble = f.read(_PREAMBLE.size)
         if len(preamble) < _PREAMBLE.size or preamble[:8] != MAGIC:
             raise CheckpointError(f"fnn.io.load: {path} is not an fnn checkpoint ({_what_is(preamble, size)})")
-        _, header_len = _PREAMBLE.unpack(preamble)
+        _, header_len, header_crc = _PREAMBLE.unpack(preamble)
         if header_len > min(size - _PREAMBLE.size, _MAX_HEADER):
             raise _corrupt(path, f"the header says {header_len} bytes but the file has {size} bytes")
+        raw_header = f.read(header_len)
+        if zlib.crc32(raw_header) != header_crc:
+            raise _corrupt(path, "the header does not match its checksum")
         try:
-            header = json.loads(f.read(header_len).decode("utf-8"))
+            header = json.loads(raw_header.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise _corrupt(path, "the JSON header does not parse") from None
         entries, data_bytes, crc = _check_header(path, header)

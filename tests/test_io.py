@@ -1,0 +1,521 @@
+"""fnn.io checkpoints: round trips, atomic writes, refusing pickles, corruption, exact resume."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import pathlib
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fnn
+from fnn import layers as L
+from fnn.io import CheckpointError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+Pair = collections.namedtuple("Pair", "first second")
+
+
+def same(a, b) -> bool:
+    """Exact equality of two trees: same containers, same leaf types, bit-identical tensors."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.device == b.device
+            and torch.equal(_bits(a), _bits(b))
+        )
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def everything() -> dict:
+    k = fnn.random.key(3)
+    return {
+        "params": {
+            "0": {"weight": fnn.random.normal(k, (3, 2)), "bias": torch.zeros(3)},
+            "2": {"weight": torch.randn(4, 3, dtype=torch.float64)},
+        },
+        "opt_state": {"step": 20, "momentum_buffer": None},
+        "key": fnn.random.key(7),
+        "keys": fnn.random.split(k, 3),
+        "dtypes": [torch.ones(2, dtype=d) for d in (torch.float16, torch.bfloat16, torch.int32, torch.uint8, torch.bool)]
+        + [torch.tensor([1 + 2j])],
+        "odd": (torch.tensor(3.5), torch.zeros(0, 4), torch.arange(12.0).reshape(3, 4).t(), torch.arange(10)[2:7:2]),
+        "plain": [1, -(2**70), 0.1, float("inf"), float("-inf"), float("nan"), -0.0, True, False, "sgd", None],
+        "nested": {"a": [({"b": (1,)},)], "empty": {}, "empty_list": [], "empty_tuple": ()},
+    }
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_round_trip_is_exact(tmp_path):
+    tree = everything()
+    fnn.io.save(tmp_path / "c.fnn", tree)
+    back = fnn.io.load(tmp_path / "c.fnn")
+    assert same(back, tree)
+    assert same(fnn.io.load(str(tmp_path / "c.fnn"), like=tree), tree)
+
+
+def test_loaded_tensors_are_independent_and_writable(tmp_path):
+    fnn.io.save(tmp_path / "c.fnn", {"a": torch.ones(3), "b": torch.ones(3)})
+    back = fnn.io.load(tmp_path / "c.fnn")
+    back["a"].add_(1)
+    assert back["b"].tolist() == [1.0, 1.0, 1.0]
+    assert back["a"].is_contiguous() and back["a"].device.type == "cpu"
+
+
+def test_namedtuples_come_back_from_like(tmp_path):
+    tree = {"s": Pair(torch.ones(2), 3)}
+    fnn.io.save(tmp_path / "c.fnn", tree)
+    assert type(fnn.io.load(tmp_path / "c.fnn")["s"]) is tuple
+    back = fnn.io.load(tmp_path / "c.fnn", like=tree)
+    assert type(back["s"]) is Pair and same(back, tree)
+
+
+def test_floats_and_ints_keep_every_bit(tmp_path):
+    values = [0.1 + 0.2, 1e-310, 2.0**-1074, 1.7976931348623157e308, 2**63, -(2**64) - 1]
+    fnn.io.save(tmp_path / "c.fnn", values)
+    back = fnn.io.load(tmp_path / "c.fnn")
+    assert [type(v) for v in back] == [type(v) for v in values]
+    assert all(a == b for a, b in zip(back, values))
+
+
+def test_saved_key_gives_the_same_numbers(tmp_path):
+    k = fnn.random.split(fnn.random.key(11))[1]
+    fnn.io.save(tmp_path / "k.fnn", {"key": k})
+    k2 = fnn.io.load(tmp_path / "k.fnn")["key"]
+    assert torch.equal(fnn.random.uniform(k, (5,)), fnn.random.uniform(k2, (5,)))
+
+
+def test_requires_grad_tensors_are_saved_detached(tmp_path):
+    fnn.io.save(tmp_path / "c.fnn", [torch.ones(2, requires_grad=True)])
+    assert not fnn.io.load(tmp_path / "c.fnn")[0].requires_grad
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tree=st.recursive(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(allow_nan=False),
+            st.text(max_size=5),
+            st.builds(
+                lambda shape, dtype: torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape).to(dtype),
+                st.lists(st.integers(0, 3), max_size=3),
+                st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int8]),
+            ),
+        ),
+        lambda children: st.one_of(
+            st.lists(children, max_size=3),
+            st.lists(children, max_size=3).map(tuple),
+            st.dictionaries(st.text(max_size=4), children, max_size=3),
+        ),
+        max_leaves=10,
+    )
+)
+def test_any_tree_round_trips(tmp_path, tree):
+    fnn.io.save(tmp_path / "c.fnn", tree)
+    assert same(fnn.io.load(tmp_path / "c.fnn"), tree)
+
+
+# --------------------------------------------------------------------------- like=
+
+
+def template():
+    init, _ = fnn.serial(L.Dense(3), L.Relu(), L.Dense(2))
+    _, params = init(fnn.random.key(0), (-1, 2))
+    opt = fnn.optim.sgd(lr=0.1, momentum=0.9)
+    return {"params": params, "opt_state": opt.init(params), "step": 0, "key": fnn.random.key(0)}
+
+
+def _drop(tree, *path):
+    *parents, last = path
+    for p in parents:
+        tree = tree[p]
+    del tree[last]
+
+
+def _set(tree, value, *path):
+    *parents, last = path
+    for p in parents:
+        tree = tree[p]
+    tree[last] = value
+
+
+LIKE_CASES = {
+    "missing key": (lambda t: _drop(t, "params", "2", "bias"), ["['params']['2']", "misses keys ['bias']"]),
+    "extra key": (lambda t: _set(t, torch.ones(1), "params", "2", "scale"), ["['params']['2']", "unexpected keys ['scale']"]),
+    "wrong shape": (
+        lambda t: _set(t, torch.ones(3, 3), "params", "0", "weight"),
+        ["['params']['0']['weight']", "shape (3, 3), expected (3, 2)"],
+    ),
+    "wrong dtype": (
+        lambda t: _set(t, torch.ones(2, dtype=torch.float64), "params", "2", "bias"),
+        ["['params']['2']['bias']", "dtype torch.float64, expected torch.float32"],
+    ),
+    "int for tensor": (lambda t: _set(t, 3, "key"), ["['key']", "is a int, expected a tensor"]),
+    "tensor for int": (lambda t: _set(t, torch.tensor(0), "step"), ["['step']", "expected a int"]),
+    "None for tree": (
+        lambda t: _set(t, None, "opt_state", "momentum_buffer"),
+        ["['opt_state']['momentum_buffer']", "is None, expected a dict"],
+    ),
+    "list length": (lambda t: _set(t, [1, 2], "step"), ["['step']", "a list of 2 items"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LIKE_CASES))
+def test_like_names_the_first_mismatching_leaf(tmp_path, case):
+    spoil, fragments = LIKE_CASES[case]
+    saved = template()
+    spoil(saved)
+    path = tmp_path / "c.fnn"
+    fnn.io.save(path, saved)
+    with pytest.raises(CheckpointError) as info:
+        fnn.io.load(path, like=template())
+    message = str(info.value)
+    assert message.startswith(f"fnn.io.load: {path} does not match like=")
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_like_accepts_a_matching_tree_and_keeps_its_types(tmp_path):
+    saved = template()
+    fnn.io.save(tmp_path / "c.fnn", saved)
+    assert same(fnn.io.load(tmp_path / "c.fnn", like=template()), saved)
+
+
+def test_like_on_meta_device_validates_without_data(tmp_path):
+    saved = template()
+    fnn.io.save(tmp_path / "c.fnn", saved)
+    like = fnn.tree.map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, template())
+    back = fnn.io.load(tmp_path / "c.fnn", like=like)
+    assert back["params"]["0"]["weight"].device.type == "cpu"
+
+
+# --------------------------------------------------------------------------- what save refuses
+
+
+@pytest.mark.parametrize(
+    "tree, fragments",
+    [
+        ({"lr": lambda step: 0.1}, ["['lr']", "function"]),
+        ({"a": [1, object()]}, ["['a'][1]", "object"]),
+        ({1: torch.ones(1)}, ["dict keys must be str", "1"]),
+        ({"s": torch.ones(2).to_sparse()}, ["['s']", "cannot be saved"]),
+        ({"m": torch.ones(2, device="meta")}, ["['m']", "meta"]),
+        ({"c": torch.ones(2, dtype=torch.float8_e4m3fn)}, ["['c']", "float8"]),
+    ],
+)
+def test_save_refuses_what_it_cannot_store_and_keeps_the_old_file(tmp_path, tree, fragments):
+    path = tmp_path / "c.fnn"
+    fnn.io.save(path, {"old": 1})
+    with pytest.raises(fnn.errors.FnnTypeError) as info:
+        fnn.io.save(path, tree)
+    assert all(f in str(info.value) for f in fragments), str(info.value)
+    assert str(info.value).startswith("fnn.io.save:")
+    assert fnn.io.load(path) == {"old": 1}
+    assert os.listdir(tmp_path) == ["c.fnn"]
+
+
+# --------------------------------------------------------------------------- atomicity
+
+
+def test_save_writes_a_temp_file_in_the_same_folder_then_renames(tmp_path, monkeypatch):
+    calls = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(fnn.io.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        fnn.io.os, "replace", lambda src, dst: (calls.append(("replace", src, dst)), real_replace(src, dst))[1]
+    )
+    fnn.io.save(tmp_path / "c.fnn", {"w": torch.ones(2)})
+    replace = next(c for c in calls if c[0] == "replace")
+    assert pathlib.Path(replace[1]).parent == tmp_path and replace[2] == str(tmp_path / "c.fnn")
+    assert calls.index("fsync") < calls.index(replace)  # the data is on disk before the rename
+    assert os.listdir(tmp_path) == ["c.fnn"]
+
+
+@pytest.mark.parametrize("where", ["during the write", "between write and rename"])
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch, where):
+    path = tmp_path / "c.fnn"
+    old = template()
+    fnn.io.save(path, old)
+    before = path.read_bytes()
+
+    def half_then_fail(f, tensors):
+        f.write(b"\x00" * 100)
+        raise OSError("disk full (injected)")
+
+    def fail_rename(src, dst):
+        raise OSError("crash before rename (injected)")
+
+    if where == "during the write":
+        monkeypatch.setattr(fnn.io, "_write_tensors", half_then_fail)
+    else:
+        monkeypatch.setattr(fnn.io.os, "replace", fail_rename)
+    with pytest.raises(OSError, match="injected"):
+        fnn.io.save(path, {"new": torch.zeros(1000)})
+    assert path.read_bytes() == before
+    assert same(fnn.io.load(path, like=old), old)
+    assert os.listdir(tmp_path) == ["c.fnn"]  # the temp file was removed
+
+
+CHILD_KILLED_MID_WRITE = """
+import sys, time, torch, fnn
+real = fnn.io._write_tensors
+def slow(f, tensors):
+    f.write(b"\\x00" * 4096)
+    f.flush()
+    print("mid-write", flush=True)
+    time.sleep(60)
+fnn.io._write_tensors = slow
+fnn.io.save(sys.argv[1], {"new": torch.zeros(100_000)})
+"""
+
+
+def test_killing_the_process_mid_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    path = tmp_path / "c.fnn"
+    old = template()
+    fnn.io.save(path, old)
+    before = path.read_bytes()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_KILLED_MID_WRITE, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "mid-write"
+        leftovers = [p for p in os.listdir(tmp_path) if p != "c.fnn"]
+        assert len(leftovers) == 1 and leftovers[0].startswith(".c.fnn.")  # the half-written temp file
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    assert same(fnn.io.load(path, like=old), old)
+
+
+# --------------------------------------------------------------------------- never unpickle
+
+
+class Payload:
+    """Unpickling this runs `exec`, which creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+def test_a_malicious_pickle_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.fnn"
+    evil.write_bytes(pickle.dumps({"params": Payload(marker)}))
+    with open(evil, "rb") as f:  # the payload is real: plain pickle runs it
+        pickle.load(f)
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(CheckpointError) as info:
+        fnn.io.load(evil)
+    assert str(evil) in str(info.value) and "pickle" in str(info.value)
+    assert not marker.exists()
+
+
+def test_a_malicious_torch_save_file_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(1), "x": Payload(marker)}, evil)
+    with pytest.raises(CheckpointError, match="not an fnn checkpoint"):
+        fnn.io.load(evil)
+    assert not marker.exists()
+
+
+def test_io_has_no_unpickling_code_path():
+    source = (ROOT / "fnn" / "io.py").read_text()
+    for forbidden in ("import pickle", "torch.load", "pickle.load", "eval(", "exec(", "importlib"):
+        assert forbidden not in source, forbidden
+
+
+# --------------------------------------------------------------------------- truncated or corrupt files
+
+
+@pytest.fixture
+def good_file(tmp_path):
+    path = tmp_path / "c.fnn"
+    fnn.io.save(path, template())
+    return path
+
+
+def test_every_truncation_is_a_clear_error_naming_the_file(good_file):
+    data = good_file.read_bytes()
+    cuts = sorted(set(range(0, 40)) | set(range(40, len(data), max(1, len(data) // 60))) | {len(data) - 1})
+    for cut in cuts:
+        good_file.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError) as info:
+            fnn.io.load(good_file)
+        assert str(good_file) in str(info.value), (cut, str(info.value))
+
+
+def test_trailing_garbage_is_corruption(good_file):
+    good_file.write_bytes(good_file.read_bytes() + b"\x00")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        fnn.io.load(good_file)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_flipped_byte_is_detected(good_file, data):
+    raw = bytearray(good_file.read_bytes())
+    i = data.draw(st.integers(0, len(raw) - 1))
+    raw[i] ^= data.draw(st.integers(1, 255))
+    spoiled = good_file.with_name("spoiled.fnn")
+    spoiled.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as info:
+        fnn.io.load(spoiled)
+    assert str(spoiled) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"", "empty"),
+        (b"hello world, this is not a checkpoint", "wrong magic"),
+        (b"PK\x03\x04" + b"\x00" * 40, "pickle or torch.save"),
+        (fnn.io.MAGIC + (10**12).to_bytes(8, "little") + b"\x00" * 10, "header says"),
+    ],
+)
+def test_foreign_files_are_refused(tmp_path, content, fragment):
+    path = tmp_path / "c.fnn"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        fnn.io.load(path)
+    assert fragment in str(info.value) and str(path) in str(info.value)
+
+
+def _write_with_header(path, header: bytes, data: bytes = b""):
+    import struct
+    import zlib
+
+    path.write_bytes(struct.pack("<8sQI", fnn.io.MAGIC, len(header), zlib.crc32(header)) + header + data)
+
+
+@pytest.mark.parametrize(
+    "header, fragment",
+    [
+        (b"{not json", "does not parse"),
+        (b"[1, 2]", "not an fnn checkpoint header"),
+        (b'{"format": "fnn-checkpoint", "version": 99}', "version 99"),
+        (b'{"format": "fnn-checkpoint", "version": 1, "byte_order": "little"}', "tensor table"),
+        (
+            b'{"format": "fnn-checkpoint", "version": 1, "byte_order": "little", "tree": {"tensor": 0},'
+            b' "tensors": [{"dtype": "object", "shape": [1], "offset": 0, "nbytes": 8}], "data_bytes": 8, "data_crc32": 0}',
+            "tensor entry 0 is malformed",
+        ),
+        (
+            b'{"format": "fnn-checkpoint", "version": 1, "byte_order": "little", "tree": {"tensor": 5},'
+            b' "tensors": [], "data_bytes": 0, "data_crc32": 0}',
+            "tree description is malformed",
+        ),
+        (
+            b'{"format": "fnn-checkpoint", "version": 1, "byte_order": "little", "tree": {"call": "os.system"},'
+            b' "tensors": [], "data_bytes": 0, "data_crc32": 0}',
+            "tree description is malformed",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "header"),
+    ],
+)
+def test_malformed_headers_are_clear_errors(tmp_path, header, fragment):
+    path = tmp_path / "c.fnn"
+    _write_with_header(path, header)
+    with pytest.raises(CheckpointError) as info:
+        fnn.io.load(path)
+    assert fragment in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fnn.io.load(tmp_path / "nope.fnn")
+
+
+def test_checkpoint_error_is_a_value_error():
+    assert issubclass(CheckpointError, ValueError) and issubclass(CheckpointError, fnn.FnnError)
+
+
+# --------------------------------------------------------------------------- exact resume
+
+
+def _model():
+    return fnn.serial(L.Dense(25), L.Relu(), L.Dropout(0.1), L.Dense(25), L.Relu(), L.Dense(2))
+
+
+def _fresh():
+    """The template of a checkpoint: initial params, optimizer state, step, key."""
+    _, params = _model().init(fnn.random.key(0), (-1, 2))
+    opt = fnn.optim.sgd(lr=0.1, momentum=0.9)
+    return {"params": params, "opt_state": opt.init(params), "step": 0, "key": fnn.random.key(42)}
+
+
+def _train(ckpt, steps):
+    """`steps` more steps of SGD with momentum; data and dropout keys come from the saved key."""
+    opt = fnn.optim.sgd(lr=0.1, momentum=0.9)
+    loss_and_grads = fnn.value_and_grad(_model().apply, fnn.losses.cross_entropy)
+    params, state, step, key = ckpt["params"], ckpt["opt_state"], ckpt["step"], ckpt["key"]
+    for _ in range(steps):
+        key, data_key, dropout_key = fnn.random.split(key, 3)
+        x, labels = fnn.data.disk(data_key, 100)
+        _, grads = loss_and_grads(params, x, labels, key=dropout_key)
+        params, state = opt.update(params, grads, state)
+        step += 1
+    return {"params": params, "opt_state": state, "step": step, "key": key}
+
+
+def resume_in_child(src: str, dst: str) -> None:
+    """Run in a fresh process: load `src` (validated against a template), train 20, save `dst`."""
+    torch.set_num_threads(1)
+    fnn.io.save(dst, _train(fnn.io.load(src, like=_fresh()), 20))
+
+
+def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
+    straight = _train(_fresh(), 40)
+
+    first = _train(_fresh(), 20)
+    fnn.io.save(tmp_path / "step20.fnn", first)
+    code = textwrap.dedent(
+        f"""
+        from tests.test_io import resume_in_child
+        resume_in_child({str(tmp_path / "step20.fnn")!r}, {str(tmp_path / "step40.fnn")!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+    resumed = fnn.io.load(tmp_path / "step40.fnn", like=_fresh())
+
+    assert resumed["step"] == straight["step"] == 40
+    assert same(resumed, straight)
+    # and the run really moved: the momentum buffers and params differ from step 20
+    assert not torch.equal(resumed["params"]["0"]["weight"], first["params"]["0"]["weight"])
+    buffers = [t for t in fnn.tree.leaves(resumed["opt_state"]) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    assert buffers and all(bool(t.abs().sum() > 0) for t in buffers)
