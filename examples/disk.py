@@ -40,6 +40,7 @@ class Run:
     train_error: float = 0.0
     test_error: float = 0.0
     seconds: float = 0.0
+    torch_gap: float | None = None  # max |loss_fnn − loss_torch| with --compare-torch
 
 
 def make_model(activation: str) -> fnn.Layer:
