@@ -12,6 +12,7 @@ plus explicit residuals. No autograd anywhere.
 
 from . import data, errors, initializers, layers, losses, optim, random, testing, tree
 from . import debug, io
+from . import distributed
 from .combinators import parallel, serial
 from .core import VJP, Key, Layer, Params, PyTree, Shape
 from .errors import FnnError
@@ -43,4 +44,5 @@ __all__ = [
     "errors",
     "io",
     "debug",
+    "distributed",
 ]
