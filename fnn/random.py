@@ -93,7 +93,10 @@ def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
 
 
 def _shape(shape: Sequence[int] | int) -> tuple[int, ...]:
-    return (shape,) if isinstance(shape, int) else tuple(shape)
+    out = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in out):
+        raise FnnError(f"fnn.random: shape must be non-negative ints, got {shape!r}")
+    return out
 
 
 def uniform(
@@ -140,6 +143,8 @@ def bernoulli(
     """A bool tensor, each element True with probability `p`.
 
     `shape` defaults to `p`'s shape when `p` is a tensor."""
+    if not isinstance(p, torch.Tensor) and not (isinstance(p, int | float) and 0 <= p <= 1):
+        raise FnnError(f"fnn.random.bernoulli: p must be a probability in [0, 1] or a tensor, got {p!r}")
     if shape is None:
         if not isinstance(p, torch.Tensor):
             raise FnnError("fnn.random.bernoulli: give a shape when p is a number")
@@ -151,6 +156,8 @@ def bernoulli(
 
 def permutation(k: Key, n: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
     """A random permutation of `range(n)` as an int64 tensor."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise FnnError(f"fnn.random.permutation: n must be a non-negative int, got {n!r}")
     g = generator(k, device)
     return torch.randperm(n, generator=g, device=device)
 

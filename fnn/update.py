@@ -6,7 +6,7 @@ import torch
 
 from . import tree
 from .core import PyTree
-from .errors import FnnError
+from .errors import FnnError, FnnTypeError, describe
 
 __all__ = ["update", "flat_pair"]
 
@@ -15,10 +15,28 @@ def flat_pair(params: PyTree, grads: PyTree, where: str) -> tuple[list[torch.Ten
     """Both trees' leaves and the params' treedef; `ValueError` naming the first mismatch."""
     leaves, treedef = tree.flatten(params)
     grad_leaves, grad_treedef = tree.flatten(grads)
-    if grad_treedef != treedef or any(p.shape != g.shape for p, g in zip(leaves, grad_leaves)):
+    try:
+        bad = grad_treedef != treedef or any(
+            p.shape != g.shape or p.dtype != g.dtype for p, g in zip(leaves, grad_leaves)
+        )
+    except AttributeError:  # a leaf that is not a tensor
+        bad = True
+    if bad:
         tree.assert_same_structure(params, grads, f"{where}: grads tree")
-        raise tree.TreeError(f"{where}: grads tree does not match the params tree")
+        _diagnose(params, grads, where)
     return leaves, grad_leaves, treedef
+
+
+def _diagnose(params: PyTree, grads: PyTree, where: str) -> None:
+    """Slow path: name the first leaf whose gradient is not a tensor of the param's dtype and device."""
+    for path, p, g in zip(tree.paths(params), tree.leaves(params), tree.leaves(grads)):
+        if not isinstance(p, torch.Tensor) or not isinstance(g, torch.Tensor):
+            raise FnnTypeError(f"{where}: params{path} and its gradient must be tensors, got {describe(p)} and {describe(g)}")
+        if p.dtype != g.dtype:
+            raise FnnError(f"{where}: the gradient of params{path} has dtype {g.dtype}, the param {p.dtype}")
+        if p.device != g.device:
+            raise FnnError(f"{where}: the gradient of params{path} is on {g.device}, the param on {p.device}")
+    raise tree.TreeError(f"{where}: grads tree does not match the params tree")
 
 
 def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
@@ -33,4 +51,8 @@ def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
     leaves, grad_leaves, treedef = flat_pair(params, grads, "update")
     if not leaves:
         return tree.unflatten(treedef, [])
-    return tree.unflatten(treedef, torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+    try:
+        return tree.unflatten(treedef, torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+    except RuntimeError:  # e.g. a gradient on another device: say which
+        _diagnose(params, grads, "update")
+        raise

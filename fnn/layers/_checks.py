@@ -98,3 +98,47 @@ def positive_int(name: str, what: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise FnnError(f"{name}: {what} must be a positive int, got {value!r}")
     return value
+
+
+def param_like(name: str, leaf: str, value: object, shape: Shape, like: torch.Tensor) -> None:
+    """Raise a clear error unless `value` is a tensor of `shape` with `like`'s dtype and device.
+
+    For the slow path only: call it once a cheap check (or torch) has found something wrong."""
+    if not isinstance(value, torch.Tensor):
+        raise FnnTypeError(f"{name}: params[{leaf!r}] must be a tensor, got {describe(value)}")
+    if tuple(value.shape) != tuple(shape):
+        raise ShapeError(f"{name}: params[{leaf!r}] has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    if not value.is_floating_point():
+        raise FnnTypeError(f"{name}: params[{leaf!r}] must be floating-point, got dtype {value.dtype}")
+    if value.dtype != like.dtype:
+        raise FnnError(f"{name}: params[{leaf!r}] has dtype {value.dtype} but the input has {like.dtype}")
+    if value.device != like.device:
+        raise FnnError(f"{name}: params[{leaf!r}] is on device {value.device} but the input is on {like.device}")
+
+
+def cotangent_like(name: str, dy: object, out: torch.Tensor | torch.Size | Shape, like: torch.Tensor) -> None:
+    """Raise a clear error unless `dy` has the output's shape and `like`'s dtype and device (slow path)."""
+    cotangent(name, dy, out.shape if isinstance(out, torch.Tensor) else out)
+    assert isinstance(dy, torch.Tensor)
+    if dy.dtype != like.dtype:
+        kind = FnnTypeError if not dy.is_floating_point() else FnnError
+        raise kind(f"{name} VJP: expected a cotangent of dtype {like.dtype}, got {dy.dtype}")
+    if dy.device != like.device:
+        raise FnnError(f"{name} VJP: expected a cotangent on device {like.device}, got {dy.device}")
+
+
+def number(name: str, what: str, value: object) -> float:
+    """`value` if it is a real number (not a bool), else a clear error (constructor arguments)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FnnTypeError(f"{name}: {what} must be a number, got {value!r}")
+    return value
+
+
+def init_dtype(name: str, dtype: object, device: object) -> None:
+    """`init`'s dtype must be a floating-point `torch.dtype` and device a valid device."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise FnnTypeError(f"{name}: init dtype must be a floating-point torch.dtype, got {dtype!r}")
+    try:
+        torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError):
+        raise FnnError(f"{name}: init device must be a torch.device or a name like 'cpu', got {device!r}") from None

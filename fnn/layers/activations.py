@@ -87,8 +87,8 @@ def elementwise(
 
 
 def _check_dy(name: str, saved: torch.Tensor, dy: object) -> None:
-    if not isinstance(dy, torch.Tensor) or dy.shape != saved.shape:
-        _checks.cotangent(name, dy, saved.shape)
+    if not isinstance(dy, torch.Tensor) or dy.shape != saved.shape or dy.dtype is not saved.dtype:
+        _checks.cotangent_like(name, dy, saved.shape, saved)
 
 
 def Identity() -> Layer:
@@ -119,6 +119,7 @@ def relu_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tens
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """`y = x` for x > 0, `negative_slope · x` otherwise."""
+    _checks.number("LeakyRelu", "negative_slope", negative_slope)
     forward = functools.partial(torch.nn.functional.leaky_relu, negative_slope=negative_slope)
     return elementwise("LeakyRelu", forward, leaky_relu_backward, keep="input", constants=(negative_slope,))
 
@@ -154,6 +155,7 @@ def sigmoid_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.T
 
 def Elu(alpha: float = 1.0) -> Layer:
     """`y = x` for x > 0, `alpha · (eˣ − 1)` otherwise."""
+    _checks.number("Elu", "alpha", alpha)
     forward = functools.partial(torch.nn.functional.elu, alpha=alpha)
     return elementwise("Elu", forward, elu_backward, keep="input", constants=(alpha,))
 
@@ -168,7 +170,7 @@ def elu_backward(residuals: tuple[torch.Tensor, float], dy: torch.Tensor) -> tup
 def Gelu(approximate: str = "none") -> Layer:
     """`y = x · Φ(x)` (`approximate="tanh"` for the tanh approximation), as `torch.nn.GELU`."""
     if approximate not in ("none", "tanh"):
-        raise ValueError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        raise _checks.FnnError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     forward = functools.partial(torch.nn.functional.gelu, approximate=approximate)
     return elementwise("Gelu", forward, gelu_backward, keep="input", constants=(approximate,))
 
@@ -182,6 +184,8 @@ def gelu_backward(residuals: tuple[torch.Tensor, str], dy: torch.Tensor) -> tupl
 
 def Softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
     """`y = log(1 + e^(βx)) / β`, linear where βx > threshold (as `torch.nn.Softplus`)."""
+    _checks.number("Softplus", "beta", beta)
+    _checks.number("Softplus", "threshold", threshold)
     forward = functools.partial(torch.nn.functional.softplus, beta=beta, threshold=threshold)
     return elementwise("Softplus", forward, softplus_backward, keep="input", constants=(beta, threshold))
 

@@ -8,7 +8,7 @@ import torch
 
 from .. import random
 from ..core import VJP, Key, Layer, Params, Shape
-from ..errors import FnnError
+from ..errors import FnnError, KeyArrayError
 from . import _checks
 
 __all__ = ["Dropout"]
@@ -50,7 +50,10 @@ def Dropout(rate: float) -> Layer:
         _checks.float_input("Dropout", x)
         if key is None or rate == 0.0:
             return x, VJP(dropout_backward, (None, 1.0, x.shape))
-        keep = random.bernoulli(key, 1.0 - rate, x.shape, device=x.device)
+        try:
+            keep = random.bernoulli(key, 1.0 - rate, x.shape, device=x.device)
+        except KeyArrayError as error:
+            raise KeyArrayError(f"Dropout: bad key: {error}") from None
         return aten.native_dropout_backward.default(x, keep, scale), VJP(
             dropout_backward, (keep, scale, x.shape)
         )

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..core import VJP, Key, Layer, Params, Shape
-from ..errors import ShapeError, describe
+from ..errors import FnnError, ShapeError, describe
 from . import _checks
 
 __all__ = ["FanOut", "FanInSum", "FanInConcat"]
@@ -30,6 +30,11 @@ def _inputs(name: str, xs: Any) -> tuple[torch.Tensor, ...]:
     if not isinstance(xs, tuple | list) or not xs or not all(isinstance(x, torch.Tensor) for x in xs):
         raise ShapeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
     return tuple(xs)
+
+
+def _same_dtype(name: str, xs: tuple[torch.Tensor, ...]) -> None:
+    if any(xi.dtype != xs[0].dtype or xi.device != xs[0].device for xi in xs):
+        raise FnnError(f"{name}: all inputs must have one dtype and device, got {[(xi.dtype, str(xi.device)) for xi in xs]}")
 
 
 def FanOut(num: int) -> Layer:
@@ -101,6 +106,7 @@ def FanInSum() -> Layer:
         xs = _inputs("FanInSum", x)
         if any(xi.shape != xs[0].shape for xi in xs):
             raise ShapeError(f"FanInSum: all inputs must have the same shape, got {[tuple(xi.shape) for xi in xs]}")
+        _same_dtype("FanInSum", xs)
         y = xs[0]
         for xi in xs[1:]:
             y = y + xi
@@ -147,6 +153,7 @@ def FanInConcat(axis: int = 1) -> Layer:
         del kwargs
         _checks.no_params("FanInConcat", params)
         xs = _inputs("FanInConcat", x)
+        _same_dtype("FanInConcat", xs)
         try:
             y = torch.cat(xs, axis)
         except (RuntimeError, IndexError):
