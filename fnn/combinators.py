@@ -16,7 +16,7 @@ import torch
 
 from . import debug, random
 from .core import VJP, Key, Layer, Params, Shapes
-from .errors import FnnError, FnnTypeError, ShapeError, TreeError, describe, with_context
+from .errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, TreeError, describe, with_context
 
 __all__ = ["serial", "parallel"]
 
@@ -65,7 +65,10 @@ class _Children:
         )
 
     def init_keys(self, key: Key) -> list[Key]:
-        return list(random.split(key, len(self.names)).unbind(0))
+        try:
+            return list(random.split(key, len(self.names)).unbind(0))
+        except KeyArrayError as error:
+            raise KeyArrayError(f"{self.kind}: bad key: {error}") from None
 
 
 def _gather(grads: list[Any], given: tuple[str, ...], positions: tuple[int, ...]) -> Params:

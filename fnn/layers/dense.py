@@ -45,6 +45,7 @@ def Dense(
         device: torch.device | str = "cpu",
     ) -> tuple[Shape, Params]:
         shape = _checks.input_shape("Dense", input_shape)
+        _checks.init_dtype("Dense", dtype, device)
         in_features = shape[-1]
         if in_features < 1:
             raise _checks.ShapeError(f"Dense: input features (last dimension) must be ≥ 1, got {shape}")
@@ -66,13 +67,30 @@ def Dense(
             _checks.param_leaves("Dense", params, ["weight"] + (["bias"] if bias else []))
             raise
         _checks.input_like("Dense", x, weight)
-        if x.ndim == 0 or x.shape[-1] != weight.shape[-1]:
-            raise _checks.ShapeError(
-                f"Dense: expected input of shape (..., {weight.shape[-1]}), got {tuple(x.shape)}"
-            )
-        return F.linear(x, weight, b), VJP(dense_backward, (x, weight, bias))
+        if x.ndim == 0 or weight.shape != (out_features, x.shape[-1]) or (bias and b.shape != (out_features,)):
+            _diagnose(out_features, x, weight, b)
+        try:
+            y = F.linear(x, weight, b)
+        except RuntimeError:  # e.g. a bias of another dtype or device: say which
+            _diagnose(out_features, x, weight, b)
+            raise
+        return y, VJP(dense_backward, (x, weight, bias))
 
     return Layer(init, apply)
+
+
+def _diagnose(out_features: int, x: torch.Tensor, weight: torch.Tensor, b: torch.Tensor | None) -> None:
+    """Slow path: raise a clear error for what is wrong with the input or params."""
+    _checks.float_input("Dense", x)
+    if weight.ndim != 2 or weight.shape[0] != out_features:
+        raise _checks.ShapeError(
+            f"Dense: params['weight'] has shape {tuple(weight.shape)}, expected ({out_features}, in_features)"
+        )
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise _checks.ShapeError(f"Dense: expected input of shape (..., {weight.shape[1]}), got {tuple(x.shape)}")
+    _checks.param_like("Dense", "weight", weight, tuple(weight.shape), x)
+    if b is not None:
+        _checks.param_like("Dense", "bias", b, (out_features,), x)
 
 
 # y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy W
@@ -81,8 +99,8 @@ def dense_backward(
 ) -> tuple[Params, torch.Tensor]:
     x, weight, has_bias = residuals
     expected = x.shape[:-1] + weight.shape[:1]
-    if not isinstance(dy, torch.Tensor) or dy.shape != expected:
-        _checks.cotangent("Dense", dy, expected)
+    if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype is not x.dtype:
+        _checks.cotangent_like("Dense", dy, expected, x)
     if x.ndim == 2:
         grads = {"weight": dy.t().mm(x)}
         dx = dy.mm(weight)
