@@ -38,6 +38,8 @@ def _check_target_like(name: str, pred: torch.Tensor, target: object) -> torch.T
         )
     if target.device != pred.device:
         raise FnnError(f"{name}: target is on {target.device} but the prediction is on {pred.device}")
+    if target.dtype != pred.dtype:
+        raise FnnError(f"{name}: target dtype {target.dtype} does not match the prediction's dtype {pred.dtype}")
     return target
 
 
