@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import debug, random
-from .core import VJP, Key, Layer, Params, Shapes
+from .core import VJP, Key, Layer, Params, Shapes, backprop, register_consumer
 from .errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, TreeError, describe, with_context
 
 __all__ = ["serial", "parallel"]
@@ -142,6 +142,26 @@ def serial_backward(
         except FnnError as error:
             raise with_context(error, f"serial[{i}]") from None
     return _gather(grads, given, positions), dy
+
+
+def serial_consume(
+    box: list[tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]]], dy: Any, need_dx: bool
+) -> tuple[Params, Any]:
+    """`serial_backward` for `fnn.core.backprop`: frees each child's residuals once used,
+    and asks the first child for no `dx` when the caller needs none."""
+    children, given, positions = box.pop()
+    pending = list(children)
+    del children  # from here on, `pending` holds the only reference to each child VJP
+    grads: list[Any] = [None] * len(pending)
+    for i in range(len(pending) - 1, -1, -1):
+        try:
+            grads[i], dy = backprop([pending.pop()], dy, need_dx or i > 0)
+        except FnnError as error:
+            raise with_context(error, f"serial[{i}]") from None
+    return _gather(grads, given, positions), dy
+
+
+register_consumer(serial_backward, serial_consume)
 
 
 def parallel(*layers: Layer) -> Layer:

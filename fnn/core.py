@@ -104,3 +104,32 @@ def layer_name(layer: Layer | ApplyFn) -> str:
         return str(name)
     qualname = getattr(apply, "__qualname__", type(apply).__name__)
     return qualname.split(".<locals>")[0].split(".")[0]
+
+
+# Backpropagation inside fnn (value_and_grad) may *consume* a VJP instead of calling it:
+# the VJP is handed over in a one-item list, so nothing else keeps its residuals alive and
+# each residual is freed as soon as the backward pass has used it, and a layer may skip `dx`
+# when nobody needs it (the first layer of a model). A layer opts in by registering a
+# consumer `f(box, dy, need_dx) -> (dparams, dx or None)` for its backward function;
+# `box` holds the residuals. Calling `vjp(dy)` directly is unaffected.
+_CONSUMERS: dict[Any, Any] = {}
+
+
+def register_consumer(backward: BackwardFn, consumer: Any) -> None:
+    """Register `consumer(box, dy, need_dx)` as the consuming variant of `backward`."""
+    _CONSUMERS[backward] = consumer
+
+
+def backprop(box: list[VJP], dy: Any, need_dx: bool = True) -> tuple[Any, Any]:
+    """`(dparams, dx)` of the VJP in `box`, emptying `box` so residuals die as they are used.
+
+    With `need_dx=False`, `dx` may be `None`. The caller must hold no other
+    reference to the VJP for the memory to be released early.
+    """
+    backward, residuals = box.pop()
+    consumer = _CONSUMERS.get(backward)
+    if consumer is None:
+        return backward(residuals, dy)
+    box.append(residuals)
+    del residuals
+    return consumer(box, dy, need_dx)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from . import losses
-from .core import VJP, ApplyFn, Params
+from .core import VJP, ApplyFn, Params, backprop
 from .errors import FnnError, FnnTypeError, describe
 
 __all__ = ["value_and_grad", "Loss"]
@@ -53,7 +53,13 @@ def value_and_grad(
                 f"got shape {tuple(value.shape)}"
             )
         dvalue = 1.0 if loss in _SCALAR_COTANGENT_LOSSES else torch.ones_like(value)
-        grads, _ = vjp(loss_vjp(dvalue))
+        dy = loss_vjp(dvalue)
+        del loss_vjp  # the loss's residuals (often y itself) are no longer needed
+        if not has_aux:
+            del y
+        box = [vjp]
+        del vjp  # `backprop` frees each layer's residuals as soon as it has used them
+        grads, _ = backprop(box, dy, need_dx=False)
         return ((value, y), grads) if has_aux else (value, grads)
 
     return loss_and_grads

@@ -43,16 +43,26 @@ def _check_target_like(name: str, pred: torch.Tensor, target: object) -> torch.T
     return target
 
 
-def _scale(name: str, dvalue: object, reduction: str, count: int) -> float | torch.Tensor:
-    """The factor the per-element gradient is multiplied by: dvalue (/count for "mean")."""
-    if reduction == "none":
-        return dvalue  # type: ignore[return-value]  # checked against the value's shape by torch
+_REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # aten's at::Reduction
+_ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+aten = torch.ops.aten
+
+
+def _cotangent(name: str, dvalue: object, reduction: str, like: torch.Tensor) -> torch.Tensor:
+    """`dvalue` as a tensor for aten's loss backward kernels (a cached 0-d one for 1.0)."""
     if isinstance(dvalue, torch.Tensor):
-        if dvalue.ndim:
+        if reduction != "none" and dvalue.ndim:
             raise ShapeError(f"{name} VJP: expected a scalar cotangent, got shape {tuple(dvalue.shape)}")
-    elif not isinstance(dvalue, int | float):
-        raise FnnTypeError(f"{name} VJP: expected a scalar cotangent, got {describe(dvalue)}")
-    return dvalue / count if reduction == "mean" and count else dvalue
+        return dvalue
+    if isinstance(dvalue, bool) or not isinstance(dvalue, int | float) or reduction == "none":
+        raise FnnTypeError(f"{name} VJP: expected a {'tensor' if reduction == 'none' else 'scalar'} "
+                           f"cotangent, got {describe(dvalue)}")
+    if dvalue == 1.0:
+        one = _ONES.get((like.dtype, like.device))
+        if one is None:  # never written to: aten's backward kernels only read it
+            one = _ONES[(like.dtype, like.device)] = torch.ones((), dtype=like.dtype, device=like.device)
+        return one
+    return torch.full((), dvalue, dtype=like.dtype, device=like.device)
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, VJP]:
@@ -71,8 +81,8 @@ def mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> tu
 # L = mean((p − t)²)   ⇒   dp = dL · 2 (p − t) / n
 def mse_backward(residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor) -> torch.Tensor:
     pred, target, reduction = residuals
-    scale = _scale("mse", dvalue, reduction, pred.numel())
-    return (pred - target).mul_(2 * scale)
+    dvalue = _cotangent("mse", dvalue, reduction, pred)
+    return aten.mse_loss_backward.default(dvalue, pred, target, _REDUCTION_ENUM[reduction])
 
 
 def cross_entropy(
@@ -101,25 +111,24 @@ def cross_entropy(
         )
     log_probs = torch.log_softmax(logits, 1)
     try:
-        value = F.nll_loss(log_probs, labels, reduction=reduction)
+        value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, _REDUCTION_ENUM[reduction], -100)
     except (RuntimeError, IndexError):
         raise FnnError(
             f"cross_entropy: labels must be class indices in [0, {logits.shape[1]}) on {logits.device}"
         ) from None
-    return value, VJP(cross_entropy_backward, (log_probs, labels, reduction))
+    return value, VJP(cross_entropy_backward, (log_probs, labels, reduction, total_weight))
 
 
 # L = mean(−log softmax(z)[y])   ⇒   dz = dL · (softmax(z) − one_hot(y)) / n
 def cross_entropy_backward(
-    residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor
+    residuals: tuple[torch.Tensor, torch.Tensor, str, torch.Tensor], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
-    log_probs, labels, reduction = residuals
-    scale = _scale("cross_entropy", dvalue, reduction, log_probs.shape[0])
-    grad = log_probs.exp()
-    grad.scatter_add_(1, labels.unsqueeze(1), torch.full_like(grad[:, :1], -1.0))
-    if isinstance(scale, torch.Tensor) and scale.ndim:
-        return grad.mul_(scale.unsqueeze(1))
-    return grad.mul_(scale)
+    log_probs, labels, reduction, total_weight = residuals
+    dvalue = _cotangent("cross_entropy", dvalue, reduction, log_probs)
+    dlog_probs = aten.nll_loss_backward.default(
+        dvalue, log_probs, labels, None, _REDUCTION_ENUM[reduction], -100, total_weight
+    )
+    return aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
 
 
 def bce_with_logits(
@@ -143,5 +152,6 @@ def bce_with_logits_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
     logits, targets, reduction = residuals
-    scale = _scale("bce_with_logits", dvalue, reduction, logits.numel())
-    return torch.sigmoid(logits).sub_(targets).mul_(scale)
+    dvalue = _cotangent("bce_with_logits", dvalue, reduction, logits)
+    grad = torch.sigmoid(logits).sub_(targets)
+    return grad.mul_(dvalue.div(logits.numel()) if reduction == "mean" else dvalue)

@@ -73,15 +73,20 @@ def _is_namedtuple(x: object) -> bool:
 
 
 def _flatten_into(tree: PyTree, out: list[Any]) -> Any:
-    if isinstance(tree, dict):
-        keys = tuple(tree)
-        return (dict, keys, tuple(_flatten_into(tree[k], out) for k in keys))
-    if isinstance(tree, list):
-        return (list, len(tree), tuple(_flatten_into(c, out) for c in tree))
-    if isinstance(tree, tuple):
-        return (type(tree), len(tree), tuple(_flatten_into(c, out) for c in tree))
+    # `type(x) is` first: exact dicts, lists and tuples are the common case and the cheapest test.
+    kind = type(tree)
+    if kind is dict:
+        return (dict, tuple(tree), tuple([_flatten_into(v, out) for v in tree.values()]))
+    if kind is list or kind is tuple:
+        return (kind, len(tree), tuple([_flatten_into(v, out) for v in tree]))
     if tree is None:
         return None
+    if isinstance(tree, dict):
+        keys = tuple(tree)
+        return (dict, keys, tuple([_flatten_into(tree[k], out) for k in keys]))
+    if isinstance(tree, list | tuple):
+        kind = list if isinstance(tree, list) else type(tree) if _is_namedtuple(tree) else tuple
+        return (kind, len(tree), tuple([_flatten_into(v, out) for v in tree]))
     out.append(tree)
     return _LEAF
 
@@ -106,7 +111,7 @@ def structure(tree: PyTree) -> TreeDef:
 
 
 def _build(node: Any, it: Iterator[Any]) -> PyTree:
-    if node == _LEAF:
+    if node is _LEAF:
         return next(it)
     if node is None:
         return None

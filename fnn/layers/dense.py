@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import random
-from ..core import VJP, Key, Layer, Params, Shape
+from ..core import VJP, Key, Layer, Params, Shape, register_consumer
 from ..initializers import Initializer, fan_in_uniform, torch_default
 from . import _checks
 
@@ -98,16 +98,33 @@ def dense_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
     x, weight, has_bias = residuals
+    return _dense_grads(x, weight, has_bias, dy, True)  # type: ignore[return-value]
+
+
+def dense_consume(
+    box: list[tuple[torch.Tensor, torch.Tensor, bool]], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor | None]:
+    """`dense_backward` for `fnn.core.backprop`: skips `dx = dy W` when it is not needed."""
+    x, weight, has_bias = box.pop()
+    return _dense_grads(x, weight, has_bias, dy, need_dx)
+
+
+register_consumer(dense_backward, dense_consume)
+
+
+def _dense_grads(
+    x: torch.Tensor, weight: torch.Tensor, has_bias: bool, dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor | None]:
     expected = x.shape[:-1] + weight.shape[:1]
     if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype is not x.dtype:
         _checks.cotangent_like("Dense", dy, expected, x)
     if x.ndim == 2:
         grads = {"weight": dy.t().mm(x)}
-        dx = dy.mm(weight)
+        dx = dy.mm(weight) if need_dx else None
     else:
         dy2 = dy.reshape(-1, dy.shape[-1])
         grads = {"weight": dy2.t().mm(x.reshape(-1, x.shape[-1]))}
-        dx = dy.matmul(weight)
+        dx = dy.matmul(weight) if need_dx else None
         dy = dy2
     if has_bias:
         grads["bias"] = dy.sum(0)
