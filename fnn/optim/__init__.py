@@ -1,6 +1,56 @@
-"""Optimizers as `Optimizer(init, update)` pairs with explicit state, matching `torch.optim`."""
+"""Optimizers as `Optimizer(init, update)` pairs with explicit state, matching `torch.optim`
+step for step; learning-rate schedules; gradient clipping and `chain`.
 
-from .base import LearningRate, Optimizer, Schedule
+    opt = fnn.optim.adam(lr=1e-3)                 # or sgd, adamw, rmsprop, adagrad
+    state = opt.init(params)
+    params, state = opt.update(params, grads, state)
+"""
+
+from .adagrad import adagrad
+from .adam import adam, adamw
+from .base import GradientTransformation, LearningRate, Mask, Optimizer, Schedule
+from .rmsprop import rmsprop
+from .schedules import (
+    constant,
+    cosine_decay,
+    exponential_decay,
+    join_schedules,
+    linear_warmup,
+    piecewise_constant,
+    step_decay,
+)
 from .sgd import sgd
+from .transforms import (
+    add_decayed_weights,
+    chain,
+    clip_by_global_norm,
+    clip_grad_norm,
+    decay_mask,
+    global_norm,
+)
 
-__all__ = ["Optimizer", "Schedule", "LearningRate", "sgd"]
+__all__ = [
+    "Optimizer",
+    "GradientTransformation",
+    "Schedule",
+    "LearningRate",
+    "Mask",
+    "sgd",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "adagrad",
+    "constant",
+    "step_decay",
+    "exponential_decay",
+    "cosine_decay",
+    "linear_warmup",
+    "piecewise_constant",
+    "join_schedules",
+    "global_norm",
+    "clip_grad_norm",
+    "clip_by_global_norm",
+    "add_decayed_weights",
+    "decay_mask",
+    "chain",
+]

@@ -1,4 +1,18 @@
-"""What every optimizer shares: the `Optimizer` pair, learning-rate schedules, checks."""
+"""What every optimizer shares: the `Optimizer` and `GradientTransformation` pairs,
+learning rates, hyperparameter checks, the state layout and the weight-decay mask.
+
+Every optimizer's state is a plain dict with one layout:
+
+    {"step": 3,                                    # updates done so far (a Python int)
+     "exp_avg": {"0.weight": tensor, ...},         # one dict per buffer, keyed like
+     "exp_avg_sq": {"0.weight": tensor, ...}}      # `fnn.tree.to_state_dict(params)`
+
+Buffer names are `torch.optim`'s per-parameter state names; each buffer is a flat
+dict from dotted parameter names to tensors, in the params' flattening order. A
+flat dict reads back as a list with one `list(d.values())`, so the hot path walks
+no nested tree, while the state stays readable and `torch.save`-able. The step is
+a Python int: schedules and bias corrections read it without a device sync.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +22,34 @@ from typing import Any, NamedTuple, Union
 import torch
 from typing_extensions import Protocol, TypeAlias
 
+from .. import tree
 from ..core import PyTree
-from ..errors import FnnError
+from ..errors import FnnError, FnnTypeError, TreeError
+from ..update import flat_pair
 
-__all__ = ["Optimizer", "Schedule", "LearningRate", "learning_rate", "check_hyper"]
+__all__ = [
+    "Optimizer",
+    "GradientTransformation",
+    "Schedule",
+    "LearningRate",
+    "Mask",
+    "StepFn",
+    "build_optimizer",
+    "learning_rate",
+    "check_hyper",
+    "check_lr",
+    "check_betas",
+    "MaskResolver",
+    "add_weight_decay",
+    "scale_leaves",
+]
 
 Schedule: TypeAlias = Callable[[int], float]
 """A function from the step count (0 at the first update) to a learning rate."""
 LearningRate: TypeAlias = Union[float, Schedule]
+Mask: TypeAlias = Union[PyTree, Callable[[PyTree], PyTree], None]
+"""Which leaves get weight decay: a tree of bools shaped like params, or a function
+`params -> tree of bools` (e.g. `fnn.optim.decay_mask`); `None` means all leaves."""
 
 
 class InitFn(Protocol):
@@ -26,6 +60,12 @@ class InitFn(Protocol):
 
 class UpdateFn(Protocol):
     """`update(params, grads, state) -> (params, state)`."""
+
+    def __call__(self, params: PyTree, grads: PyTree, state: PyTree, /) -> tuple[PyTree, PyTree]: ...
+
+
+class TransformFn(Protocol):
+    """`update(params, grads, state) -> (grads, state)`."""
 
     def __call__(self, params: PyTree, grads: PyTree, state: PyTree, /) -> tuple[PyTree, PyTree]: ...
 
@@ -41,6 +81,17 @@ class Optimizer(NamedTuple):
     update: UpdateFn
 
 
+class GradientTransformation(NamedTuple):
+    """A gradient transformation: `state = init(params)`,
+    `grads, state = update(params, grads, state)` (clipping, weight decay, ...).
+
+    Compose transformations with an optimizer by `fnn.optim.chain`.
+    """
+
+    init: InitFn
+    update: TransformFn
+
+
 def learning_rate(name: str, lr: LearningRate, step: int) -> float:
     """The learning rate at `step`: `lr` itself, or `lr(step)` for a schedule."""
     if not callable(lr):
@@ -53,16 +104,186 @@ def learning_rate(name: str, lr: LearningRate, step: int) -> float:
     return float(value)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_hyper(name: str, what: str, value: Any, low: float = 0.0, high: float | None = None) -> None:
-    """Raise a clear `FnnError` unless `low ≤ value (< high)`."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low or (
-        high is not None and not value < high
-    ):
-        bound = f"in [{low}, {high})" if high is not None else f"≥ {low}"
-        raise FnnError(f"{name}: {what} must be a number {bound}, got {value!r}")
+    """Raise a clear `FnnError` unless `value` is a number with `low ≤ value (< high)`."""
+    if not _is_number(value):
+        raise FnnTypeError(f"{name}: {what} must be a number, got {value!r}")
+    if not value >= low or (high is not None and not value < high):
+        bound = f"in [{low:g}, {high:g})" if high is not None else f"≥ {low:g}"
+        raise FnnError(f"{name}: {what} must be {bound}, got {value!r}")
 
 
 def check_lr(name: str, lr: Any) -> None:
     """A learning rate is a non-negative number or a schedule (a callable)."""
-    if not callable(lr):
-        check_hyper(name, "lr", lr)
+    if callable(lr):
+        return
+    if not _is_number(lr):
+        raise FnnTypeError(f"{name}: lr must be a number or a schedule (a function of the step), got {lr!r}")
+    check_hyper(name, "lr", lr)
+
+
+def check_betas(name: str, betas: Any) -> tuple[float, float]:
+    """`betas` is a pair of numbers in [0, 1)."""
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise FnnTypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+    check_hyper(name, "betas[0]", betas[0], 0, 1)
+    check_hyper(name, "betas[1]", betas[1], 0, 1)
+    return float(betas[0]), float(betas[1])
+
+
+# The state's buffers: flat dicts {dotted name: tensor} in the params' leaf order.
+
+
+class StepFn(Protocol):
+    """The arithmetic of one update on flat lists, in the params' leaf order:
+    `step_fn(params, treedef, leaves, grads, buffers, step) -> (new_leaves, new_buffers)`,
+    `buffers` one list per state buffer, `step` the updates done before this one."""
+
+    def __call__(
+        self,
+        params: PyTree,
+        treedef: tree.TreeDef,
+        leaves: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        buffers: list[list[torch.Tensor]],
+        step: int,
+        /,
+    ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]: ...
+
+
+def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Optimizer:
+    """The `Optimizer` around `step_fn`; `buffers` maps each state buffer's name to its
+    initial value. The state is `{"step": 0, name: {param name: tensor}, ...}`."""
+    keys = tuple(buffers)
+
+    def init(params: PyTree) -> PyTree:
+        state: dict[str, Any] = {"step": 0}
+        for key, fill in buffers.items():
+            state[key] = {n: torch.full_like(p, fill) for n, p in tree.to_state_dict(params).items()}
+        return state
+
+    def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
+        leaves, g, treedef = flat_pair(params, grads, name)
+        step, old, names = _read_state(name, state, keys, len(leaves))
+        if not leaves:
+            return params, {**state, "step": step + 1}
+        try:
+            new_leaves, new = step_fn(params, treedef, leaves, g, old, step)
+        except RuntimeError:
+            _check_shapes(name, keys, old, leaves)
+            raise
+        new_state: dict[str, Any] = {"step": step + 1}
+        for key, values in zip(keys, new):
+            new_state[key] = dict(zip(names, values))
+        return tree.unflatten(treedef, new_leaves), new_state
+
+    return Optimizer(init, update)
+
+
+def _read_state(name: str, state: Any, keys: tuple[str, ...], n: int) -> tuple[int, list[list[torch.Tensor]], Any]:
+    """The step, each buffer's tensors in leaf order, and the buffers' names."""
+    try:
+        step = state["step"]
+        buffers = [list(state[k].values()) for k in keys]
+        names = state[keys[0]].keys() if keys else None
+    except (KeyError, TypeError, AttributeError):
+        expected = ", ".join(repr(k) for k in ("step", *keys))
+        raise FnnError(
+            f"{name}: the state must be the dict made by {name}'s init, with keys {expected}; "
+            f"got {_describe_state(state)}"
+        ) from None
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise FnnTypeError(f"{name}: the state's step must be an int, got {step!r}")
+    for k, values in zip(keys, buffers):
+        if len(values) != n:
+            raise TreeError(
+                f"{name}: the state's {k!r} has {len(values)} tensors but the params have {n} leaves; "
+                "make the state with init(params)"
+            )
+    return step, buffers, names
+
+
+def _check_shapes(name: str, keys: tuple[str, ...], buffers: list[list[torch.Tensor]], leaves: list[torch.Tensor]) -> None:
+    """After a torch error: blame the state if its shapes do not match the params'."""
+    for k, values in zip(keys, buffers):
+        for i, (b, p) in enumerate(zip(values, leaves)):
+            if b.shape != p.shape:
+                raise TreeError(
+                    f"{name}: the state's {k!r} holds shape {tuple(b.shape)} for leaf {i} of shape "
+                    f"{tuple(p.shape)}; make the state with init(params)"
+                ) from None
+
+
+def _describe_state(state: Any) -> str:
+    if isinstance(state, dict):
+        return f"a dict with keys {list(state)}"
+    return type(state).__name__
+
+
+# Weight decay and its mask.
+
+
+class MaskResolver:
+    """Turns a `Mask` into the indices of the leaves it selects (`None`: all leaves).
+
+    A tree mask is resolved once per params structure; a callable one at every call.
+    """
+
+    __slots__ = ("name", "mask", "_treedef", "_indices")
+
+    def __init__(self, name: str, mask: Mask):
+        self.name = name
+        self.mask = mask
+        self._treedef: tree.TreeDef | None = None
+        self._indices: list[int] | None = None
+
+    def __call__(self, params: PyTree, treedef: tree.TreeDef) -> list[int] | None:
+        if self.mask is None:
+            return None
+        if not callable(self.mask) and treedef == self._treedef:
+            return self._indices
+        flags = self.mask(params) if callable(self.mask) else self.mask
+        leaves, mask_treedef = tree.flatten(flags)
+        if mask_treedef != treedef:
+            tree.assert_same_structure(tree.map(lambda _: True, params), flags, f"{self.name}: mask", shapes=False)
+            raise TreeError(f"{self.name}: the mask's tree does not match the params tree")
+        bad = [i for i, f in enumerate(leaves) if not isinstance(f, bool)]
+        if bad:
+            path = tree.paths(flags)[bad[0]]
+            raise FnnTypeError(f"{self.name}: mask leaves must be True or False, got {leaves[bad[0]]!r} at {path}")
+        indices = [i for i, f in enumerate(leaves) if f]
+        if not callable(self.mask):
+            self._treedef, self._indices = treedef, indices
+        return indices
+
+
+def add_weight_decay(
+    grads: list[torch.Tensor], leaves: list[torch.Tensor], weight_decay: float, indices: list[int] | None
+) -> list[torch.Tensor]:
+    """`g + λ θ` on the selected leaves (torch's `grad.add(param, alpha=weight_decay)`)."""
+    if indices is None:
+        return torch._foreach_add(grads, leaves, alpha=weight_decay)
+    if not indices:
+        return grads
+    decayed = torch._foreach_add([grads[i] for i in indices], [leaves[i] for i in indices], alpha=weight_decay)
+    grads = list(grads)
+    for i, g in zip(indices, decayed):
+        grads[i] = g
+    return grads
+
+
+def scale_leaves(leaves: list[torch.Tensor], factor: float, indices: list[int] | None) -> list[torch.Tensor]:
+    """`factor · θ` on the selected leaves, the others as they are (decoupled weight decay)."""
+    if indices is None:
+        return torch._foreach_mul(leaves, factor)
+    if not indices:
+        return leaves
+    scaled = torch._foreach_mul([leaves[i] for i in indices], factor)
+    leaves = list(leaves)
+    for i, p in zip(indices, scaled):
+        leaves[i] = p
+    return leaves

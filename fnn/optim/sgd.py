@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from .. import tree
-from ..core import PyTree
 from ..errors import FnnError
-from ..update import flat_pair
-from .base import LearningRate, Optimizer, check_hyper, check_lr, learning_rate
+from .base import (
+    LearningRate,
+    Mask,
+    MaskResolver,
+    Optimizer,
+    add_weight_decay,
+    build_optimizer,
+    check_hyper,
+    check_lr,
+    learning_rate,
+)
 
 __all__ = ["sgd"]
 
@@ -20,16 +27,26 @@ def sgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     maximize: bool = False,
+    *,
+    mask: Mask = None,
 ) -> Optimizer:
     """SGD with optional momentum, Nesterov and weight decay; `torch.optim.SGD`'s rule:
 
-        g ← ∇ + λ θ
+        g ← −∇ (maximize) or ∇,   g ← g + λ θ
         b ← g (first step),  b ← μ b + (1 − τ) g (after)
         g ← g + μ b (nesterov)   or   g ← b
         θ ← θ − η g
 
-    `lr` (η) may be a schedule: a function of the step count. The state is
-    `{"step": int, "momentum_buffer": tree of tensors or None}`.
+    Args:
+        lr: η, a number or a schedule (a function of the step count, 0 first).
+        momentum, dampening, weight_decay, nesterov, maximize: μ, τ, λ and the
+            flags, with `torch.optim.SGD`'s meaning and defaults.
+        mask: the leaves weight decay applies to (a tree of bools or a function
+            of params, e.g. `fnn.optim.decay_mask`); all leaves by default.
+
+    Returns:
+        `Optimizer(init, update)`. The state is `{"step": int}`, plus
+        `"momentum_buffer": {name: tensor}` with momentum.
 
     Example:
         >>> opt = fnn.optim.sgd(lr=0.1, momentum=0.9)
@@ -45,29 +62,22 @@ def sgd(
     check_hyper("sgd", "weight_decay", weight_decay)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise FnnError("sgd: nesterov momentum requires momentum > 0 and dampening = 0")
+    decay_indices = MaskResolver("sgd", mask)
 
-    def init(params: PyTree) -> PyTree:
-        buffers = tree.map(torch.zeros_like, params) if momentum else None
-        return {"step": 0, "momentum_buffer": buffers}
-
-    def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
-        leaves, g, treedef = flat_pair(params, grads, "sgd")
-        step = state["step"]
+    def sgd_step(params, treedef, leaves, g, buffers, step):
         eta = learning_rate("sgd", lr, step)
         if maximize:
             g = torch._foreach_neg(g)
         if weight_decay:
-            g = torch._foreach_add(g, leaves, alpha=weight_decay)
-        buffers = state["momentum_buffer"]
-        if momentum:
-            if step == 0:
-                buffers = [gi.clone() for gi in g]
-            else:
-                buffers = torch._foreach_mul(tree.leaves(buffers), momentum)
-                torch._foreach_add_(buffers, g, alpha=1.0 - dampening)
-            g = torch._foreach_add(g, buffers, alpha=momentum) if nesterov else buffers
-            buffers = tree.unflatten(treedef, buffers)
-        new_leaves = torch._foreach_add(leaves, g, alpha=-eta) if leaves else []
-        return tree.unflatten(treedef, new_leaves), {"step": step + 1, "momentum_buffer": buffers}
+            g = add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
+        if not momentum:
+            return torch._foreach_add(leaves, g, alpha=-eta), []
+        if step == 0:
+            b = torch._foreach_mul(g, 1.0)  # a copy of g (x · 1.0 is exact)
+        else:
+            b = torch._foreach_mul(buffers[0], momentum)
+            torch._foreach_add_(b, g, alpha=1.0 - dampening)
+        g = torch._foreach_add(g, b, alpha=momentum) if nesterov else b
+        return torch._foreach_add(leaves, g, alpha=-eta), [b]
 
-    return Optimizer(init, update)
+    return build_optimizer("sgd", {"momentum_buffer": 0.0} if momentum else {}, sgd_step)

@@ -1,0 +1,74 @@
+"""Adagrad, as `torch.optim.Adagrad`."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import (
+    LearningRate,
+    Mask,
+    MaskResolver,
+    Optimizer,
+    add_weight_decay,
+    build_optimizer,
+    check_hyper,
+    check_lr,
+    learning_rate,
+)
+
+__all__ = ["adagrad"]
+
+
+def adagrad(
+    lr: LearningRate = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+    mask: Mask = None,
+) -> Optimizer:
+    """Adagrad; `torch.optim.Adagrad`'s rule:
+
+        t ← t + 1,   g ← −∇ (maximize) or ∇,   g ← g + λ θ
+        η̃ ← η / (1 + (t − 1) δ),   s ← s + g²,   θ ← θ − η̃ g / (√s + ε)
+
+    Args:
+        lr: η, a number or a schedule (a function of the step count, 0 first).
+        lr_decay, weight_decay, initial_accumulator_value, eps, maximize: δ, λ,
+            s₀, ε and the flag, with `torch.optim.Adagrad`'s meaning and defaults.
+        mask: the leaves weight decay applies to (a tree of bools or a function
+            of params, e.g. `fnn.optim.decay_mask`); all leaves by default.
+
+    Returns:
+        `Optimizer(init, update)`. The state is `{"step": int, "sum": {name: tensor}}`.
+
+    Example:
+        >>> opt = fnn.optim.adagrad(lr=0.5)
+        >>> params = {"w": torch.zeros(2)}
+        >>> params, state = opt.update(params, {"w": torch.tensor([2.0, -4.0])}, opt.init(params))
+        >>> params["w"], state["sum"]["w"]
+        (tensor([-0.5000,  0.5000]), tensor([ 4., 16.]))
+    """
+    check_lr("adagrad", lr)
+    check_hyper("adagrad", "lr_decay", lr_decay)
+    check_hyper("adagrad", "weight_decay", weight_decay)
+    check_hyper("adagrad", "initial_accumulator_value", initial_accumulator_value)
+    check_hyper("adagrad", "eps", eps)
+    decay_indices = MaskResolver("adagrad", mask)
+
+    def adagrad_step(params, treedef, leaves, g, buffers, step):
+        eta = learning_rate("adagrad", lr, step)
+        if maximize:
+            g = torch._foreach_neg(g)
+        if weight_decay:
+            g = add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
+        t = step + 1
+        clr = eta / (1 + (t - 1) * lr_decay)
+        total = torch._foreach_addcmul(buffers[0], g, g, value=1)
+        std = torch._foreach_sqrt(total)
+        torch._foreach_add_(std, eps)
+        return torch._foreach_addcdiv(leaves, g, std, value=-clr), [total]
+
+    return build_optimizer("adagrad", {"sum": initial_accumulator_value}, adagrad_step)
