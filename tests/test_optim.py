@@ -447,6 +447,8 @@ def test_bad_state():
         O.adam().update(params, grads, O.adam().init(transposed))
     with pytest.raises(FnnTypeError, match=r"sgd: the state's step must be an int"):
         O.sgd().update(params, grads, {"step": torch.tensor(1)})
+    with pytest.raises(TreeError, match=r"adam: init: .*expected a dict of params, got Tensor"):
+        O.adam().init(torch.zeros(3))
 
 
 def test_bad_schedule_value():

@@ -24,7 +24,7 @@ from typing_extensions import Protocol, TypeAlias
 
 from .. import tree
 from ..core import PyTree
-from ..errors import FnnError, FnnTypeError, TreeError
+from ..errors import FnnError, FnnTypeError, TreeError, with_context
 from ..update import flat_pair
 
 __all__ = [
@@ -161,9 +161,13 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
     keys = tuple(buffers)
 
     def init(params: PyTree) -> PyTree:
+        try:
+            named_params = tree.to_state_dict(params)
+        except TreeError as error:
+            raise with_context(error, f"{name}: init:") from None
         state: dict[str, Any] = {"step": 0}
         for key, fill in buffers.items():
-            state[key] = {n: torch.full_like(p, fill) for n, p in tree.to_state_dict(params).items()}
+            state[key] = {n: torch.full_like(p, fill) for n, p in named_params.items()}
         return state
 
     def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
