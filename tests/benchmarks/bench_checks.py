@@ -1,0 +1,197 @@
+"""What fnn's input checks cost: a batch-100 disk train step with and without them.
+
+    python -m tests.benchmarks.run_all checks
+
+The step is the disk task's: the 2→25→25→25→2 MLP with Relu, cross-entropy,
+`fnn.value_and_grad` and `fnn.update`, batch 100. "checks bypassed" runs the
+same computation with check-free copies of the pieces that check: `serial`'s
+apply (params split, debug flag), Dense's and Relu's apply and backward,
+cross-entropy, value_and_grad's 0-d test and `update`'s tree comparison. It
+uses the same kernels in the same order (the results are asserted to be
+bit-identical) and fnn's own `serial_backward`, so the difference between the
+two is the cost of the checks. The issue asks for < 5 %.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+import fnn
+from fnn import core
+from fnn import layers as L
+from fnn.combinators import serial_backward
+from fnn.core import VJP, Layer
+
+from ._timing import compare, pin_threads, report
+
+aten = torch.ops.aten
+_backprop = getattr(core, "backprop", None)
+_register = getattr(core, "register_consumer", None)
+
+
+# --------------------------------------------------------------------------- check-free copies
+# Each copy is fnn's code line for line with the check lines taken out (and nothing else).
+
+
+def _dense_apply(params, x, **kwargs):
+    del kwargs
+    weight = params["weight"]
+    b = params["bias"]
+    return F.linear(x, weight, b), VJP(nocheck_dense_backward, (x, weight, True))
+
+
+# y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy W      (fnn's Dense backward minus its checks)
+def nocheck_dense_backward(residuals, dy):
+    x, weight, has_bias = residuals
+    return _dense_grads(x, weight, has_bias, dy, True)
+
+
+def nocheck_dense_consume(box, dy, need_dx):
+    x, weight, has_bias = box.pop()
+    return _dense_grads(x, weight, has_bias, dy, need_dx)
+
+
+def _dense_grads(x, weight, has_bias, dy, need_dx):
+    if x.ndim == 2:
+        grads = {"weight": dy.t().mm(x)}
+        dx = dy.mm(weight) if need_dx else None
+    else:
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        grads = {"weight": dy2.t().mm(x.reshape(-1, x.shape[-1]))}
+        dx = dy.matmul(weight) if need_dx else None
+        dy = dy2
+    if has_bias:
+        grads["bias"] = dy.sum(0)
+    return grads, dx
+
+
+if _register is not None:  # fnn's Dense skips dx for the first layer this way: so do we
+    _register(nocheck_dense_backward, nocheck_dense_consume)
+
+
+def _relu_apply(params, x, **kwargs):
+    del kwargs
+    y = torch.relu(x)
+    saved = y
+    return y, VJP(nocheck_relu_backward, saved)
+
+
+# y = max(x, 0)   ⇒   dx = dy · [y > 0]
+def nocheck_relu_backward(y, dy):
+    return {}, aten.threshold_backward.default(dy, y, 0)
+
+
+def _serial(*applies):
+    names = tuple(str(i) for i in range(len(applies)))
+    positions = tuple(range(len(applies)))
+
+    def apply(params, x):
+        child_params = [params[k] for k in names]
+        vjps = []
+        for i, child_apply in enumerate(applies):
+            try:
+                x, vjp = child_apply(child_params[i], x)
+            except fnn.FnnError:
+                raise
+            vjps.append(vjp)
+        return x, VJP(serial_backward, (tuple(vjps), names, positions))
+
+    return apply
+
+
+_ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+_REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _cross_entropy(logits, labels, reduction="mean"):
+    log_probs = torch.log_softmax(logits, 1)
+    value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, _REDUCTION_ENUM[reduction], -100)
+    return value, VJP(nocheck_cross_entropy_backward, (log_probs, labels, reduction, total_weight))
+
+
+# L = mean(−log softmax(z)[y])   ⇒   dz = dL · (softmax(z) − one_hot(y)) / n
+def nocheck_cross_entropy_backward(residuals, dvalue):
+    log_probs, labels, reduction, total_weight = residuals
+    one = _ONES.get((log_probs.dtype, log_probs.device))
+    if one is None:
+        one = _ONES[(log_probs.dtype, log_probs.device)] = torch.ones((), dtype=log_probs.dtype)
+    dlog_probs = aten.nll_loss_backward.default(
+        one, log_probs, labels, None, _REDUCTION_ENUM[reduction], -100, total_weight
+    )
+    return aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
+
+
+def _value_and_grad(apply, loss):
+    def loss_and_grads(params, x, target):
+        y, vjp = apply(params, x)
+        value, loss_vjp = loss(y, target)
+        dy = loss_vjp(1.0)
+        del loss_vjp, y
+        if _backprop is None:
+            grads, _ = vjp(dy)
+            return value, grads
+        box = [vjp]
+        del vjp
+        grads, _ = _backprop(box, dy, False)
+        return value, grads
+
+    return loss_and_grads
+
+
+def _update(params, grads, lr):
+    leaves, treedef = fnn.tree.flatten(params)
+    grad_leaves = fnn.tree.leaves(grads)
+    if not leaves:
+        return fnn.tree.unflatten(treedef, [])
+    return fnn.tree.unflatten(treedef, torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+
+
+# --------------------------------------------------------------------------- the two steps
+
+
+def _model() -> Layer:
+    return fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+
+
+def make_steps(batch: int = 100):
+    _, params = _model().init(fnn.random.key(0), (-1, 2))
+    x, labels = fnn.data.disk(fnn.random.key(1), batch)
+    loss_and_grads = fnn.value_and_grad(_model().apply, fnn.losses.cross_entropy)
+    nocheck_loss_and_grads = _value_and_grad(_serial(*[_dense_apply, _relu_apply] * 3, _dense_apply), _cross_entropy)
+
+    def fnn_step(p=params):
+        _, grads = loss_and_grads(p, x, labels)
+        return fnn.update(p, grads, lr=0.1)
+
+    def nocheck_step(p=params):
+        _, grads = nocheck_loss_and_grads(p, x, labels)
+        return _update(p, grads, 0.1)
+
+    return fnn_step, nocheck_step
+
+
+def main() -> None:
+    pin_threads(1)
+    fnn_step, nocheck_step = make_steps()
+    a, b = fnn_step(), nocheck_step()
+    for path, u, v in zip(fnn.tree.paths(a), fnn.tree.leaves(a), fnn.tree.leaves(b)):
+        assert torch.equal(u, v), f"the check-free copy computes something else at {path}: update it"
+
+    rounds = []
+    for _ in range(3):
+        times = compare({"fnn (with checks)": fnn_step, "checks bypassed": nocheck_step}, number=200, repeats=21)
+        report("disk MLP train step, batch 100 (value_and_grad + update)", times, baseline="fnn (with checks)")
+        with_checks = statistics.median(times["fnn (with checks)"])
+        without = statistics.median(times["checks bypassed"])
+        rounds.append((with_checks - without) / with_checks)
+    print(
+        f"\n  checks cost {100 * statistics.median(rounds):.1f} % of the step "
+        f"(median of 3 rounds: {', '.join(f'{100 * r:.1f} %' for r in rounds)}); the target is < 5 %"
+    )
+
+
+if __name__ == "__main__":
+    main()
