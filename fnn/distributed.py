@@ -130,7 +130,7 @@ def _unpack(flat: torch.Tensor, leaves: list[torch.Tensor], bucket: list[int], o
 
 
 def _wire(flat: torch.Tensor) -> torch.Tensor:
-    # gloo does not send bool tensors; the same bytes as uint8 do (a view: received in place).
+    # bool tensors travel as their bytes, uint8, which every backend sends (a view: received in place).
     return flat.view(torch.uint8) if flat.dtype == torch.bool else flat
 
 
@@ -140,18 +140,14 @@ def _cap_bytes(where: str, bucket_mb: float) -> float:
     return bucket_mb * 2**20
 
 
-def _check_devices(where: str, leaves: list[torch.Tensor], group: ProcessGroup) -> None:
+def _check_devices(where: str, paths: list[str], leaves: list[torch.Tensor], group: ProcessGroup) -> None:
     if dist.get_backend(group) == "nccl":
-        for path, leaf in zip(tree.paths(_Leaves(leaves)), leaves):
+        for path, leaf in zip(paths, leaves):
             if leaf.device.type != "cuda":
                 raise FnnError(
                     f"fnn.distributed.{where}: the nccl backend needs CUDA tensors, but leaf "
-                    f"{path} is on {leaf.device}; move the tree to this rank's GPU first"
+                    f"{path or '(the tree)'} is on {leaf.device}; move the tree to this rank's GPU first"
                 )
-
-
-class _Leaves(list):
-    """A list whose `tree.paths` read `[0]`, `[1]`, …: leaf positions for messages."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,13 +178,14 @@ def all_reduce_mean(
     _require("all_reduce_mean")
     cap = _cap_bytes("all_reduce_mean", bucket_mb)
     leaves, treedef = tree.flatten(grads)
-    for path, leaf in zip(tree.paths(grads), leaves):
+    paths = tree.paths(grads)
+    for path, leaf in zip(paths, leaves):
         if not isinstance(leaf, torch.Tensor) or not (leaf.is_floating_point() or leaf.is_complex()):
             raise FnnTypeError(
                 f"fnn.distributed.all_reduce_mean: expected floating-point tensor leaves, got "
-                f"{describe(leaf)} at {path}"
+                f"{describe(leaf)} at {path or '(the tree)'}"
             )
-    _check_devices("all_reduce_mean", leaves, group)
+    _check_devices("all_reduce_mean", paths, leaves, group)
     count = dist.get_world_size(group)
     if count == 1:
         return tree.unflatten(treedef, leaves)
@@ -218,7 +215,11 @@ def _spec(leaf: Any) -> tuple[Any, ...]:
     return ("value", type(leaf).__name__)
 
 
-def _spec_mismatch(mine: tuple[list[str], list[tuple[Any, ...]]], theirs: tuple[list[str], list[tuple[Any, ...]]]) -> str | None:
+Layout = tuple[list[str], list[tuple[Any, ...]]]  # a tree's leaf paths and leaf specs
+
+
+def _spec_mismatch(mine: Layout, theirs: Layout) -> str | None:
+    """The first difference between this rank's tree layout and the source's, if any."""
     my_paths, my_specs = mine
     their_paths, their_specs = theirs
     if my_paths != their_paths:
@@ -228,9 +229,12 @@ def _spec_mismatch(mine: tuple[list[str], list[tuple[Any, ...]]], theirs: tuple[
         return f"{len(my_paths)} leaves where the source has {len(their_paths)}"
     for path, a, b in zip(my_paths, my_specs, their_specs):
         if a != b:
-            show = {"tensor": lambda s: f"a tensor of shape {s[1]}, {s[2]}", "value": lambda s: f"a {s[1]}"}
-            return f"{path or 'the tree'} is {show[a[0]](a)} where the source has {show[b[0]](b)}"
+            return f"{path or 'the tree'} is {_show(a)} where the source has {_show(b)}"
     return None
+
+
+def _show(spec: tuple[Any, ...]) -> str:
+    return f"a tensor of shape {spec[1]}, {spec[2]}" if spec[0] == "tensor" else f"a {spec[1]}"
 
 
 def broadcast(
@@ -262,10 +266,10 @@ def broadcast(
     me = dist.get_rank(group)
     where = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
     tensors = [leaves[i] for i in where]
-    _check_devices("broadcast", tensors, group)
+    mine = (tree.paths(tree_), [_spec(leaf) for leaf in leaves])
+    _check_devices("broadcast", [mine[0][i] for i in where], tensors, group)
     src_global = src if group is None else dist.get_global_rank(group, src)
     device = _object_device(group, tensors)
-    mine = (tree.paths(tree_), [_spec(leaf) for leaf in leaves])
     try:
         # 1. The source's layout and plain values. Every rank checks its tree against
         # them, then all learn which ranks differ, so all raise together: none hangs.

@@ -1,8 +1,10 @@
 """fnn.distributed: 2 gloo processes on 127.0.0.1, spawned here with a free port and a timeout.
 
-The workers are this file run as a script (`python tests/test_distributed.py SCENARIO OUT_DIR`,
-with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun would). Each scenario is
-launched once; the tests read what the ranks saved and compare it with single-process runs.
+The workers are this file run as a script (`python tests/test_distributed.py OUT_DIR`, with
+RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun would). One launch serves all
+the two-rank tests, to pay for starting Python and torch only once: the ranks train, save
+what they saw, check the collectives, and at the end rank 1 crashes in the middle of a loop
+of all-reduces. The tests read what the ranks saved and printed.
 """
 
 from __future__ import annotations
@@ -126,6 +128,11 @@ def worker_main(out: Path) -> None:
     except fnn.FnnError as error:
         saved["mismatch"] = str(error)
     saved["after_mismatch"] = fd.all_reduce_mean({"w": torch.full((2,), float(rank))})
+    try:  # checked before any collective, so no rank waits for the other
+        fd.all_reduce_mean({"w": torch.ones(2), "count": torch.ones(2, dtype=torch.int64)})
+        saved["int_leaf"] = None
+    except fnn.errors.FnnTypeError as error:
+        saved["int_leaf"] = str(error)
 
     fd.log(f"hello from rank {rank}")
     torch.save(saved, out / f"rank{rank}.pt")
@@ -134,6 +141,7 @@ def worker_main(out: Path) -> None:
 def worker_die(out: Path) -> None:
     rank = fd.rank()
     params = fd.broadcast(mixed_tree(rank))
+    (out / f"rank{rank}.dying").write_text(repr(time.time()))
     for step in range(5):
         if rank == 1 and step == 3:
             os._exit(7)  # a crash: no clean-up, no goodbye
@@ -141,10 +149,11 @@ def worker_die(out: Path) -> None:
         (out / f"rank{rank}.step").write_text(str(step))
 
 
-def run_worker(scenario: str, out: Path) -> None:
+def run_worker(out: Path) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
-    {"main": worker_main, "die": worker_die}[scenario](out)
+    worker_main(out)
+    worker_die(out)  # rank 0 raises CollectiveError from here, rank 1 exits with code 7
     torch.distributed.destroy_process_group()
 
 
@@ -158,8 +167,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(scenario: str, out: Path) -> tuple[list[int], list[str], float]:
-    """Run the scenario on WORLD ranks; (return codes, outputs, seconds). Fails on a hang."""
+def launch(out: Path) -> tuple[list[int], list[str], list[float]]:
+    """Run the workers on WORLD ranks: (return codes, outputs, end times). Fails on a hang."""
     env = dict(
         os.environ,
         MASTER_ADDR="127.0.0.1",
@@ -175,26 +184,37 @@ def launch(scenario: str, out: Path) -> tuple[list[int], list[str], float]:
     for r in range(WORLD):
         with open(logs[r], "w") as log:
             procs.append(subprocess.Popen(
-                [sys.executable, __file__, scenario, str(out)],
+                [sys.executable, __file__, str(out)],
                 env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=log, stderr=subprocess.STDOUT,
             ))
-    try:
-        for p in procs:
-            p.wait(timeout=max(0.1, start + JOB_TIMEOUT_S - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"{scenario}: the ranks did not finish within {JOB_TIMEOUT_S} s:\n"
-                    + "\n".join(f.read_text() for f in logs))
-    return [p.returncode for p in procs], [f.read_text() for f in logs], time.monotonic() - start
+    ends = [0.0] * WORLD
+    while any(p.poll() is None for p in procs):  # poll both, to see when each one ends
+        if time.monotonic() > start + JOB_TIMEOUT_S:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"the ranks did not finish within {JOB_TIMEOUT_S} s:\n"
+                        + "\n".join(f.read_text() for f in logs))
+        for r, p in enumerate(procs):
+            if p.poll() is not None and not ends[r]:
+                ends[r] = time.time()
+        time.sleep(0.05)
+    ends = [end or time.time() for end in ends]
+    return [p.returncode for p in procs], [f.read_text() for f in logs], ends
 
 
 @pytest.fixture(scope="module")
-def main_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp_main")
-    codes, logs, _ = launch("main", out)
-    assert codes == [0] * WORLD, "\n".join(logs)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], logs
+def launched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    codes, logs, ends = launch(out)
+    return out, codes, logs, ends
+
+
+@pytest.fixture(scope="module")
+def main_run(launched):
+    out, _, logs, _ = launched
+    saved = [out / f"rank{r}.pt" for r in range(WORLD)]
+    assert all(f.exists() for f in saved), "\n".join(logs)
+    return [torch.load(f, weights_only=False) for f in saved], logs
 
 
 def assert_trees_equal(a, b, atol=0.0):
@@ -278,21 +298,28 @@ def test_broadcast_of_a_mismatched_tree_raises_on_every_rank(main_run):
         assert saved["after_mismatch"]["w"].tolist() == [0.5, 0.5]
 
 
+def test_all_reduce_mean_rejects_non_float_leaves(main_run):
+    ranks, _ = main_run
+    for saved in ranks:
+        assert "expected floating-point tensor leaves, got tensor of shape (2,), dtype torch.int64" in saved["int_leaf"]
+        assert "['count']" in saved["int_leaf"]
+
+
 def test_log_prints_on_rank_0_only(main_run):
     _, logs = main_run
     assert "hello from rank 0" in logs[0]
     assert "hello from rank" not in logs[1]
 
 
-def test_a_dead_rank_makes_the_other_fail_with_a_clear_error(tmp_path):
-    codes, logs, seconds = launch("die", tmp_path)
-    assert codes[1] == 7
-    assert codes[0] != 0, logs[0]
+def test_a_dead_rank_makes_the_other_fail_with_a_clear_error(launched):
+    out, codes, logs, ends = launched
+    assert codes[1] == 7, logs[1]
+    assert codes[0] == 1, logs[0]  # the uncaught CollectiveError, not a hang nor a kill
     assert "CollectiveError: fnn.distributed.all_reduce_mean failed on rank 0 of 2, backend gloo" in logs[0]
     assert "Another rank probably died" in logs[0]
-    assert (tmp_path / "rank0.step").read_text() == "2"  # it failed at the step rank 1 missed
-    assert seconds < PG_TIMEOUT_S + 20
-
+    assert (out / "rank0.step").read_text() == "2"  # it failed at the step rank 1 missed
+    seconds = ends[0] - float((out / "rank0.dying").read_text())
+    assert seconds < PG_TIMEOUT_S, f"rank 0 took {seconds:.1f} s to fail"
 
 # ---------------------------------------------------------------------------------------------
 # One process.
@@ -348,4 +375,4 @@ def test_rank_key_differs_by_rank_and_is_fold_in():
 
 
 if __name__ == "__main__":
-    run_worker(sys.argv[1], Path(sys.argv[2]))
+    run_worker(Path(sys.argv[1]))
