@@ -29,7 +29,11 @@ def input_like(name: str, x: object, param: torch.Tensor) -> torch.Tensor:
     """`x` if it is a tensor with `param`'s dtype and device, else a clear error."""
     if not isinstance(x, torch.Tensor):
         raise FnnTypeError(f"{name}: expected a tensor input, got {describe(x)}")
-    if x.dtype is not param.dtype:
+    try:
+        same_dtype = x.dtype is param.dtype
+    except AttributeError:
+        raise FnnTypeError(f"{name}: params must hold tensors, got {describe(param)}") from None
+    if not same_dtype:
         if not x.is_floating_point():
             raise FnnTypeError(
                 f"{name}: expected a floating-point input of dtype {param.dtype}, got dtype {x.dtype}"
