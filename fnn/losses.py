@@ -53,6 +53,9 @@ def _cotangent(name: str, dvalue: object, reduction: str, like: torch.Tensor) ->
     if isinstance(dvalue, torch.Tensor):
         if reduction != "none" and dvalue.ndim:
             raise ShapeError(f"{name} VJP: expected a scalar cotangent, got shape {tuple(dvalue.shape)}")
+        if reduction == "none" and dvalue.shape != (like.shape[:1] if name == "cross_entropy" else like.shape):
+            expected = tuple(like.shape[:1] if name == "cross_entropy" else like.shape)
+            raise ShapeError(f"{name} VJP: expected a cotangent of the loss's shape {expected}, got {tuple(dvalue.shape)}")
         return dvalue
     if isinstance(dvalue, bool) or not isinstance(dvalue, int | float) or reduction == "none":
         raise FnnTypeError(f"{name} VJP: expected a {'tensor' if reduction == 'none' else 'scalar'} "
@@ -113,6 +116,8 @@ def cross_entropy(
     try:
         value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, _REDUCTION_ENUM[reduction], -100)
     except (RuntimeError, IndexError):
+        if labels.device != logits.device:
+            raise FnnError(f"cross_entropy: labels are on {labels.device} but the logits are on {logits.device}") from None
         raise FnnError(
             f"cross_entropy: labels must be class indices in [0, {logits.shape[1]}) on {logits.device}"
         ) from None
