@@ -87,6 +87,11 @@ def sgd_update(params, grads, state=None, **kw):
     return opt.update(params, grads, state if state is not None else opt.init(params))
 
 
+def adam_update(params, grads, make=None, state=None):
+    opt = (make or fnn.optim.adam)(1e-3)
+    return opt.update(params, grads, state if state is not None else opt.init(params))
+
+
 W = {"w": torch.ones(2, 3)}
 
 # (id, call, error class, message prefix, fragments)
@@ -168,6 +173,9 @@ CASES = [
      FnnError, "Dense:", ["params['bias']", "meta"]),
     ("FanInSum devices", lambda: L.FanInSum().apply({}, (X, XMETA)), FnnError, "FanInSum:", ["device"]),
     ("mse target device", lambda: fnn.losses.mse(X, XMETA), FnnError, "mse:", ["meta", "cpu"]),
+    ("cross_entropy labels device",
+     lambda: fnn.losses.cross_entropy(X, torch.zeros(5, dtype=torch.long, device="meta")), FnnError,
+     "cross_entropy:", ["labels are on meta", "cpu"]),
     ("update grads device", lambda: fnn.update(W, {"w": torch.ones(2, 3, device="meta")}), FnnError,
      "update:", ["params['w']", "meta"]),
     # ------------------------------------------------------------ params trees
@@ -222,6 +230,11 @@ CASES = [
      "Flatten VJP:", ["24 elements"]),
     ("loss VJP not scalar", lambda: fnn.losses.mse(X, X)[1](torch.ones(3)), ShapeError,
      "mse VJP:", ["scalar cotangent", "(3,)"]),
+    ("mse VJP none shape", lambda: fnn.losses.mse(X, X, reduction="none")[1](torch.ones(3)), ShapeError,
+     "mse VJP:", ["loss's shape (5, 3)", "(3,)"]),
+    ("cross_entropy VJP none shape",
+     lambda: fnn.losses.cross_entropy(X, torch.zeros(5, dtype=torch.long), reduction="none")[1](torch.ones(5, 3)),
+     ShapeError, "cross_entropy VJP:", ["loss's shape (5,)", "(5, 3)"]),
     ("loss VJP not a number", lambda: fnn.losses.cross_entropy(torch.ones(5, 2), torch.zeros(5, dtype=torch.long))[1]("1"),
      FnnTypeError, "cross_entropy VJP:", ["str"]),
     # ------------------------------------------------------------ Dropout rate
@@ -285,6 +298,18 @@ CASES = [
     ("update lr str", lambda: fnn.update(W, W, lr="0.1"), FnnError, "update:", ["lr"]),
     ("sgd grads tree", lambda: sgd_update({"w": X}, {"v": X}), TreeError, "sgd:", ["missing keys ['w']"]),
     ("sgd grads shape", lambda: sgd_update({"w": X}, {"w": torch.ones(3)}), TreeError, "sgd:", ["['w']", "(3,)"]),
+    ("sgd state of other params", lambda: sgd_update({"w": X}, {"w": X}, fnn.optim.sgd(0.1, momentum=0.9).init({"w": X, "b": X})),
+     FnnError, "sgd:", ["state", "init(params)"]),
+    ("adam grads tree", lambda: adam_update({"w": X}, {"v": X}), TreeError, "adam:", ["missing keys ['w']"]),
+    ("adam grads dtype", lambda: adam_update({"w": X}, {"w": X64}), FnnError, "adam:", ["params['w']", "float64"]),
+    ("adamw grads shape", lambda: adam_update({"w": X}, {"w": torch.ones(3)}, fnn.optim.adamw), TreeError,
+     "adamw:", ["['w']", "(3,)"]),
+    ("adam state not a state", lambda: adam_update({"w": X}, {"w": X}, state={"step": 0}), FnnError,
+     "adam:", ["state"]),
+    ("adam betas", lambda: fnn.optim.adam(lr=0.1, betas=(1.5, 0.9)), FnnError, "adam:", ["betas", "1.5"]),
+    ("adam eps", lambda: fnn.optim.adam(eps=-1.0), FnnError, "adam:", ["eps"]),
+    ("rmsprop lr", lambda: fnn.optim.rmsprop(lr=-1.0), FnnError, "rmsprop:", ["lr"]),
+    ("adagrad lr_decay", lambda: fnn.optim.adagrad(lr=0.1, lr_decay=-1.0), FnnError, "adagrad:", ["lr_decay"]),
     ("sgd momentum", lambda: fnn.optim.sgd(lr=0.1, momentum=-0.5), FnnError, "sgd:", ["momentum", "-0.5"]),
     ("sgd lr", lambda: fnn.optim.sgd(lr=-0.1), FnnError, "sgd:", ["lr"]),
     ("sgd nesterov", lambda: fnn.optim.sgd(lr=0.1, nesterov=True), FnnError, "sgd:", ["nesterov"]),
