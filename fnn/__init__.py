@@ -13,10 +13,12 @@ plus explicit residuals. No autograd anywhere.
 from . import data, errors, initializers, layers, losses, optim, random, testing, tree
 from . import debug, io
 from . import distributed
+from . import per_example
 from .combinators import parallel, serial
 from .core import VJP, Key, Layer, Params, PyTree, Shape
 from .errors import FnnError
 from .grad import value_and_grad
+from .per_example import per_example_grads
 from .update import update
 
 __version__ = "0.1.0"
@@ -32,6 +34,7 @@ __all__ = [
     "serial",
     "parallel",
     "value_and_grad",
+    "per_example_grads",
     "update",
     "random",
     "tree",
@@ -45,4 +48,5 @@ __all__ = [
     "io",
     "debug",
     "distributed",
+    "per_example",
 ]
