@@ -87,7 +87,10 @@ def fold_in(k: Key, data: int) -> Key:
 def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
     """A fresh `torch.Generator` on `device`, seeded from `k` (for users' own sampling)."""
     hi, lo = _words(k)
-    g = torch.Generator(device=device)
+    try:
+        g = torch.Generator(device=device)
+    except RuntimeError:
+        raise FnnError(f"fnn.random: cannot draw random numbers on device {device!r} (no generator there)") from None
     g.manual_seed(_mix64(((hi << 32) | lo) ^ 0x2545F4914F6CDD1D) >> 1)
     return g
 

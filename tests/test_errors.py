@@ -147,6 +147,8 @@ CASES = [
      "Dense:", ["floating-point torch.dtype", "int64"]),
     ("init dtype str", lambda: L.Dense(2).init(K, (-1, 3), dtype="float32"), FnnTypeError,
      "Dense:", ["floating-point torch.dtype"]),
+    ("init on meta device", lambda: fnn.serial(L.Dense(2)).init(K, (-1, 3), device="meta"), FnnError,
+     "serial[0] fnn.random:", ["device 'meta'"]),
     ("init bad device", lambda: L.Dense(2).init(K, (-1, 3), device="nope"), FnnError, "Dense:", ["device", "'nope'"]),
     # ------------------------------------------------------------ dtype mismatch
     ("Dense float64 input", lambda: L.Dense(2).apply(dense_params(), X64), FnnError,
