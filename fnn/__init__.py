@@ -13,11 +13,13 @@ plus explicit residuals. No autograd anywhere.
 from . import data, errors, initializers, layers, losses, optim, random, testing, tree
 from . import debug, io
 from . import distributed
+from . import state
 from . import per_example
 from .combinators import parallel, serial
 from .core import VJP, Key, Layer, Params, PyTree, Shape
 from .errors import FnnError
 from .grad import value_and_grad
+from .state import init_state
 from .per_example import per_example_grads
 from .update import update
 
@@ -34,6 +36,8 @@ __all__ = [
     "serial",
     "parallel",
     "value_and_grad",
+    "init_state",
+    "state",
     "per_example_grads",
     "update",
     "random",

@@ -71,6 +71,54 @@ class _Children:
             raise KeyArrayError(f"{self.kind}: bad key: {error}") from None
 
 
+    def split_state(self, state: Any) -> list[Any]:
+        """Each child's state, `None` for children without one (they run without `state=`)."""
+        if not isinstance(state, Mapping):
+            raise TreeError(f"{self.kind}: expected state as a dict (from fnn.init_state), got {describe(state)}")
+        unknown = [k for k in state if k not in self.position]
+        if unknown:
+            raise TreeError(
+                f"{self.kind}: unexpected state keys {unknown}; this {self.kind} has layers {list(self.names)}"
+            )
+        return [None if isinstance(s, Mapping) and not s else s for s in map(state.get, self.names)]
+
+
+def _apply_with_state(
+    children: _Children, params: Params, x: Any, key: Key | None, kwargs: dict[str, Any]
+) -> tuple[Any, VJP, dict[str, Any]]:
+    """`serial`'s or `parallel`'s apply given `state=`: returns `(y, vjp, new_state)`.
+
+    A child with an entry in the state gets `state=` and hands back its new state;
+    the others run as in the stateless path. Other keywords (`train=`) go to all."""
+    state = kwargs.pop("state")
+    child_params, given, positions = children.split_params(params)
+    child_states = children.split_state(state)
+    is_serial = children.kind == "serial"
+    if not is_serial and (not isinstance(x, tuple | list) or len(x) != len(child_states)):
+        raise ShapeError(f"parallel: expected a tuple of {len(child_states)} inputs, got {describe(x)}")
+    keys = children.init_keys(key) if key is not None else None
+    ys, vjps, new_state = [], [], {}
+    for i, child_apply in enumerate(children.applies):
+        child_kwargs = dict(kwargs, key=keys[i]) if keys is not None else kwargs
+        try:
+            if child_states[i] is None:
+                y, vjp = child_apply(child_params[i], x if is_serial else x[i], **child_kwargs)
+            else:
+                y, vjp, new_state[children.names[i]] = child_apply(
+                    child_params[i], x if is_serial else x[i], state=child_states[i], **child_kwargs
+                )
+        except FnnError as error:
+            raise with_context(error, children.where(i)) from None
+        if is_serial:
+            x = y
+        ys.append(y)
+        vjps.append(vjp)
+    residuals = (tuple(vjps), given, positions)
+    if is_serial:
+        return x, VJP(serial_backward, residuals), new_state
+    return tuple(ys), VJP(parallel_backward, residuals), new_state
+
+
 def _gather(grads: list[Any], given: tuple[str, ...], positions: tuple[int, ...]) -> Params:
     return {name: grads[i] for name, i in zip(given, positions)}
 
@@ -108,6 +156,8 @@ def serial(*layers: Layer) -> Layer:
         return shape, params
 
     def apply(params: Params, x: Any, *, key: Key | None = None, **kwargs: Any) -> tuple[Any, VJP]:
+        if "state" in kwargs:  # a model with running statistics (BatchNorm): see fnn/state.py
+            return _apply_with_state(children, params, x, key, kwargs)  # type: ignore[return-value]
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
         vjps = []
@@ -204,6 +254,8 @@ def parallel(*layers: Layer) -> Layer:
     def apply(
         params: Params, x: Sequence[torch.Tensor], *, key: Key | None = None, **kwargs: Any
     ) -> tuple[tuple[Any, ...], VJP]:
+        if "state" in kwargs:  # a model with running statistics (BatchNorm): see fnn/state.py
+            return _apply_with_state(children, params, x, key, kwargs)  # type: ignore[return-value]
         child_params, given, positions = children.split_params(params)
         if not isinstance(x, tuple | list) or len(x) != count:
             raise ShapeError(f"parallel: expected a tuple of {count} inputs, got {describe(x)}")

@@ -29,6 +29,8 @@ def value_and_grad(
     `value` is the 0-d loss tensor and `grads` mirrors `params`. With
     `has_aux=True`, `f` returns `((value, y), grads)`, `y` being the model's
     output, so metrics need no second forward pass. Keywords (`key=`) go to `apply`.
+    Given `state=` (a model with BatchNorm; see `fnn.state`), `f` also returns the
+    new state, last: `(value, grads, new_state)` or `((value, y), grads, new_state)`.
 
     Example:
         >>> init, apply = fnn.serial(L.Dense(2))
@@ -45,7 +47,11 @@ def value_and_grad(
         )
 
     def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, Params]:
-        y, vjp = apply(params, x, **kwargs)
+        stateful = "state" in kwargs  # a model with running statistics (BatchNorm): see fnn/state.py
+        if stateful:
+            y, vjp, new_state = apply(params, x, **kwargs)
+        else:
+            y, vjp = apply(params, x, **kwargs)
         value, loss_vjp = loss(y, target)
         if value.ndim:
             raise FnnError(
@@ -60,6 +66,7 @@ def value_and_grad(
         box = [vjp]
         del vjp  # `backprop` frees each layer's residuals as soon as it has used them
         grads, _ = backprop(box, dy, need_dx=False)
-        return ((value, y), grads) if has_aux else (value, grads)
+        result = ((value, y), grads) if has_aux else (value, grads)
+        return (*result, new_state) if stateful else result  # type: ignore[return-value]
 
     return loss_and_grads

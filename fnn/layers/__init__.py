@@ -14,13 +14,21 @@ from .activations import (
     Tanh,
     elementwise,
 )
+from .conv import Conv
 from .dense import Dense
 from .dropout import Dropout
 from .fan import FanInConcat, FanInSum, FanOut
+from .norm import BatchNorm, LayerNorm
+from .pool import AvgPool, MaxPool
 from .reshape import Flatten, Reshape
 
 __all__ = [
     "Dense",
+    "Conv",
+    "MaxPool",
+    "AvgPool",
+    "LayerNorm",
+    "BatchNorm",
     "Relu",
     "LeakyRelu",
     "Tanh",

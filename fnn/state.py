@@ -1,0 +1,137 @@
+"""Explicit state: running statistics (BatchNorm's) that travel beside the params, never inside.
+
+A model's *state* is a pytree nested like its params — `"0"`, `"1"`, … under
+`serial` and `parallel` — with an entry only for the layers that have one, so
+`to_state_dict(params) | to_state_dict(state)` has exactly the names of the
+matching torch model's `state_dict()`. It receives no gradients.
+
+- `init_state(model, input_shape)` makes the initial state (`{}` for a stateless model).
+- `apply(params, x, state=state, train=True)` returns `(y, vjp, new_state)`:
+  given a state, a model hands back the next one as a third output. Without
+  `state=`, stateless models keep the plain `(y, vjp)` contract.
+- `value_and_grad(apply, loss)(params, x, target, state=state, train=True)`
+  returns `(value, grads, new_state)` likewise.
+- `split(tree, like=state)` separates a tree of params and state (a loaded
+  torch `state_dict`) into `(params, state)`; `bind(layer, state, train=...)`
+  fixes the state and gives a stateless layer (for `check_vjp` or inference).
+
+A layer with state marks its `apply` with `apply.init_state(input_shape, *, dtype,
+device) -> (output_shape, state)` and accepts `state=` and `train=` keywords.
+
+    >>> model = fnn.serial(L.Conv(4, 3), L.BatchNorm(), L.Relu())
+    >>> state = init_state(model, (-1, 1, 8, 8))
+    >>> list(fnn.tree.to_state_dict(state))
+    ['1.running_mean', '1.running_var', '1.num_batches_tracked']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import random
+from .core import VJP, Layer, Params, PyTree, Shapes
+from .errors import FnnError, FnnTypeError, TreeError, describe, with_context
+
+__all__ = ["init_state", "split", "bind"]
+
+
+def init_state(
+    layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> PyTree:
+    """The initial state of `layer` for inputs of `input_shape`: a dict nested like its params.
+
+    Only layers with state (BatchNorm) have an entry; a stateless model gets
+    `{}`. Other layers' `init` runs once, with a fixed key, to learn the shapes.
+
+    Example:
+        >>> model = fnn.serial(L.Dense(3), L.BatchNorm())
+        >>> state = fnn.init_state(model, (-1, 2))
+        >>> state["1"]["running_var"]
+        tensor([1., 1., 1.])
+        >>> fnn.init_state(fnn.serial(L.Dense(3)), (-1, 2))
+        {}
+    """
+    if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
+        raise FnnTypeError(f"init_state: expected a Layer (init, apply) pair, got {describe(layer)}")
+    return _init_state(layer, input_shape, dtype, device)[1]
+
+
+def _init_state(layer: Layer, shape: Any, dtype: torch.dtype, device: torch.device | str) -> tuple[Any, PyTree]:
+    init, apply = layer
+    own = getattr(apply, "init_state", None)
+    if own is not None:
+        return own(shape, dtype=dtype, device=device)
+    children = getattr(apply, "children", None)
+    kind = getattr(apply, "layer_name", None)
+    if children is None or kind not in ("serial", "parallel"):
+        return init(random.key(0), shape, dtype=dtype, device=device)[0], {}
+    if kind == "parallel" and (not isinstance(shape, list | tuple) or len(shape) != len(children)):
+        raise FnnError(f"parallel: expected a list of {len(children)} input shapes, got {shape!r}")
+    state, shapes = {}, []
+    for i, child in enumerate(children):
+        try:
+            out, child_state = _init_state(child, shape if kind == "serial" else shape[i], dtype, device)
+        except FnnError as error:
+            raise with_context(error, f"{kind}[{i}]") from None
+        if child_state:
+            state[str(i)] = child_state
+        shape = out if kind == "serial" else shape
+        shapes.append(out)
+    return (shape if kind == "serial" else shapes), state
+
+
+def split(tree: Mapping[str, Any], like: PyTree) -> tuple[Params, PyTree]:
+    """`(params, state)` from a tree holding both; `like` (e.g. `init_state(...)`) names the state leaves.
+
+    Use it to load a torch model whose `state_dict()` holds buffers too.
+
+    Example:
+        >>> torch_model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+        >>> model = fnn.serial(L.Dense(3), L.BatchNorm())
+        >>> both = fnn.tree.from_state_dict(torch_model.state_dict())
+        >>> params, state = fnn.state.split(both, like=fnn.init_state(model, (-1, 2)))
+        >>> sorted(params["1"]), sorted(state["1"])
+        (['bias', 'weight'], ['num_batches_tracked', 'running_mean', 'running_var'])
+    """
+    if not isinstance(tree, Mapping) or not isinstance(like, Mapping):
+        raise TreeError(f"split: expected two dicts, got {describe(tree)} and {describe(like)}")
+    missing = [k for k in like if k not in tree]
+    if missing:
+        raise TreeError(f"split: the tree has no entries {missing} for the state's keys")
+    params: Params = {}
+    state: dict[str, Any] = {}
+    for k, v in tree.items():
+        if k not in like:
+            params[k] = v
+        elif isinstance(like[k], Mapping):
+            params_k, state[k] = split(v, like[k])
+            if params_k:
+                params[k] = params_k
+        else:
+            state[k] = v
+    return params, state
+
+
+def bind(layer: Layer, state: PyTree, **kwargs: Any) -> Layer:
+    """`layer` with its state (and keywords such as `train=`) fixed: a stateless layer.
+
+    Its `apply(params, x)` returns `(y, vjp)` and drops the new state. For
+    inference (`train=False`) and for `fnn.testing.check_vjp`.
+
+    Example:
+        >>> bn = L.BatchNorm()
+        >>> _, params = bn.init(fnn.random.key(0), (-1, 3))
+        >>> frozen = fnn.state.bind(bn, fnn.init_state(bn, (-1, 3), dtype=torch.float64), train=True)
+        >>> fnn.testing.check_vjp(frozen, params, torch.randn(4, 3))
+    """
+    init, apply = layer
+
+    def bound_apply(params: Params, x: Any, **more: Any) -> tuple[Any, VJP]:
+        y, vjp, _ = apply(params, x, state=state, **kwargs, **more)
+        return y, vjp
+
+    bound_apply.layer_name = getattr(apply, "layer_name", None) or "bound"  # type: ignore[attr-defined]
+    return Layer(init, bound_apply)
