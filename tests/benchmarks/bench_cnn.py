@@ -1,0 +1,124 @@
+"""CNN benchmarks: the digits CNN train step, and one conv layer's forward + VJP.
+
+    python -m tests.benchmarks.run_all cnn
+
+1. Digits CNN (examples/digits.py's model: conv3×3(32)–BN–ReLU–maxpool–conv3×3(64)–
+   BN–ReLU–maxpool–linear on 1×8×8 images), train step = forward, cross-entropy,
+   VJP, SGD-momentum update, BatchNorm state updated; batch 32 and 256, one
+   thread. Baseline: the same torch.nn.Sequential + autograd + torch.optim.SGD
+   from the same weights, in torch's default (NCHW) layout; a channels-last
+   torch model is timed too, for reference.
+2. One Conv(64, 3, padding=1) on (64, 64, 32, 32): fnn's forward + VJP (dx, dW,
+   db) vs torch autograd's forward + backward computing the same three, two threads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import fnn
+from fnn import layers as L
+
+from ._timing import compare, pin_threads, report
+
+
+def digits_cnn() -> fnn.Layer:
+    """The CNN of examples/digits.py."""
+    return fnn.serial(
+        L.Conv(32, 3, padding=1), L.BatchNorm(), L.Relu(), L.MaxPool(2),
+        L.Conv(64, 3, padding=1), L.BatchNorm(), L.Relu(), L.MaxPool(2),
+        L.Flatten(), L.Dense(10),
+    )  # fmt: skip
+
+
+def torch_digits_cnn() -> torch.nn.Sequential:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(256, 10),
+    )  # fmt: skip
+
+
+def digits_steps(batch: int):
+    model = digits_cnn()
+    _, params = model.init(fnn.random.key(0), (-1, 1, 8, 8))
+    state = fnn.init_state(model, (-1, 1, 8, 8))
+    x = fnn.random.uniform(fnn.random.key(1), (batch, 1, 8, 8))
+    labels = fnn.random.randint(fnn.random.key(2), (batch,), 0, 10)
+    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)
+    opt = fnn.optim.sgd(lr=0.05, momentum=0.9)
+    carry = [params, opt.init(params), state]
+
+    def fnn_step():
+        value, grads, carry[2] = loss_and_grads(carry[0], x, labels, state=carry[2], train=True)
+        carry[0], carry[1] = opt.update(carry[0], grads, carry[1])
+        return value
+
+    def torch_step_for(memory_format: torch.memory_format):
+        seq = torch_digits_cnn()
+        seq.load_state_dict(fnn.tree.to_state_dict(params) | fnn.tree.to_state_dict(state))
+        seq = seq.to(memory_format=memory_format)
+        xt = x.contiguous(memory_format=memory_format)
+        opt_t = torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9)
+
+        def step():
+            with torch.enable_grad():
+                opt_t.zero_grad()
+                value = F.cross_entropy(seq(xt), labels)
+                value.backward()
+                opt_t.step()
+            return value
+
+        return step
+
+    return {
+        "torch.nn (NCHW)": torch_step_for(torch.contiguous_format),
+        "torch.nn (channels_last)": torch_step_for(torch.channels_last),
+        "fnn": fnn_step,
+    }
+
+
+def conv_layer_steps():
+    init, apply = L.Conv(64, 3, padding=1)
+    _, params = init(fnn.random.key(0), (-1, 64, 32, 32))
+    x = fnn.random.normal(fnn.random.key(1), (64, 64, 32, 32))
+    dy = fnn.random.normal(fnn.random.key(2), (64, 64, 32, 32))
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    conv.load_state_dict(params)
+    xr = x.clone().requires_grad_(True)
+
+    def fnn_step():
+        y, vjp = apply(params, x)
+        return vjp(dy)
+
+    def torch_step():
+        with torch.enable_grad():
+            conv.zero_grad(set_to_none=True)
+            xr.grad = None
+            conv(xr).backward(dy)
+        return xr.grad
+
+    return {"torch autograd": torch_step, "fnn": fnn_step}
+
+
+def main() -> None:
+    pin_threads(1)
+    for batch in (32, 256):
+        number = 20 if batch == 32 else 4
+        report(
+            f"digits CNN train step, batch {batch} (1 thread)",
+            compare(digits_steps(batch), number=number, repeats=15),
+            baseline="torch.nn (NCHW)",
+        )
+    pin_threads(2)
+    report(
+        "Conv(64, 3, padding=1) forward + VJP, x (64, 64, 32, 32) (2 threads)",
+        compare(conv_layer_steps(), number=1, repeats=11, warmup=2),
+        baseline="torch autograd",
+    )
+
+
+if __name__ == "__main__":
+    main()
