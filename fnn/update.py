@@ -17,7 +17,7 @@ def flat_pair(params: PyTree, grads: PyTree, where: str) -> tuple[list[torch.Ten
     grad_leaves, grad_treedef = tree.flatten(grads)
     try:
         bad = grad_treedef != treedef or any(
-            p.shape != g.shape or p.dtype != g.dtype for p, g in zip(leaves, grad_leaves)
+            p.shape != g.shape or p.dtype is not g.dtype for p, g in zip(leaves, grad_leaves)
         )
     except AttributeError:  # a leaf that is not a tensor
         bad = True
