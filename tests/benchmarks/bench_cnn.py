@@ -2,8 +2,8 @@
 
     python -m tests.benchmarks.run_all cnn
 
-1. Digits CNN (examples/digits.py's model: conv3×3(32)–BN–ReLU–maxpool–conv3×3(64)–
-   BN–ReLU–maxpool–linear on 1×8×8 images), train step = forward, cross-entropy,
+1. Digits CNN (examples/digits.py's model, imported from there: conv3×3(32)–BN–ReLU–
+   maxpool–conv3×3(64)–BN–ReLU–maxpool–linear on 1×8×8 images), train step = forward, cross-entropy,
    VJP, SGD-momentum update, BatchNorm state updated; batch 32 and 256, one
    thread. Baseline: the same torch.nn.Sequential + autograd + torch.optim.SGD
    from the same weights, in torch's default (NCHW) layout; a channels-last
@@ -14,6 +14,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -23,26 +27,19 @@ from fnn import layers as L
 from ._timing import compare, pin_threads, report
 
 
-def digits_cnn() -> fnn.Layer:
-    """The CNN of examples/digits.py."""
-    return fnn.serial(
-        L.Conv(32, 3, padding=1), L.BatchNorm(), L.Relu(), L.MaxPool(2),
-        L.Conv(64, 3, padding=1), L.BatchNorm(), L.Relu(), L.MaxPool(2),
-        L.Flatten(), L.Dense(10),
-    )  # fmt: skip
-
-
-def torch_digits_cnn() -> torch.nn.Sequential:
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(256, 10),
-    )  # fmt: skip
+def _digits_example():
+    """examples/digits.py as a module, for its model (sklearn is imported only to load data)."""
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "digits.py"
+    spec = importlib.util.spec_from_file_location("digits_example", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def digits_steps(batch: int):
-    model = digits_cnn()
+    example = _digits_example()
+    model = example.make_model()
     _, params = model.init(fnn.random.key(0), (-1, 1, 8, 8))
     state = fnn.init_state(model, (-1, 1, 8, 8))
     x = fnn.random.uniform(fnn.random.key(1), (batch, 1, 8, 8))
@@ -57,7 +54,7 @@ def digits_steps(batch: int):
         return value
 
     def torch_step_for(memory_format: torch.memory_format):
-        seq = torch_digits_cnn()
+        seq = example.make_torch_model()
         seq.load_state_dict(fnn.tree.to_state_dict(params) | fnn.tree.to_state_dict(state))
         seq = seq.to(memory_format=memory_format)
         xt = x.contiguous(memory_format=memory_format)
