@@ -194,18 +194,19 @@ def serial_backward(
     return _gather(grads, given, positions), dy
 
 
-def serial_consume(
-    box: list[tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]]], dy: Any, need_dx: bool
-) -> tuple[Params, Any]:
-    """`serial_backward` for `fnn.core.backprop`: frees each child's residuals once used,
-    and asks the first child for no `dx` when the caller needs none."""
+def serial_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
+    """`serial_backward` for `fnn.core.backprop`: frees each child's residuals and each
+    cotangent once used, and asks the first child for no `dx` when the caller needs none."""
+    dy = box.pop()
     children, given, positions = box.pop()
     pending = list(children)
     del children  # from here on, `pending` holds the only reference to each child VJP
     grads: list[Any] = [None] * len(pending)
     for i in range(len(pending) - 1, -1, -1):
+        child_box = [pending.pop(), dy]
+        del dy
         try:
-            grads[i], dy = backprop([pending.pop()], dy, need_dx or i > 0)
+            grads[i], dy = backprop(child_box, need_dx or i > 0)
         except FnnError as error:
             raise with_context(error, f"serial[{i}]") from None
     return _gather(grads, given, positions), dy

@@ -106,30 +106,32 @@ def layer_name(layer: Layer | ApplyFn) -> str:
     return qualname.split(".<locals>")[0].split(".")[0]
 
 
-# Backpropagation inside fnn (value_and_grad) may *consume* a VJP instead of calling it:
-# the VJP is handed over in a one-item list, so nothing else keeps its residuals alive and
-# each residual is freed as soon as the backward pass has used it, and a layer may skip `dx`
-# when nobody needs it (the first layer of a model). A layer opts in by registering a
-# consumer `f(box, dy, need_dx) -> (dparams, dx or None)` for its backward function;
-# `box` holds the residuals. Calling `vjp(dy)` directly is unaffected.
+# Backpropagation inside fnn (value_and_grad) may *consume* a VJP instead of calling it.
+# The VJP and its cotangent travel in a list, `box = [vjp, dy]`, that the callee empties:
+# then no caller's frame keeps them alive, each residual and each cotangent is freed as
+# soon as the backward pass is done with it (the peak memory of a large-batch step), and a
+# layer may skip `dx` when nobody needs it (the first layer of a model). A layer opts in by
+# registering a consumer `f(box, need_dx) -> (dparams, dx or None)` for its backward, where
+# `box = [residuals, dy]`. Calling `vjp(dy)` directly is unaffected.
 _CONSUMERS: dict[Any, Any] = {}
 
 
 def register_consumer(backward: BackwardFn, consumer: Any) -> None:
-    """Register `consumer(box, dy, need_dx)` as the consuming variant of `backward`."""
+    """Register `consumer(box, need_dx)` as the consuming variant of `backward`."""
     _CONSUMERS[backward] = consumer
 
 
-def backprop(box: list[VJP], dy: Any, need_dx: bool = True) -> tuple[Any, Any]:
-    """`(dparams, dx)` of the VJP in `box`, emptying `box` so residuals die as they are used.
+def backprop(box: list[Any], need_dx: bool = True) -> tuple[Any, Any]:
+    """`(dparams, dx)` for `box = [vjp, dy]`, emptying `box` so memory is freed as used.
 
-    With `need_dx=False`, `dx` may be `None`. The caller must hold no other
-    reference to the VJP for the memory to be released early.
+    With `need_dx=False`, `dx` may be `None`. The caller must keep no other
+    reference to the VJP or to `dy` for the memory to be released early.
     """
+    dy = box.pop()
     backward, residuals = box.pop()
     consumer = _CONSUMERS.get(backward)
     if consumer is None:
         return backward(residuals, dy)
-    box.append(residuals)
-    del residuals
-    return consumer(box, dy, need_dx)
+    box += (residuals, dy)
+    del residuals, dy
+    return consumer(box, need_dx)

@@ -59,13 +59,11 @@ def value_and_grad(
                 f"got shape {tuple(value.shape)}"
             )
         dvalue = 1.0 if loss in _SCALAR_COTANGENT_LOSSES else torch.ones_like(value)
-        dy = loss_vjp(dvalue)
-        del loss_vjp  # the loss's residuals (often y itself) are no longer needed
+        box = [vjp, loss_vjp(dvalue)]
+        del vjp, loss_vjp  # `backprop` frees residuals and cotangents as soon as they are used
         if not has_aux:
             del y
-        box = [vjp]
-        del vjp  # `backprop` frees each layer's residuals as soon as it has used them
-        grads, _ = backprop(box, dy, need_dx=False)
+        grads, _ = backprop(box, need_dx=False)
         result = ((value, y), grads) if has_aux else (value, grads)
         return (*result, new_state) if stateful else result  # type: ignore[return-value]
 

@@ -101,10 +101,9 @@ def dense_backward(
     return _dense_grads(x, weight, has_bias, dy, True)  # type: ignore[return-value]
 
 
-def dense_consume(
-    box: list[tuple[torch.Tensor, torch.Tensor, bool]], dy: torch.Tensor, need_dx: bool
-) -> tuple[Params, torch.Tensor | None]:
+def dense_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | None]:
     """`dense_backward` for `fnn.core.backprop`: skips `dx = dy W` when it is not needed."""
+    dy = box.pop()
     x, weight, has_bias = box.pop()
     return _dense_grads(x, weight, has_bias, dy, need_dx)
 
