@@ -78,14 +78,27 @@ def mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> tu
     """
     _check_pred("mse", pred, reduction)
     _check_target_like("mse", pred, target)
-    return F.mse_loss(pred, target, reduction=reduction), VJP(mse_backward, (pred, target, reduction))
+    if reduction == "none":
+        return F.mse_loss(pred, target, reduction="none"), VJP(mse_backward, (pred, target, reduction))
+    # One BLAS dot product: on small batches it is 2-3x cheaper than F.mse_loss.
+    diff = pred - target
+    flat = diff.view(-1)
+    value = torch.dot(flat, flat)
+    return (value.div_(flat.numel()) if reduction == "mean" else value), VJP(mse_backward, (diff, None, reduction))
 
 
 # L = mean((p − t)²)   ⇒   dp = dL · 2 (p − t) / n
-def mse_backward(residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor) -> torch.Tensor:
-    pred, target, reduction = residuals
-    dvalue = _cotangent("mse", dvalue, reduction, pred)
-    return aten.mse_loss_backward.default(dvalue, pred, target, _REDUCTION_ENUM[reduction])
+def mse_backward(
+    residuals: tuple[torch.Tensor, torch.Tensor | None, str], dvalue: float | torch.Tensor
+) -> torch.Tensor:
+    pred_or_diff, target, reduction = residuals
+    if target is not None:  # reduction "none": residuals are (pred, target)
+        dvalue = _cotangent("mse", dvalue, reduction, pred_or_diff)
+        return aten.mse_loss_backward.default(dvalue, pred_or_diff, target, 0)
+    scale = 2.0 / pred_or_diff.numel() if reduction == "mean" and pred_or_diff.numel() else 2.0
+    if isinstance(dvalue, float | int) and not isinstance(dvalue, bool):
+        return pred_or_diff.mul(dvalue * scale)
+    return pred_or_diff.mul(_cotangent("mse", dvalue, reduction, pred_or_diff)).mul_(scale)
 
 
 def cross_entropy(

@@ -40,11 +40,24 @@ _LEAF = "*"
 class TreeDef:
     """The structure of a pytree without its leaves; comparable with `==`."""
 
-    __slots__ = ("_node", "num_leaves")
+    __slots__ = ("_known", "_template", "num_leaves")
 
-    def __init__(self, node: Any, num_leaves: int):
-        self._node = node
+    def __init__(self, node: Any, num_leaves: int, template: PyTree = None):
+        self._known = node
+        self._template = template
         self.num_leaves = num_leaves
+
+    @classmethod
+    def of_dicts(cls, template: dict[str, dict[str, Any]], num_leaves: int) -> TreeDef:
+        """The treedef of a dict of dicts of leaves (a serial model's params), computed
+        only if compared: the hot path just rebuilds dicts with the template's keys."""
+        return cls(None, num_leaves, template)
+
+    @property
+    def _node(self) -> Any:
+        if self._known is None and self._template is not None:
+            self._known = _flatten_into(self._template, [])
+        return self._known
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TreeDef) and self._node == other._node
@@ -132,6 +145,9 @@ def unflatten(treedef: TreeDef, leaves: list[Any] | tuple[Any, ...]) -> PyTree:
         raise TreeError(
             f"unflatten: the treedef has {treedef.num_leaves} leaves, got {len(leaves)}"
         )
+    if treedef._template is not None:  # a dict of dicts of leaves
+        it = iter(leaves)
+        return {k: {name: next(it) for name in sub} for k, sub in treedef._template.items()}
     return _build(treedef._node, iter(leaves))
 
 

@@ -13,8 +13,14 @@ __all__ = ["update", "flat_pair"]
 
 def flat_pair(params: PyTree, grads: PyTree, where: str) -> tuple[list[torch.Tensor], list[torch.Tensor], tree.TreeDef]:
     """Both trees' leaves and the params' treedef; `ValueError` naming the first mismatch."""
-    leaves, treedef = tree.flatten(params)
-    grad_leaves, grad_treedef = tree.flatten(grads)
+    pair = _dict_of_dicts_pair(params, grads)
+    if pair is not None:
+        leaves, grad_leaves = pair
+        treedef = tree.TreeDef.of_dicts(params, len(leaves))
+        grad_treedef = treedef
+    else:
+        leaves, treedef = tree.flatten(params)
+        grad_leaves, grad_treedef = tree.flatten(grads)
     try:
         bad = grad_treedef != treedef or any(
             p.shape != g.shape or p.dtype is not g.dtype for p, g in zip(leaves, grad_leaves)
@@ -25,6 +31,24 @@ def flat_pair(params: PyTree, grads: PyTree, where: str) -> tuple[list[torch.Ten
         tree.assert_same_structure(params, grads, f"{where}: grads tree")
         _diagnose(params, grads, where)
     return leaves, grad_leaves, treedef
+
+
+def _dict_of_dicts_pair(params: PyTree, grads: PyTree) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """Fast path for the common tree, a dict of dicts of tensors (serial params): both
+    trees' leaves if `grads` has exactly the same keys in the same order, else `None`."""
+    if type(params) is not dict or type(grads) is not dict or tuple(params) != tuple(grads):
+        return None
+    leaves, grad_leaves = [], []
+    for key, sub in params.items():
+        grad_sub = grads[key]
+        if type(sub) is not dict or type(grad_sub) is not dict or tuple(sub) != tuple(grad_sub):
+            return None
+        for name, leaf in sub.items():
+            if type(leaf) is not torch.Tensor:
+                return None
+            leaves.append(leaf)
+            grad_leaves.append(grad_sub[name])
+    return leaves, grad_leaves
 
 
 def _diagnose(params: PyTree, grads: PyTree, where: str) -> None:
