@@ -66,12 +66,14 @@ def Dense(
         except (KeyError, TypeError):
             _checks.param_leaves("Dense", params, ["weight"] + (["bias"] if bias else []))
             raise
-        _checks.input_like("Dense", x, weight)
-        if x.ndim == 0 or weight.shape != (out_features, x.shape[-1]) or (bias and b.shape != (out_features,)):
-            _diagnose(out_features, x, weight, b)
+        # F.linear itself rejects wrong feature sizes, dtypes and devices; we only check what it
+        # would let through (a weight of the wrong height, a bias that broadcasts), then say
+        # clearly what is wrong on the slow path.
         try:
+            if weight.shape[0] != out_features or (b is not None and b.shape != weight.shape[:1]):
+                raise ValueError
             y = F.linear(x, weight, b)
-        except RuntimeError:  # e.g. a bias of another dtype or device: say which
+        except (RuntimeError, TypeError, AttributeError, IndexError, ValueError):
             _diagnose(out_features, x, weight, b)
             raise
         return y, VJP(dense_backward, (x, weight, bias))
@@ -81,6 +83,7 @@ def Dense(
 
 def _diagnose(out_features: int, x: torch.Tensor, weight: torch.Tensor, b: torch.Tensor | None) -> None:
     """Slow path: raise a clear error for what is wrong with the input or params."""
+    _checks.input_like("Dense", x, weight)
     _checks.float_input("Dense", x)
     if weight.ndim != 2 or weight.shape[0] != out_features:
         raise _checks.ShapeError(
@@ -114,17 +117,24 @@ register_consumer(dense_backward, dense_consume)
 def _dense_grads(
     x: torch.Tensor, weight: torch.Tensor, has_bias: bool, dy: torch.Tensor, need_dx: bool
 ) -> tuple[Params, torch.Tensor | None]:
-    expected = x.shape[:-1] + weight.shape[:1]
-    if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype is not x.dtype:
-        _checks.cotangent_like("Dense", dy, expected, x)
-    if x.ndim == 2:
-        grads = {"weight": dy.t().mm(x)}
-        dx = dy.mm(weight) if need_dx else None
-    else:
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        grads = {"weight": dy2.t().mm(x.reshape(-1, x.shape[-1]))}
-        dx = dy.matmul(weight) if need_dx else None
-        dy = dy2
+    # The matrix products reject a cotangent of the wrong batch, rank or dtype; only its width
+    # (which dW = dyᵀ x would silently take) and, for 3-D inputs, its leading axes need a check.
+    try:
+        if dy.shape[-1] != weight.shape[0]:
+            raise ValueError
+        if x.ndim == 2:
+            grads = {"weight": dy.t().mm(x)}
+            dx = dy.mm(weight) if need_dx else None
+        else:
+            if dy.shape[:-1] != x.shape[:-1]:
+                raise ValueError
+            dy2 = dy.reshape(-1, dy.shape[-1])
+            grads = {"weight": dy2.t().mm(x.reshape(-1, x.shape[-1]))}
+            dx = dy.matmul(weight) if need_dx else None
+            dy = dy2
+    except (RuntimeError, TypeError, AttributeError, IndexError, ValueError):
+        _checks.cotangent_like("Dense", dy, x.shape[:-1] + weight.shape[:1], x)
+        raise
     if has_bias:
         grads["bias"] = dy.sum(0)
     return grads, dx
