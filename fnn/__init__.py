@@ -22,6 +22,10 @@ from .grad import value_and_grad
 from .state import init_state
 from .per_example import per_example_grads
 from .update import update
+from . import rules
+from .rules import with_vjp
+from .remat import remat
+from .summary import graph_repr, summary
 
 __version__ = "0.1.0"
 
@@ -53,4 +57,9 @@ __all__ = [
     "debug",
     "distributed",
     "per_example",
+    "rules",
+    "with_vjp",
+    "remat",
+    "summary",
+    "graph_repr",
 ]

@@ -1,0 +1,198 @@
+"""Model summary: a table of every layer's output shape, parameters and residual bytes.
+
+`summary(layer, input_shape)` runs the model once on a small random batch and reads
+what each layer's VJP keeps alive; `graph_repr(layer)` draws a composite model as an
+indented tree. Neither changes anything: both only call `init` and `apply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import random
+from .core import VJP, Layer, Shapes, layer_name
+from .errors import FnnTypeError, ShapeError, describe
+
+__all__ = ["summary", "graph_repr"]
+
+_COMBINATORS = ("serial", "parallel")
+
+
+def _check_layer(where: str, layer: Any) -> None:
+    if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
+        hint = " (did you forget the call, e.g. Relu()?)" if callable(layer) else ""
+        raise FnnTypeError(f"{where}: expected a Layer (init, apply) pair, got {describe(layer)}{hint}")
+
+
+def _children(layer: Layer) -> tuple[Layer, ...] | None:
+    kind = getattr(layer.apply, "layer_name", None)
+    children = getattr(layer.apply, "children", None)
+    return tuple(children) if kind in _COMBINATORS and children is not None else None
+
+
+def graph_repr(layer: Layer) -> str:
+    """An indented tree of a composite model: one line per layer, children below their combinator.
+
+    Example:
+        >>> block = fnn.serial(L.FanOut(2), fnn.parallel(L.Dense(4), L.Identity()), L.FanInSum())
+        >>> print(fnn.graph_repr(fnn.serial(L.Dense(4), block, L.Relu())))
+        serial
+        ├── [0] Dense
+        ├── [1] serial
+        │   ├── [0] FanOut
+        │   ├── [1] parallel
+        │   │   ├── [0] Dense
+        │   │   └── [1] Identity
+        │   └── [2] FanInSum
+        └── [2] Relu
+    """
+    _check_layer("graph_repr", layer)
+    lines = [layer_name(layer)]
+
+    def walk(node: Layer, prefix: str) -> None:
+        children = _children(node) or ()
+        for i, child in enumerate(children):
+            last = i == len(children) - 1
+            lines.append(f"{prefix}{'└── ' if last else '├── '}[{i}] {layer_name(child)}")
+            walk(child, prefix + ("    " if last else "│   "))
+
+    walk(layer, "")
+    return "\n".join(lines)
+
+
+def _storages(tree: Any, found: dict[int, int], skip: set[int]) -> None:
+    """Add every tensor storage under `tree` (tuples, lists, dicts, VJPs) to `found`: ptr → bytes."""
+    if isinstance(tree, torch.Tensor):
+        storage = tree.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in skip and storage.nbytes():
+            found[ptr] = storage.nbytes()
+    elif isinstance(tree, Mapping):
+        for value in tree.values():
+            _storages(value, found, skip)
+    elif isinstance(tree, tuple | list):  # VJP is a NamedTuple: its residuals are walked too
+        for value in tree:
+            _storages(value, found, skip)
+
+
+def _param_count(params: Any) -> int:
+    count = 0
+    leaves = [params]
+    while leaves:
+        leaf = leaves.pop()
+        if isinstance(leaf, torch.Tensor):
+            count += leaf.numel()
+        elif isinstance(leaf, Mapping):
+            leaves += list(leaf.values())
+        elif isinstance(leaf, tuple | list):
+            leaves += list(leaf)
+    return count
+
+
+def _batch(key: Any, shape: Shapes, batch: int, dtype: torch.dtype) -> Any:
+    if isinstance(shape, list):
+        keys = random.split(key, len(shape))
+        return tuple(_batch(k, s, batch, dtype) for k, s in zip(keys, shape))
+    if not isinstance(shape, tuple) or not shape or not all(isinstance(d, int) for d in shape):
+        raise ShapeError(f"summary: expected an input shape as a tuple of ints (or a list of them), got {shape!r}")
+    return random.normal(key, tuple(batch if d == -1 else d for d in shape), dtype=dtype)
+
+
+def _rows(layer: Layer, params: Any, vjp: VJP, shape: Shapes, path: str, dtype: torch.dtype, out: list) -> Shapes:
+    """Append `[path, name, out_shape, n_params, vjp]` rows, depth first; return the output shape."""
+    children = _children(layer)
+    name = layer_name(layer)
+    row = [path, name, None, _param_count(params), vjp]
+    out.append(row)
+    if children is None:
+        row[2], _ = layer.init(random.key(0), shape, dtype=dtype)
+        return row[2]
+    child_vjps = vjp.residuals[0]
+    shapes = []
+    for i, child in enumerate(children):
+        child_params = params.get(str(i), {}) if isinstance(params, Mapping) else {}
+        child_shape = shape if name == "serial" else shape[i]
+        child_out = _rows(child, child_params, child_vjps[i], child_shape, _child_path(path, name, i), dtype, out)
+        if name == "serial":
+            shape = child_out
+        else:
+            shapes.append(child_out)
+    row[2] = shape if name == "serial" else shapes
+    return row[2]
+
+
+def _child_path(path: str, kind: str, i: int) -> str:
+    """`serial[1]` for the root's children, then `serial[1].parallel[0]` and so on."""
+    return f"{kind}[{i}]" if not path else f"{path}.{kind}[{i}]"
+
+
+def _residual_bytes(layer: Layer, params: Any, input_shape: Shapes, batch: int, dtype: torch.dtype):
+    x = _batch(random.key(1), input_shape, batch, dtype)
+    _, vjp = layer.apply(params, x)
+    rows: list = []
+    _rows(layer, params, vjp, input_shape, "", dtype, rows)
+    skip: dict[int, int] = {}
+    _storages(params, skip, set())
+    per_row = []
+    for row in rows:
+        found: dict[int, int] = {}
+        _storages(row[4].residuals, found, set(skip))
+        per_row.append(sum(found.values()))
+    return rows, per_row
+
+
+def summary(layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.float32) -> str:
+    """A table of each layer's path, type, output shape, parameter count and residual bytes.
+
+    The model is initialised (key 0) and applied to random batches of 2 and 3
+    examples built from `input_shape` (`-1` replaced by the batch size).
+    "residual B/example" is what the layer's VJP keeps alive per example: the
+    bytes of the distinct tensor storages in its residuals at batch 3 minus those
+    at batch 2, so tensors of fixed size (a feedback matrix) do not count. A
+    storage is counted once however many views of it are kept; parameter tensors
+    are not counted (they are alive anyway); a layer's input is counted when its
+    VJP keeps it (Dense keeps `x`), so the model's input may appear too. A
+    combinator's row covers its children (each storage once: Relu's output,
+    kept by Relu and by the next Dense, counts once), and the total row is the
+    model's. Rows of children may thus add up to more than their parent. Paths
+    name each layer by its parents: `serial[1].parallel[0]`.
+
+    Returns:
+        the table as a string; `print` it.
+
+    Example:
+        >>> print(fnn.summary(fnn.serial(L.Dense(25), L.Relu(), L.Dense(2)), (-1, 2)))
+        path       type    output shape  params  residual B/example
+        (model)    serial  (-1, 2)          127                 108
+        serial[0]  Dense   (-1, 25)          75                   8
+        serial[1]  Relu    (-1, 25)           0                 100
+        serial[2]  Dense   (-1, 2)           52                 100
+        total                               127                 108
+    """
+    _check_layer("summary", layer)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise FnnTypeError(f"summary: dtype must be a floating torch.dtype, got {describe(dtype)}")
+    _batch(random.key(1), input_shape, 2, dtype)  # checks the shape
+    _, params = layer.init(random.key(0), input_shape, dtype=dtype)
+    rows, bytes2 = _residual_bytes(layer, params, input_shape, 2, dtype)
+    _, bytes3 = _residual_bytes(layer, params, input_shape, 3, dtype)
+    table = [("path", "type", "output shape", "params", "residual B/example")]
+    for row, b2, b3 in zip(rows, bytes2, bytes3):
+        table.append((row[0] or "(model)", row[1], _shape_str(row[2]), str(row[3]), str(max(b3 - b2, 0))))
+    table.append(("total", "", "", str(rows[0][3]), str(max(bytes3[0] - bytes2[0], 0))))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    lines = []
+    for r in table:
+        left = "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths[:3]))
+        right = "  ".join(cell.rjust(w) for cell, w in zip(r[3:], widths[3:]))
+        lines.append(f"{left}  {right}".rstrip())
+    return "\n".join(lines)
+
+
+def _shape_str(shape: Any) -> str:
+    if isinstance(shape, list):
+        return "[" + ", ".join(_shape_str(s) for s in shape) + "]"
+    return str(tuple(shape))
