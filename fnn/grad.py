@@ -58,11 +58,11 @@ def value_and_grad(
                 f"value_and_grad: the loss must be a 0-d tensor (use reduction='mean' or 'sum'), "
                 f"got shape {tuple(value.shape)}"
             )
+        if not has_aux:
+            del y  # the loss keeps what its VJP needs; the output itself may die now
         dvalue = 1.0 if loss in _SCALAR_COTANGENT_LOSSES else torch.ones_like(value)
         box = [vjp, loss_vjp(dvalue)]
         del vjp, loss_vjp  # `backprop` frees residuals and cotangents as soon as they are used
-        if not has_aux:
-            del y
         grads, _ = backprop(box, need_dx=False)
         result = ((value, y), grads) if has_aux else (value, grads)
         return (*result, new_state) if stateful else result  # type: ignore[return-value]
