@@ -146,3 +146,17 @@ def init_dtype(name: str, dtype: object, device: object) -> None:
         torch.device(device)  # type: ignore[arg-type]
     except (RuntimeError, TypeError):
         raise FnnError(f"{name}: init device must be a torch.device or a name like 'cpu', got {device!r}") from None
+
+
+def weight_and_bias(name: str, params: object, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(params["weight"], params["bias"] or None)` for Dense and Conv, or a clear error
+    naming missing or unexpected leaves."""
+    try:
+        weight = params["weight"]  # type: ignore[index]
+        b = params["bias"] if bias else None  # type: ignore[index]
+        if len(params) != (2 if bias else 1):  # type: ignore[arg-type]
+            raise KeyError
+    except (KeyError, TypeError):
+        param_leaves(name, params, ["weight"] + (["bias"] if bias else []))
+        raise
+    return weight, b

@@ -150,14 +150,7 @@ def Conv(
 
     def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
         del kwargs  # Conv is deterministic
-        try:
-            weight = params["weight"]
-            b = params["bias"] if bias else None
-            if len(params) != (2 if bias else 1):
-                raise KeyError
-        except (KeyError, TypeError):
-            _checks.param_leaves("Conv", params, ["weight"] + (["bias"] if bias else []))
-            raise
+        weight, b = _checks.weight_and_bias("Conv", params, bias)
         _checks.input_like("Conv", x, weight)
         if (
             x.ndim != 4

@@ -58,14 +58,7 @@ def Dense(
 
     def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
         del kwargs  # Dense is deterministic
-        try:
-            weight = params["weight"]
-            b = params["bias"] if bias else None
-            if len(params) != (2 if bias else 1):
-                raise KeyError
-        except (KeyError, TypeError):
-            _checks.param_leaves("Dense", params, ["weight"] + (["bias"] if bias else []))
-            raise
+        weight, b = _checks.weight_and_bias("Dense", params, bias)
         # F.linear itself rejects wrong feature sizes, dtypes and devices; we only check what it
         # would let through (a weight of the wrong height, a bias that broadcasts), then say
         # clearly what is wrong on the slow path.
