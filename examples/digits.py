@@ -71,7 +71,9 @@ def load_data(limit: int | None = None):
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(digits.target, dtype=torch.int64)
-    train, test = train_test_split(range(len(y)), test_size=0.2, stratify=digits.target, random_state=0)
+    train, test = train_test_split(
+        range(len(y)), test_size=0.2, stratify=digits.target, random_state=0
+    )
     train, test = torch.tensor(train[:limit]), torch.tensor(test)
     return (x[train], y[train]), (x[test], y[test])
 
@@ -91,9 +93,13 @@ def predict(apply, params, state, x: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, classes: int = 10) -> torch.Tensor:
+def confusion_matrix(
+    labels: torch.Tensor, predicted: torch.Tensor, classes: int = 10
+) -> torch.Tensor:
     """`m[i, j]`: how many test images of digit i were predicted as j."""
-    return torch.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+    return torch.bincount(labels * classes + predicted, minlength=classes * classes).reshape(
+        classes, classes
+    )
 
 
 def train_fnn(args, seed: int, data, log=print) -> Run:
@@ -105,7 +111,9 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
     run = Run(params=params, state=state)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     opt = fnn.optim.sgd(
-        lr=linear_decay(args.lr, args.epochs * steps_per_epoch), momentum=0.9, weight_decay=args.weight_decay
+        lr=linear_decay(args.lr, args.epochs * steps_per_epoch),
+        momentum=0.9,
+        weight_decay=args.weight_decay,
     )
     opt_state = opt.init(params)
     loss_and_grads = fnn.value_and_grad(apply, fnn.losses.cross_entropy, has_aux=True)
@@ -124,11 +132,13 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
             test_accuracy = (predict(apply, params, state, x_test) == y_test).float().mean().item()
             eval_seconds += time.perf_counter() - eval_start
             log(
-                f"epoch {epoch + 1:3d}  loss {sum(run.step_losses[-len(losses):]) / len(losses):.4f}  "
+                f"epoch {epoch + 1:3d}  loss {sum(run.step_losses[-len(losses) :]) / len(losses):.4f}  "
                 f"train acc {100 * correct / len(y_train):6.2f} %  test acc {100 * test_accuracy:6.2f} %  "
                 f"({time.perf_counter() - start:.1f} s)"
             )
-    run.seconds = time.perf_counter() - start - eval_seconds  # training only, as train_torch times it
+    run.seconds = (
+        time.perf_counter() - start - eval_seconds
+    )  # training only, as train_torch times it
     run.params, run.state = params, state
     predicted = predict(apply, params, state, x_test)
     run.test_accuracy = (predicted == y_test).float().mean().item()
@@ -141,8 +151,12 @@ def train_torch(args, seed: int, data, initial_params, initial_state) -> Run:
     (x_train, y_train), (x_test, y_test) = data
     _, shuffle_key = fnn.random.split(fnn.random.key(seed))
     model = make_torch_model()
-    model.load_state_dict(fnn.tree.to_state_dict(initial_params) | fnn.tree.to_state_dict(initial_state))
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    model.load_state_dict(
+        fnn.tree.to_state_dict(initial_params) | fnn.tree.to_state_dict(initial_state)
+    )
+    opt = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay
+    )
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     schedule = linear_decay(args.lr, args.epochs * steps_per_epoch)
     run = Run(params={}, state={})
@@ -192,15 +206,25 @@ def print_confusion(matrix: torch.Tensor) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1, print each and the mean")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="run seeds 0..N-1, print each and the mean"
+    )
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.05, help="initial learning rate (decays linearly to 0)")
+    parser.add_argument(
+        "--lr", type=float, default=0.05, help="initial learning rate (decays linearly to 0)"
+    )
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this size)")
+    parser.add_argument(
+        "--n-train", type=int, default=None, help="use only the first N training images"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest for this size)"
+    )
     parser.add_argument("--compare-torch", action="store_true")
     parser.add_argument("--baselines", action="store_true")
     return parser.parse_args(argv)
@@ -227,7 +251,9 @@ def main(argv=None) -> dict:
         if args.compare_torch:
             model = make_model()
             _, init_params = model.init(fnn.random.split(fnn.random.key(seed))[0], INPUT_SHAPE)
-            reference = train_torch(args, seed, data, init_params, fnn.init_state(model, INPUT_SHAPE))
+            reference = train_torch(
+                args, seed, data, init_params, fnn.init_state(model, INPUT_SHAPE)
+            )
             gaps = [abs(a - b) for a, b in zip(run.step_losses, reference.step_losses)]
             steps_per_epoch = -(-len(data[0][1]) // args.batch_size)
             print(
@@ -242,7 +268,8 @@ def main(argv=None) -> dict:
     if len(seeds) > 1:
         accuracies = [100 * r.test_accuracy for r in results.values()]
         print(
-            "test accuracy over seeds 0.." + f"{len(seeds) - 1}: "
+            "test accuracy over seeds 0.."
+            + f"{len(seeds) - 1}: "
             + ", ".join(f"{a:.2f}" for a in accuracies)
             + f" → mean {statistics.mean(accuracies):.2f} %, min {min(accuracies):.2f} %, "
             f"mean time {statistics.mean(r.seconds for r in results.values()):.1f} s"

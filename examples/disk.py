@@ -115,8 +115,13 @@ def train_torch(args, seed: int, data, initial_params) -> Run:
     _, shuffle_key = fnn.random.split(fnn.random.key(seed))
     act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[args.activation]
     model = torch.nn.Sequential(
-        torch.nn.Linear(2, 25), act(), torch.nn.Linear(25, 25), act(),
-        torch.nn.Linear(25, 25), act(), torch.nn.Linear(25, 2),
+        torch.nn.Linear(2, 25),
+        act(),
+        torch.nn.Linear(25, 25),
+        act(),
+        torch.nn.Linear(25, 25),
+        act(),
+        torch.nn.Linear(25, 2),
     )
     model.load_state_dict(fnn.tree.to_state_dict(initial_params))
     if args.optimizer not in ("sgd", "momentum"):
@@ -125,7 +130,10 @@ def train_torch(args, seed: int, data, initial_params) -> Run:
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=momentum)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     schedule = linear_decay(args.lr, args.epochs * steps_per_epoch)
-    loss_fn = {"mse": torch.nn.functional.mse_loss, "cross_entropy": torch.nn.functional.cross_entropy}[args.loss]
+    loss_fn = {
+        "mse": torch.nn.functional.mse_loss,
+        "cross_entropy": torch.nn.functional.cross_entropy,
+    }[args.loss]
     targets = targets_for(args.loss, y_train)
     run = Run(params={})
     step = 0
@@ -164,7 +172,9 @@ def baselines(data) -> None:
 
     (x_train, y_train), (x_test, y_test) = data
     models = {
-        "sklearn MLPClassifier(25, 25, 25)": MLPClassifier((25, 25, 25), max_iter=2000, random_state=0),
+        "sklearn MLPClassifier(25, 25, 25)": MLPClassifier(
+            (25, 25, 25), max_iter=2000, random_state=0
+        ),
         "sklearn SVC(rbf)": SVC(kernel="rbf", C=10.0),
         "sklearn LogisticRegression": LogisticRegression(),
     }
@@ -190,7 +200,14 @@ def plot(directory: str, args, run: Run, data) -> None:
     gx, gy = torch.meshgrid(grid, grid, indexing="xy")
     logits, _ = apply(run.params, torch.stack([gx.flatten(), gy.flatten()], 1))
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.contourf(gx, gy, logits.argmax(1).reshape(gx.shape), levels=[-0.5, 0.5, 1.5], alpha=0.3, cmap="coolwarm")
+    ax.contourf(
+        gx,
+        gy,
+        logits.argmax(1).reshape(gx.shape),
+        levels=[-0.5, 0.5, 1.5],
+        alpha=0.3,
+        cmap="coolwarm",
+    )
     ax.scatter(x_test[:, 0], x_test[:, 1], c=y_test, s=4, cmap="coolwarm")
     ax.add_patch(matplotlib.patches.Circle((0.5, 0.5), fnn.data.DISK_RADIUS, fill=False, ls="--"))
     ax.set(title=f"fnn decision boundary — test error {100 * run.test_error:.2f} %", aspect="equal")
@@ -204,9 +221,13 @@ def plot(directory: str, args, run: Run, data) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1, print median and max")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="run seeds 0..N-1, print median and max"
+    )
     parser.add_argument("--epochs", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--n-train", type=int, default=1000)
@@ -214,9 +235,13 @@ def parse_args(argv=None):
     parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
     parser.add_argument("--loss", choices=sorted(LOSSES), default="mse")
     parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="momentum")
-    parser.add_argument("--lr", type=float, default=None, help="initial learning rate (decays linearly to 0)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="initial learning rate (decays linearly to 0)"
+    )
     parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this size)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest for this size)"
+    )
     parser.add_argument("--compare-torch", action="store_true")
     parser.add_argument("--baselines", action="store_true")
     parser.add_argument("--plot", metavar="DIR", default=None)
@@ -246,7 +271,9 @@ def main(argv=None) -> dict:
             f"test error {100 * run.test_error:5.2f} %  ({run.seconds:.1f} s)"
         )
         if args.compare_torch:
-            _, init_params = make_model(args.activation).init(fnn.random.split(fnn.random.key(seed))[0], (-1, 2))
+            _, init_params = make_model(args.activation).init(
+                fnn.random.split(fnn.random.key(seed))[0], (-1, 2)
+            )
             reference = train_torch(args, seed, data, init_params)
             gap = max(abs(a - b) for a, b in zip(run.step_losses, reference.step_losses))
             print(

@@ -27,20 +27,33 @@ import fnn
 from fnn import distributed as fd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import disk  # noqa: E402  (examples/disk.py: the single-process recipe this one shares)
+import disk
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=100, help="global batch, split over the ranks")
-    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate (decays linearly to 0)")
+    parser.add_argument(
+        "--batch-size", type=int, default=100, help="global batch, split over the ranks"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=0.1, help="initial learning rate (decays linearly to 0)"
+    )
     parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--backend", default=None, help="gloo or nccl (default: nccl if CUDA, else gloo)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds a collective waits for a peer")
-    parser.add_argument("--compare-single", action="store_true",
-                        help="rank 0 also runs examples/disk.py's single-process training and compares")
+    parser.add_argument(
+        "--backend", default=None, help="gloo or nccl (default: nccl if CUDA, else gloo)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds a collective waits for a peer"
+    )
+    parser.add_argument(
+        "--compare-single",
+        action="store_true",
+        help="rank 0 also runs examples/disk.py's single-process training and compares",
+    )
     return parser.parse_args(argv)
 
 
@@ -53,9 +66,11 @@ def main(argv=None) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
     rank, world = fd.rank(), fd.world_size()
-    fd.log(f"disk task on {world} process(es), backend {backend}: MLP 2→25→25→25→2, "
-           f"MSE, SGD momentum 0.9, lr {args.lr} → 0, batch {args.batch_size} "
-           f"({args.batch_size // world} per rank), {args.epochs} epochs")
+    fd.log(
+        f"disk task on {world} process(es), backend {backend}: MLP 2→25→25→25→2, "
+        f"MSE, SGD momentum 0.9, lr {args.lr} → 0, batch {args.batch_size} "
+        f"({args.batch_size // world} per rank), {args.epochs} epochs"
+    )
 
     # Every rank builds the same data and initial weights from the same keys (as disk.py);
     # the broadcasts make sure all start from rank 0's, whatever happened before.
@@ -83,26 +98,50 @@ def main(argv=None) -> None:
             step_losses.append(loss)
         if rank == 0 and (epoch + 1) % args.log_every == 0:
             epoch_loss = torch.stack(step_losses[-steps_per_epoch:]).mean().item()
-            fd.log(f"epoch {epoch + 1:4d}  loss {epoch_loss:.5f}  "
-                   f"train error {100 * disk.error_rate(apply, params, x_train, y_train):5.2f} %  "
-                   f"test error {100 * disk.error_rate(apply, params, x_test, y_test):5.2f} %")
+            fd.log(
+                f"epoch {epoch + 1:4d}  loss {epoch_loss:.5f}  "
+                f"train error {100 * disk.error_rate(apply, params, x_train, y_train):5.2f} %  "
+                f"test error {100 * disk.error_rate(apply, params, x_test, y_test):5.2f} %"
+            )
     seconds = time.perf_counter() - start
-    fd.log(f"{world} process(es): train error {100 * disk.error_rate(apply, params, x_train, y_train):5.2f} %, "
-           f"test error {100 * disk.error_rate(apply, params, x_test, y_test):5.2f} %  ({seconds:.1f} s)")
+    fd.log(
+        f"{world} process(es): train error {100 * disk.error_rate(apply, params, x_train, y_train):5.2f} %, "
+        f"test error {100 * disk.error_rate(apply, params, x_test, y_test):5.2f} %  ({seconds:.1f} s)"
+    )
 
     if args.compare_single and rank == 0:
         single = disk.train_fnn(
-            disk.parse_args(["--seed", str(args.seed), "--epochs", str(args.epochs), "--lr", str(args.lr),
-                             "--batch-size", str(args.batch_size)]),
-            args.seed, disk.make_data(args.seed, 1000, 1000), log=None,
+            disk.parse_args(
+                [
+                    "--seed",
+                    str(args.seed),
+                    "--epochs",
+                    str(args.epochs),
+                    "--lr",
+                    str(args.lr),
+                    "--batch-size",
+                    str(args.batch_size),
+                ]
+            ),
+            args.seed,
+            disk.make_data(args.seed, 1000, 1000),
+            log=None,
         )
         gaps = [abs(a - b) for a, b in zip(torch.stack(step_losses).tolist(), single.step_losses)]
         apart = next((i for i, gap in enumerate(gaps) if gap > 1e-4), None)
-        fd.log(f"1 process: train error {100 * single.train_error:5.2f} %, test error "
-               f"{100 * single.test_error:5.2f} %  ({single.seconds:.1f} s)")
-        fd.log(f"step losses, {world} processes vs 1: max |difference| {max(gaps[:100]):.1e} over the first "
-               f"100 steps, {max(gaps):.1e} over all {len(gaps)}"
-               + (f" (rounding differences grow past 1e-4 from step {apart} on)" if apart is not None else ""))
+        fd.log(
+            f"1 process: train error {100 * single.train_error:5.2f} %, test error "
+            f"{100 * single.test_error:5.2f} %  ({single.seconds:.1f} s)"
+        )
+        fd.log(
+            f"step losses, {world} processes vs 1: max |difference| {max(gaps[:100]):.1e} over the first "
+            f"100 steps, {max(gaps):.1e} over all {len(gaps)}"
+            + (
+                f" (rounding differences grow past 1e-4 from step {apart} on)"
+                if apart is not None
+                else ""
+            )
+        )
     dist.destroy_process_group()
 
 

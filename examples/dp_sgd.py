@@ -45,7 +45,9 @@ class Result:
     seconds: float
 
 
-def privatize(grads: dict, clip: float, noise_multiplier: float, expected_batch: float, key: torch.Tensor) -> dict:
+def privatize(
+    grads: dict, clip: float, noise_multiplier: float, expected_batch: float, key: torch.Tensor
+) -> dict:
     """Clip each example's gradient to norm `clip`, sum, add N(0, (σ·clip)²) noise, divide by the batch.
 
     `grads` holds per-example gradients (a leading batch axis on every leaf); the
@@ -126,13 +128,17 @@ def main(argv: list[str] | None = None) -> Result:
     x_train, y_train = fnn.data.disk(data_key, args.n_train)
     x_test, y_test = fnn.data.disk(test_key, args.n_test)
 
-    init, apply = fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+    init, apply = fnn.serial(
+        L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)
+    )
     _, params = init(init_key, (-1, 2))
     losses_and_grads = fnn.per_example_grads(apply, fnn.losses.cross_entropy)
     q = args.batch / args.n_train
     steps_per_epoch = round(1 / q)
     total_steps = args.epochs * steps_per_epoch
-    opt = fnn.optim.sgd(lr=functools.partial(linear_decay, args.lr, total_steps), momentum=args.momentum)
+    opt = fnn.optim.sgd(
+        lr=functools.partial(linear_decay, args.lr, total_steps), momentum=args.momentum
+    )
     state = opt.init(params)
     print(
         f"DP-SGD: clip norm C = {args.clip}, noise multiplier σ = {args.noise_multiplier} "

@@ -26,7 +26,7 @@ import fnn
 from fnn import layers as L
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from disk import error_rate, linear_decay, make_data  # noqa: E402
+from disk import error_rate, linear_decay, make_data
 
 
 def make_model(rule: str, key: fnn.Key) -> fnn.Layer:
@@ -56,11 +56,17 @@ def train(rule: str, args, data) -> tuple[float, float, float]:
             _, grads = loss_and_grads(params, xb, tb)
             params, state = opt.update(params, grads, state)
     seconds = time.perf_counter() - start
-    return error_rate(apply, params, x_train, y_train), error_rate(apply, params, x_test, y_test), seconds
+    return (
+        error_rate(apply, params, x_train, y_train),
+        error_rate(apply, params, x_test, y_test),
+        seconds,
+    )
 
 
 def main(argv=None) -> dict[str, tuple[float, float, float]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -68,13 +74,17 @@ def main(argv=None) -> dict[str, tuple[float, float, float]]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = make_data(args.seed, 1000, 1000)
-    print(f"disk task, MLP 2→25→25→25→2, relu, mse, momentum 0.9, lr {args.lr} → 0, batch "
-          f"{args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    print(
+        f"disk task, MLP 2→25→25→25→2, relu, mse, momentum 0.9, lr {args.lr} → 0, batch "
+        f"{args.batch_size}, {args.epochs} epochs, seed {args.seed}"
+    )
     results = {}
     for rule in ("backprop", "feedback_alignment"):
         results[rule] = train_error, test_error, seconds = train(rule, args, data)
-        print(f"  {rule:<19} train error {100 * train_error:5.2f} %  test error {100 * test_error:5.2f} %"
-              f"  ({seconds:.1f} s)")
+        print(
+            f"  {rule:<19} train error {100 * train_error:5.2f} %  test error {100 * test_error:5.2f} %"
+            f"  ({seconds:.1f} s)"
+        )
     return results
 
 

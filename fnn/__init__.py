@@ -10,22 +10,33 @@ plus explicit residuals. No autograd anywhere.
     >>> _, params = init(fnn.random.key(0), (-1, 2))
 """
 
-from . import data, errors, initializers, layers, losses, optim, random, testing, tree
-from . import debug, io
-from . import distributed
-from . import state
-from . import per_example
+from . import (
+    data,
+    debug,
+    distributed,
+    errors,
+    initializers,
+    io,
+    layers,
+    losses,
+    optim,
+    per_example,
+    random,
+    rules,
+    state,
+    testing,
+    tree,
+)
 from .combinators import parallel, serial
 from .core import VJP, Key, Layer, Params, PyTree, Shape
 from .errors import FnnError
 from .grad import value_and_grad
-from .state import init_state
 from .per_example import per_example_grads
-from .update import update
-from . import rules
-from .rules import with_vjp
 from .remat import remat
+from .rules import with_vjp
+from .state import init_state
 from .summary import graph_repr, summary
+from .update import update
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,15 @@ import torch
 
 from . import debug, random
 from .core import VJP, Key, Layer, Params, Shapes, backprop, register_consumer
-from .errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, TreeError, describe, with_context
+from .errors import (
+    FnnError,
+    FnnTypeError,
+    KeyArrayError,
+    ShapeError,
+    TreeError,
+    describe,
+    with_context,
+)
 
 __all__ = ["serial", "parallel"]
 
@@ -60,8 +68,10 @@ class _Children:
                 f"{self.kind}: unexpected params keys {unknown}; this {self.kind} has layers "
                 f"{list(self.names)}"
             )
-        return [params.get(name, _EMPTY) for name in self.names], given, tuple(
-            self.position[k] for k in given
+        return (
+            [params.get(name, _EMPTY) for name in self.names],
+            given,
+            tuple(self.position[k] for k in given),
         )
 
     def init_keys(self, key: Key) -> list[Key]:
@@ -70,11 +80,12 @@ class _Children:
         except KeyArrayError as error:
             raise KeyArrayError(f"{self.kind}: bad key: {error}") from None
 
-
     def split_state(self, state: Any) -> list[Any]:
         """Each child's state, `None` for children without one (they run without `state=`)."""
         if not isinstance(state, Mapping):
-            raise TreeError(f"{self.kind}: expected state as a dict (from fnn.init_state), got {describe(state)}")
+            raise TreeError(
+                f"{self.kind}: expected state as a dict (from fnn.init_state), got {describe(state)}"
+            )
         unknown = [k for k in state if k not in self.position]
         if unknown:
             raise TreeError(
@@ -95,7 +106,9 @@ def _apply_with_state(
     child_states = children.split_state(state)
     is_serial = children.kind == "serial"
     if not is_serial and (not isinstance(x, tuple | list) or len(x) != len(child_states)):
-        raise ShapeError(f"parallel: expected a tuple of {len(child_states)} inputs, got {describe(x)}")
+        raise ShapeError(
+            f"parallel: expected a tuple of {len(child_states)} inputs, got {describe(x)}"
+        )
     keys = children.init_keys(key) if key is not None else None
     ys, vjps, new_state = [], [], {}
     for i, child_apply in enumerate(children.applies):
@@ -150,7 +163,9 @@ def serial(*layers: Layer) -> Layer:
         shape = input_shape
         for i, (child_init, child_key) in enumerate(zip(children.inits, children.init_keys(key))):
             try:
-                shape, params[children.names[i]] = child_init(child_key, shape, dtype=dtype, device=device)
+                shape, params[children.names[i]] = child_init(
+                    child_key, shape, dtype=dtype, device=device
+                )
             except FnnError as error:
                 raise with_context(error, children.where(i)) from None
         return shape, params
@@ -237,10 +252,14 @@ def parallel(*layers: Layer) -> Layer:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> tuple[Shapes, Params]:
-        if not isinstance(input_shape, list | tuple) or len(input_shape) != count or not all(
-            isinstance(s, list | tuple) for s in input_shape
+        if (
+            not isinstance(input_shape, list | tuple)
+            or len(input_shape) != count
+            or not all(isinstance(s, list | tuple) for s in input_shape)
         ):
-            raise ShapeError(f"parallel: expected a list of {count} input shapes, got {input_shape!r}")
+            raise ShapeError(
+                f"parallel: expected a list of {count} input shapes, got {input_shape!r}"
+            )
         shapes, params = [], {}
         for i, (child_init, child_key) in enumerate(zip(children.inits, children.init_keys(key))):
             try:
@@ -284,7 +303,9 @@ def parallel_backward(
 ) -> tuple[Params, tuple[Any, ...]]:
     vjps, given, positions = residuals
     if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
-        raise ShapeError(f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}")
+        raise ShapeError(
+            f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}"
+        )
     grads, dxs = [], []
     for i, (vjp, dyi) in enumerate(zip(vjps, dy)):
         try:

@@ -10,10 +10,10 @@ pickles, replays, and keeps alive exactly what it names:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeAlias
 
 import torch
-from typing_extensions import Protocol, TypeAlias
+from typing_extensions import Protocol
 
 __all__ = [
     "Layer",
@@ -34,7 +34,7 @@ Params: TypeAlias = dict[str, Any]
 """A layer's parameters: nested dicts with `str` keys and tensor leaves."""
 Shape: TypeAlias = tuple[int, ...]
 """A tensor shape, batch first, with `-1` for "any batch size"."""
-Shapes: TypeAlias = Union[Shape, list[Shape]]
+Shapes: TypeAlias = Shape | list[Shape]
 """One shape, or a list of them for layers with several inputs or outputs."""
 Key: TypeAlias = torch.Tensor
 """An `fnn.random` key: a CPU int64 tensor of shape `(2,)`."""

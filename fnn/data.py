@@ -34,7 +34,9 @@ def disk(key: Key, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, labels
 
 
-def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def one_hot(
+    labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """`(N,)` integer labels to `(N, num_classes)` rows of zeros with a one at each label.
 
     Example:
@@ -45,8 +47,10 @@ def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.f
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
         raise FnnTypeError(f"one_hot: expected int64 labels, got {describe(labels)}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise FnnError(f"one_hot: labels must lie in [0, {num_classes}), got values in "
-                       f"[{int(labels.min())}, {int(labels.max())}]")
+        raise FnnError(
+            f"one_hot: labels must lie in [0, {num_classes}), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
     out = torch.zeros(*labels.shape, num_classes, dtype=dtype, device=labels.device)
     return out.scatter_(-1, labels.unsqueeze(-1), 1.0)
 
@@ -67,7 +71,9 @@ def batches(
         raise FnnError(f"batches: batch_size must be a positive int, got {batch_size!r}")
     n = arrays[0].shape[0]
     if any(a.shape[0] != n for a in arrays):
-        raise ShapeError(f"batches: all tensors need the same first dimension, got {[a.shape[0] for a in arrays]}")
+        raise ShapeError(
+            f"batches: all tensors need the same first dimension, got {[a.shape[0] for a in arrays]}"
+        )
     if key is not None:
         order = random.permutation(key, n, device=arrays[0].device)
         arrays = tuple(a[order] for a in arrays)

@@ -82,7 +82,9 @@ def checked(applies: tuple[ApplyFn, ...]) -> tuple[Callable[..., tuple[Any, VJP]
     return tuple(functools.partial(checked_apply, layer_name(a), a) for a in applies)
 
 
-def checked_apply(name: str, apply: ApplyFn, params: Params, x: Any, **kwargs: Any) -> tuple[Any, VJP]:
+def checked_apply(
+    name: str, apply: ApplyFn, params: Params, x: Any, **kwargs: Any
+) -> tuple[Any, VJP]:
     """`apply(params, x, **kwargs)` with its input and output checked; its VJP checks too."""
     _check(x, f"{name}: input already contains NaN/Inf (it came from outside the model)")
     y, vjp = apply(params, x, **kwargs)
@@ -93,7 +95,10 @@ def checked_apply(name: str, apply: ApplyFn, params: Params, x: Any, **kwargs: A
 # the wrapped VJP, unchanged: (dparams, dx) = vjp(dy), with dy, dparams and dx checked
 def checked_backward(residuals: tuple[VJP, str], dy: Any) -> tuple[Params, Any]:
     vjp, name = residuals
-    _check(dy, f"{name} VJP: the incoming cotangent already contains NaN/Inf (from the loss or the caller)")
+    _check(
+        dy,
+        f"{name} VJP: the incoming cotangent already contains NaN/Inf (from the loss or the caller)",
+    )
     dparams, dx = vjp(dy)
     for path, leaf in zip(tree.paths(dparams), tree.leaves(dparams)):
         _check(leaf, f"{name} VJP: the gradient of params{path} contains NaN/Inf")

@@ -122,7 +122,9 @@ def _pack(leaves: list[torch.Tensor], bucket: list[int]) -> torch.Tensor:
     return torch.cat([leaves[i].reshape(-1) for i in bucket])
 
 
-def _unpack(flat: torch.Tensor, leaves: list[torch.Tensor], bucket: list[int], out: list[Any]) -> None:
+def _unpack(
+    flat: torch.Tensor, leaves: list[torch.Tensor], bucket: list[int], out: list[Any]
+) -> None:
     """Cut `flat` back into tensors of the bucket's leaf shapes (views, no copy) into `out`."""
     pieces = flat.split([leaves[i].numel() for i in bucket])
     for i, piece in zip(bucket, pieces):
@@ -136,11 +138,15 @@ def _wire(flat: torch.Tensor) -> torch.Tensor:
 
 def _cap_bytes(where: str, bucket_mb: float) -> float:
     if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, int | float) or not bucket_mb > 0:
-        raise FnnError(f"fnn.distributed.{where}: bucket_mb must be a positive number, got {bucket_mb!r}")
+        raise FnnError(
+            f"fnn.distributed.{where}: bucket_mb must be a positive number, got {bucket_mb!r}"
+        )
     return bucket_mb * 2**20
 
 
-def _check_devices(where: str, paths: list[str], leaves: list[torch.Tensor], group: ProcessGroup) -> None:
+def _check_devices(
+    where: str, paths: list[str], leaves: list[torch.Tensor], group: ProcessGroup
+) -> None:
     if dist.get_backend(group) == "nccl":
         for path, leaf in zip(paths, leaves):
             if leaf.device.type != "cuda":
@@ -180,7 +186,9 @@ def all_reduce_mean(
     leaves, treedef = tree.flatten(grads)
     paths = tree.paths(grads)
     for path, leaf in zip(paths, leaves):
-        if not isinstance(leaf, torch.Tensor) or not (leaf.is_floating_point() or leaf.is_complex()):
+        if not isinstance(leaf, torch.Tensor) or not (
+            leaf.is_floating_point() or leaf.is_complex()
+        ):
             raise FnnTypeError(
                 f"fnn.distributed.all_reduce_mean: expected floating-point tensor leaves, got "
                 f"{describe(leaf)} at {path or '(the tree)'}"
@@ -259,7 +267,9 @@ def broadcast(
     cap = _cap_bytes("broadcast", bucket_mb)
     count = dist.get_world_size(group)
     if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < count:
-        raise FnnError(f"fnn.distributed.broadcast: src must be a rank in [0, {count}), got {src!r}")
+        raise FnnError(
+            f"fnn.distributed.broadcast: src must be a rank in [0, {count}), got {src!r}"
+        )
     leaves, treedef = tree.flatten(tree_)
     if count == 1:
         return tree.unflatten(treedef, leaves)
@@ -300,7 +310,13 @@ def broadcast(
                 numel = sum(tensors[i].numel() for i in bucket)
                 flat = torch.empty(numel, dtype=first.dtype, device=first.device)
             if flat.numel():
-                pending.append((dist.broadcast(_wire(flat), src=src_global, group=group, async_op=True), flat, bucket))
+                pending.append(
+                    (
+                        dist.broadcast(_wire(flat), src=src_global, group=group, async_op=True),
+                        flat,
+                        bucket,
+                    )
+                )
         for work, flat, bucket in pending:
             work.wait()
             if me != src:
@@ -342,7 +358,9 @@ def _rank_and_size(where: str, rank_: int | None, size: int | None) -> tuple[int
         if isinstance(value, bool) or not isinstance(value, int):
             raise FnnTypeError(f"fnn.distributed.{where}: {name} must be an int, got {value!r}")
     if not 0 <= rank_ < size:
-        raise FnnError(f"fnn.distributed.{where}: rank must lie in [0, world_size={size}), got {rank_}")
+        raise FnnError(
+            f"fnn.distributed.{where}: rank must lie in [0, world_size={size}), got {rank_}"
+        )
     return rank_, size
 
 
@@ -379,7 +397,9 @@ def batches(
     if not arrays:
         raise FnnError("fnn.distributed.batches: give at least one tensor")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FnnError(f"fnn.distributed.batches: batch_size must be a positive int, got {batch_size!r}")
+        raise FnnError(
+            f"fnn.distributed.batches: batch_size must be a positive int, got {batch_size!r}"
+        )
     if batch_size % size:
         raise FnnError(
             f"fnn.distributed.batches: batch_size={batch_size} must be a multiple of the world size "
@@ -387,7 +407,9 @@ def batches(
         )
     for i, a in enumerate(arrays):
         if not isinstance(a, torch.Tensor) or a.ndim == 0:
-            raise FnnTypeError(f"fnn.distributed.batches: array {i} must be a tensor with a batch axis, got {describe(a)}")
+            raise FnnTypeError(
+                f"fnn.distributed.batches: array {i} must be a tensor with a batch axis, got {describe(a)}"
+            )
     n = arrays[0].shape[0]
     if any(a.shape[0] != n for a in arrays):
         raise ShapeError(

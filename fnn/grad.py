@@ -47,7 +47,9 @@ def value_and_grad(
         )
 
     def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, Params]:
-        stateful = "state" in kwargs  # a model with running statistics (BatchNorm): see fnn/state.py
+        stateful = (
+            "state" in kwargs
+        )  # a model with running statistics (BatchNorm): see fnn/state.py
         if stateful:
             y, vjp, new_state = apply(params, x, **kwargs)
         else:

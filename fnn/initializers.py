@@ -63,7 +63,9 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
 def uniform(low: float = 0.0, high: float = 1.0) -> Initializer:
     """Uniform on `[low, high)`."""
 
-    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    def init(
+        key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
         return random.uniform(key, shape, low, high, dtype=dtype, device=device)
 
     return init
@@ -72,7 +74,9 @@ def uniform(low: float = 0.0, high: float = 1.0) -> Initializer:
 def normal(std: float = 1.0, mean: float = 0.0) -> Initializer:
     """Normal with the given standard deviation and mean."""
 
-    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    def init(
+        key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
         return random.normal(key, shape, mean, std, dtype=dtype, device=device)
 
     return init
@@ -81,7 +85,9 @@ def normal(std: float = 1.0, mean: float = 0.0) -> Initializer:
 def constant(value: float) -> Initializer:
     """Every element equal to `value`."""
 
-    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    def init(
+        key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
         del key
         return torch.full(tuple(shape), value, dtype=dtype, device=device)
 
@@ -99,7 +105,9 @@ def ones() -> Initializer:
 
 
 def _fan_uniform(bound_of_fans: Callable[[int, int], float]) -> Initializer:
-    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    def init(
+        key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
         bound = bound_of_fans(*fans(shape))
         return random.uniform(key, shape, -bound, bound, dtype=dtype, device=device)
 
@@ -107,7 +115,9 @@ def _fan_uniform(bound_of_fans: Callable[[int, int], float]) -> Initializer:
 
 
 def _fan_normal(std_of_fans: Callable[[int, int], float]) -> Initializer:
-    def init(key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    def init(
+        key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
         std = std_of_fans(*fans(shape))
         return random.normal(key, shape, 0.0, std, dtype=dtype, device=device)
 

@@ -28,6 +28,7 @@ or the new checkpoint, even if the process dies mid-save.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -59,9 +60,18 @@ _CHUNK = 1 << 24  # bytes per write/read call for big tensors
 _DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
     for name in (
-        "float64", "float32", "float16", "bfloat16",
-        "complex128", "complex64",
-        "int64", "int32", "int16", "int8", "uint8", "bool",
+        "float64",
+        "float32",
+        "float16",
+        "bfloat16",
+        "complex128",
+        "complex64",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
     )
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
@@ -100,7 +110,14 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
     entries, offset = [], 0
     for t in tensors:
         nbytes = t.numel() * t.element_size()
-        entries.append({"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "offset": offset, "nbytes": nbytes})
+        entries.append(
+            {
+                "dtype": _DTYPE_NAMES[t.dtype],
+                "shape": list(t.shape),
+                "offset": offset,
+                "nbytes": nbytes,
+            }
+        )
         offset += nbytes
     crc = 0
     for t in tensors:
@@ -131,10 +148,8 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     _fsync_folder(folder)
 
@@ -148,7 +163,9 @@ def _encode(tree: PyTree, path: str, tensors: list[torch.Tensor]) -> Any:
                 f"(layout {tree.layout}, dtype {tree.dtype}); supported dtypes: {sorted(_DTYPES)}"
             )
         if tree.device.type == "meta":
-            raise FnnTypeError(f"fnn.io.save: the tensor at {path or 'the root'} is on the meta device (it has no data)")
+            raise FnnTypeError(
+                f"fnn.io.save: the tensor at {path or 'the root'} is on the meta device (it has no data)"
+            )
         tensors.append(tree.detach().to("cpu").contiguous())
         return {"tensor": len(tensors) - 1}
     if tree is None or isinstance(tree, bool | str):
@@ -160,7 +177,9 @@ def _encode(tree: PyTree, path: str, tensors: list[torch.Tensor]) -> Any:
     if isinstance(tree, Mapping):
         bad = [k for k in tree if not isinstance(k, str)]
         if bad:
-            raise FnnTypeError(f"fnn.io.save: dict keys must be str, got {bad[0]!r} at {path or 'the root'}")
+            raise FnnTypeError(
+                f"fnn.io.save: dict keys must be str, got {bad[0]!r} at {path or 'the root'}"
+            )
         return {"dict": [[k, _encode(v, f"{path}[{k!r}]", tensors)] for k, v in tree.items()]}
     if isinstance(tree, list):
         return {"list": [_encode(v, f"{path}[{i}]", tensors) for i, v in enumerate(tree)]}
@@ -237,10 +256,14 @@ def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
         size = os.fstat(f.fileno()).st_size
         preamble = f.read(_PREAMBLE.size)
         if len(preamble) < _PREAMBLE.size or preamble[:8] != MAGIC:
-            raise CheckpointError(f"fnn.io.load: {path} is not an fnn checkpoint ({_what_is(preamble, size)})")
+            raise CheckpointError(
+                f"fnn.io.load: {path} is not an fnn checkpoint ({_what_is(preamble, size)})"
+            )
         _, header_len, header_crc = _PREAMBLE.unpack(preamble)
         if header_len > min(size - _PREAMBLE.size, _MAX_HEADER):
-            raise _corrupt(path, f"the header says {header_len} bytes but the file has {size} bytes")
+            raise _corrupt(
+                path, f"the header says {header_len} bytes but the file has {size} bytes"
+            )
         raw_header = f.read(header_len)
         if zlib.crc32(raw_header) != header_crc:
             raise _corrupt(path, "the header does not match its checksum")
@@ -251,7 +274,9 @@ def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
         entries, data_bytes, crc = _check_header(path, header)
         data_start = _PREAMBLE.size + header_len
         if size - data_start != data_bytes:
-            raise _corrupt(path, f"expected {data_bytes} bytes of tensor data, found {size - data_start}")
+            raise _corrupt(
+                path, f"expected {data_bytes} bytes of tensor data, found {size - data_start}"
+            )
         tensors, crc_got = [], 0
         for e in entries:
             t = torch.empty(e["shape"], dtype=_DTYPES[e["dtype"]])
@@ -300,9 +325,20 @@ def _check_header(path: str, header: Any) -> tuple[list[dict[str, Any]], int, in
             f"this fnn reads version {FORMAT_VERSION}"
         )
     if header.get("byte_order") != "little" or sys.byteorder != "little":
-        raise CheckpointError(f"fnn.io.load: {path}: only little-endian checkpoints on little-endian machines")
-    entries, data_bytes, crc = header.get("tensors"), header.get("data_bytes"), header.get("data_crc32")
-    if not isinstance(entries, list) or not _is_count(data_bytes) or not _is_count(crc) or "tree" not in header:
+        raise CheckpointError(
+            f"fnn.io.load: {path}: only little-endian checkpoints on little-endian machines"
+        )
+    entries, data_bytes, crc = (
+        header.get("tensors"),
+        header.get("data_bytes"),
+        header.get("data_crc32"),
+    )
+    if (
+        not isinstance(entries, list)
+        or not _is_count(data_bytes)
+        or not _is_count(crc)
+        or "tree" not in header
+    ):
         raise _corrupt(path, "the header misses its tensor table")
     end = 0
     for i, e in enumerate(entries):
@@ -359,7 +395,9 @@ def _match(got: PyTree, like: PyTree, where: str, path: str) -> PyTree:
     """`got` checked against `like` (structure, shapes, dtypes), with `like`'s devices and types."""
 
     def fail(why: str) -> CheckpointError:
-        return CheckpointError(f"fnn.io.load: {path} does not match like=: {where or 'the root'} {why}")
+        return CheckpointError(
+            f"fnn.io.load: {path} does not match like=: {where or 'the root'} {why}"
+        )
 
     if isinstance(like, Mapping):
         if not isinstance(got, dict):
@@ -367,11 +405,17 @@ def _match(got: PyTree, like: PyTree, where: str, path: str) -> PyTree:
         missing = [k for k in like if k not in got]
         extra = [k for k in got if k not in like]
         if missing or extra:
-            parts = ([f"misses keys {missing}"] if missing else []) + ([f"has unexpected keys {extra}"] if extra else [])
+            parts = ([f"misses keys {missing}"] if missing else []) + (
+                [f"has unexpected keys {extra}"] if extra else []
+            )
             raise fail(" and ".join(parts))
         return {k: _match(got[k], like[k], f"{where}[{k!r}]", path) for k in like}
     if isinstance(like, list | tuple):
-        if not isinstance(got, list | tuple) or len(got) != len(like) or isinstance(got, list) != isinstance(like, list):
+        if (
+            not isinstance(got, list | tuple)
+            or len(got) != len(like)
+            or isinstance(got, list) != isinstance(like, list)
+        ):
             raise fail(f"is {_kind(got)}, expected {_kind(like)}")
         items = [_match(g, w, f"{where}[{i}]", path) for i, (g, w) in enumerate(zip(got, like))]
         if isinstance(like, list):
@@ -400,4 +444,3 @@ def _kind(x: object) -> str:
     if isinstance(x, torch.Tensor):
         return f"a tensor of shape {tuple(x.shape)}"
     return "None" if x is None else f"a {type(x).__name__}"
-

@@ -25,21 +25,29 @@ def _check_pred(name: str, pred: object, reduction: str) -> torch.Tensor:
     if reduction not in _REDUCTIONS:
         raise FnnError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
-        raise FnnTypeError(f"{name}: expected a floating-point prediction tensor, got {describe(pred)}")
+        raise FnnTypeError(
+            f"{name}: expected a floating-point prediction tensor, got {describe(pred)}"
+        )
     return pred
 
 
 def _check_target_like(name: str, pred: torch.Tensor, target: object) -> torch.Tensor:
     if not isinstance(target, torch.Tensor) or not target.is_floating_point():
-        raise FnnTypeError(f"{name}: expected a floating-point target tensor, got {describe(target)}")
+        raise FnnTypeError(
+            f"{name}: expected a floating-point target tensor, got {describe(target)}"
+        )
     if target.shape != pred.shape:
         raise ShapeError(
             f"{name}: target shape {tuple(target.shape)} does not match prediction shape {tuple(pred.shape)}"
         )
     if target.device != pred.device:
-        raise FnnError(f"{name}: target is on {target.device} but the prediction is on {pred.device}")
+        raise FnnError(
+            f"{name}: target is on {target.device} but the prediction is on {pred.device}"
+        )
     if target.dtype != pred.dtype:
-        raise FnnError(f"{name}: target dtype {target.dtype} does not match the prediction's dtype {pred.dtype}")
+        raise FnnError(
+            f"{name}: target dtype {target.dtype} does not match the prediction's dtype {pred.dtype}"
+        )
     return target
 
 
@@ -52,23 +60,35 @@ def _cotangent(name: str, dvalue: object, reduction: str, like: torch.Tensor) ->
     """`dvalue` as a tensor for aten's loss backward kernels (a cached 0-d one for 1.0)."""
     if isinstance(dvalue, torch.Tensor):
         if reduction != "none" and dvalue.ndim:
-            raise ShapeError(f"{name} VJP: expected a scalar cotangent, got shape {tuple(dvalue.shape)}")
-        if reduction == "none" and dvalue.shape != (like.shape[:1] if name == "cross_entropy" else like.shape):
+            raise ShapeError(
+                f"{name} VJP: expected a scalar cotangent, got shape {tuple(dvalue.shape)}"
+            )
+        if reduction == "none" and dvalue.shape != (
+            like.shape[:1] if name == "cross_entropy" else like.shape
+        ):
             expected = tuple(like.shape[:1] if name == "cross_entropy" else like.shape)
-            raise ShapeError(f"{name} VJP: expected a cotangent of the loss's shape {expected}, got {tuple(dvalue.shape)}")
+            raise ShapeError(
+                f"{name} VJP: expected a cotangent of the loss's shape {expected}, got {tuple(dvalue.shape)}"
+            )
         return dvalue
     if isinstance(dvalue, bool) or not isinstance(dvalue, int | float) or reduction == "none":
-        raise FnnTypeError(f"{name} VJP: expected a {'tensor' if reduction == 'none' else 'scalar'} "
-                           f"cotangent, got {describe(dvalue)}")
+        raise FnnTypeError(
+            f"{name} VJP: expected a {'tensor' if reduction == 'none' else 'scalar'} "
+            f"cotangent, got {describe(dvalue)}"
+        )
     if dvalue == 1.0:
         one = _ONES.get((like.dtype, like.device))
         if one is None:  # never written to: aten's backward kernels only read it
-            one = _ONES[(like.dtype, like.device)] = torch.ones((), dtype=like.dtype, device=like.device)
+            one = _ONES[(like.dtype, like.device)] = torch.ones(
+                (), dtype=like.dtype, device=like.device
+            )
         return one
     return torch.full((), dvalue, dtype=like.dtype, device=like.device)
 
 
-def mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, VJP]:
+def mse(
+    pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, VJP]:
     """Mean squared error `mean((pred − target)²)`; pred and target of one shape.
 
     Example:
@@ -79,12 +99,16 @@ def mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> tu
     _check_pred("mse", pred, reduction)
     _check_target_like("mse", pred, target)
     if reduction == "none":
-        return F.mse_loss(pred, target, reduction="none"), VJP(mse_backward, (pred, target, reduction))
+        return F.mse_loss(pred, target, reduction="none"), VJP(
+            mse_backward, (pred, target, reduction)
+        )
     # One BLAS dot product: on small batches it is 2-3x cheaper than F.mse_loss.
     diff = pred - target
     flat = diff.view(-1)
     value = torch.dot(flat, flat)
-    return (value.div_(flat.numel()) if reduction == "mean" else value), VJP(mse_backward, (diff, None, reduction))
+    return (value.div_(flat.numel()) if reduction == "mean" else value), VJP(
+        mse_backward, (diff, None, reduction)
+    )
 
 
 # L = mean((p − t)²)   ⇒   dp = dL · 2 (p − t) / n
@@ -115,7 +139,9 @@ def cross_entropy(
     """
     _check_pred("cross_entropy", logits, reduction)
     if logits.ndim != 2:
-        raise ShapeError(f"cross_entropy: expected logits of shape (N, C), got {tuple(logits.shape)}")
+        raise ShapeError(
+            f"cross_entropy: expected logits of shape (N, C), got {tuple(logits.shape)}"
+        )
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
         raise FnnTypeError(
             f"cross_entropy: expected integer labels (an int64 tensor of shape (N,)), got {describe(labels)}"
@@ -127,10 +153,14 @@ def cross_entropy(
         )
     log_probs = torch.log_softmax(logits, 1)
     try:
-        value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, _REDUCTION_ENUM[reduction], -100)
+        value, total_weight = aten.nll_loss_forward.default(
+            log_probs, labels, None, _REDUCTION_ENUM[reduction], -100
+        )
     except (RuntimeError, IndexError):
         if labels.device != logits.device:
-            raise FnnError(f"cross_entropy: labels are on {labels.device} but the logits are on {logits.device}") from None
+            raise FnnError(
+                f"cross_entropy: labels are on {labels.device} but the logits are on {logits.device}"
+            ) from None
         raise FnnError(
             f"cross_entropy: labels must be class indices in [0, {logits.shape[1]}) on {logits.device}"
         ) from None

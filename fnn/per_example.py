@@ -142,7 +142,9 @@ def _batch_size(x: Any) -> int:
     xs = tree.leaves(x)
     if not xs or not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in xs):
         shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else describe(t) for t in xs]
-        raise ShapeError(f"per_example_grads: expected inputs with a leading batch axis, got {shapes}")
+        raise ShapeError(
+            f"per_example_grads: expected inputs with a leading batch axis, got {shapes}"
+        )
     batch = xs[0].shape[0]
     if any(t.shape[0] != batch for t in xs):
         raise ShapeError(
@@ -259,13 +261,17 @@ def _plan(apply: ApplyFn) -> _Leaf | _Composite:
     return _Leaf(apply)
 
 
-def _forward(node: _Leaf | _Composite, params: Params, x: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+def _forward(
+    node: _Leaf | _Composite, params: Params, x: Any, kwargs: dict[str, Any]
+) -> tuple[Any, Any]:
     if type(node) is _Leaf:
         return _forward_leaf(node.apply, node.apply, params, x, kwargs)
     children = node.children
     child_params, given, positions = children.split_params(params)
     if node.kind == "parallel" and (not isinstance(x, tuple | list) or len(x) != len(node.nodes)):
-        raise ShapeError(f"parallel: expected a tuple of {len(node.nodes)} inputs, got {describe(x)}")
+        raise ShapeError(
+            f"parallel: expected a tuple of {len(node.nodes)} inputs, got {describe(x)}"
+        )
     key = kwargs.get("key")
     if "key" in kwargs:  # as in serial/parallel: the key is split, the other keywords go to all
         kwargs = {k: v for k, v in kwargs.items() if k != "key"}
@@ -292,7 +298,11 @@ def _forward(node: _Leaf | _Composite, params: Params, x: Any, kwargs: dict[str,
 
 
 def _forward_leaf(
-    apply: ApplyFn, call: Callable[..., tuple[Any, VJP]], params: Params, x: Any, kwargs: dict[str, Any]
+    apply: ApplyFn,
+    call: Callable[..., tuple[Any, VJP]],
+    params: Params,
+    x: Any,
+    kwargs: dict[str, Any],
 ) -> tuple[Any, _RuleTape | _VmapTape]:
     out = call(params, x, **kwargs)
     if not isinstance(out, tuple) or len(out) != 2:
@@ -323,7 +333,9 @@ def _backward(tape: Any, dy: Any, need_dx: bool) -> tuple[Params, Any]:
         dx = dy
     else:
         if not isinstance(dy, tuple | list) or len(dy) != count:
-            raise ShapeError(f"parallel VJP: expected a tuple of {count} cotangents, got {describe(dy)}")
+            raise ShapeError(
+                f"parallel VJP: expected a tuple of {count} cotangents, got {describe(dy)}"
+            )
         dxs = []
         for i in range(count):
             try:
@@ -347,7 +359,9 @@ def _vmap_backward(tape: _VmapTape, dy: Any) -> tuple[Params, Any]:
     one = functools.partial(_one_example_layer, tape.apply, tape.kwargs)
     try:
         ys, dparams, dx = torch.func.vmap(one, in_dims=(None, 0, 0))(tape.params, tape.x, dy)
-    except Exception as error:  # the batched forward worked, so this is about batches of one or vmap
+    except (
+        Exception
+    ) as error:  # the batched forward worked, so this is about batches of one or vmap
         raise FnnError(
             f"{name}: no per-example rule, and running it on batches of one under torch.func.vmap "
             f"failed ({type(error).__name__}: {error}). If it mixes examples (BatchNorm with batch "
@@ -367,7 +381,9 @@ def _empty_batch_of(p: torch.Tensor) -> torch.Tensor:
     return p.new_zeros((0, *p.shape))
 
 
-def _one_example_layer(apply: ApplyFn, kwargs: dict[str, Any], params: Params, x: Any, dy: Any) -> tuple[Any, ...]:
+def _one_example_layer(
+    apply: ApplyFn, kwargs: dict[str, Any], params: Params, x: Any, dy: Any
+) -> tuple[Any, ...]:
     y, vjp = apply(params, tree.map(_add_batch_axis, x), **kwargs)
     dparams, dx = vjp(tree.map(_add_batch_axis, dy))
     return tree.map(_drop_batch_axis, y), dparams, tree.map(_drop_batch_axis, dx)
@@ -415,7 +431,9 @@ def dense_per_example(
 
 
 # parameter-free and example-wise: dparams = {} and dx = vjp(dy), row n from row n
-def _example_wise(backward: BackwardFn, residuals: Any, dy: Any, need_dx: bool) -> tuple[Params, Any]:
+def _example_wise(
+    backward: BackwardFn, residuals: Any, dy: Any, need_dx: bool
+) -> tuple[Params, Any]:
     del need_dx
     return backward(residuals, dy)
 
@@ -440,8 +458,10 @@ def _concat_per_example(
     del need_dx
     axis, _, shape = residuals
     if axis % len(shape) == 0:
-        raise FnnError("FanInConcat: joining along the batch axis mixes examples; per-example "
-                       "gradients are not defined")
+        raise FnnError(
+            "FanInConcat: joining along the batch axis mixes examples; per-example "
+            "gradients are not defined"
+        )
     return fan.fan_in_concat_backward(residuals, dy)
 
 
@@ -465,7 +485,9 @@ def _parallel_per_example(
 ) -> tuple[Params, tuple[Any, ...]]:
     vjps, given, positions = residuals
     if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
-        raise ShapeError(f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}")
+        raise ShapeError(
+            f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}"
+        )
     grads, dxs = [], []
     for i, (vjp, dyi) in enumerate(zip(vjps, dy)):
         try:
@@ -480,7 +502,10 @@ def _parallel_per_example(
 # fnn.debug.check_finite's wrapper: the wrapped layer's rule, with the same checks
 def _checked_per_example(residuals: tuple[VJP, str], dy: Any, need_dx: bool) -> tuple[Params, Any]:
     vjp, name = residuals
-    debug._check(dy, f"{name} VJP: the incoming cotangent already contains NaN/Inf (from the loss or the caller)")
+    debug._check(
+        dy,
+        f"{name} VJP: the incoming cotangent already contains NaN/Inf (from the loss or the caller)",
+    )
     dparams, dx = _per_example_vjp(vjp, dy, need_dx)
     for path, leaf in zip(tree.paths(dparams), tree.leaves(dparams)):
         debug._check(leaf, f"{name} VJP: the per-example gradient of params{path} contains NaN/Inf")
@@ -517,6 +542,8 @@ register_per_example(fan.fan_in_concat_backward, _concat_per_example)
 register_per_example(serial_backward, _serial_per_example)
 register_per_example(parallel_backward, _parallel_per_example)
 register_per_example(debug.checked_backward, _checked_per_example)
-_CHILD_VJPS[serial_backward] = _CHILD_VJPS[parallel_backward] = operator.itemgetter(0)  # (vjps, given, positions)
+_CHILD_VJPS[serial_backward] = _CHILD_VJPS[parallel_backward] = operator.itemgetter(
+    0
+)  # (vjps, given, positions)
 _CHILD_VJPS[debug.checked_backward] = operator.itemgetter(slice(0, 1))  # (vjp, name)
 del _backward_fn

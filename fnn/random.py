@@ -73,9 +73,7 @@ def split(k: Key, num: int = 2) -> Key:
     hi, lo = _words(k)
     base = _mix64((hi << 32) | lo)
     rows = [_mix64(base ^ _mix64(i + 1)) for i in range(num)]
-    return torch.tensor(
-        [[(z >> 32) & _MASK32, z & _MASK32] for z in rows], dtype=torch.int64
-    )
+    return torch.tensor([[(z >> 32) & _MASK32, z & _MASK32] for z in rows], dtype=torch.int64)
 
 
 def fold_in(k: Key, data: int) -> Key:
@@ -90,7 +88,9 @@ def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
     try:
         g = torch.Generator(device=device)
     except RuntimeError:
-        raise FnnError(f"fnn.random: cannot draw random numbers on device {device!r} (no generator there)") from None
+        raise FnnError(
+            f"fnn.random: cannot draw random numbers on device {device!r} (no generator there)"
+        ) from None
     g.manual_seed(_mix64(((hi << 32) | lo) ^ 0x2545F4914F6CDD1D) >> 1)
     return g
 
@@ -147,7 +147,9 @@ def bernoulli(
 
     `shape` defaults to `p`'s shape when `p` is a tensor."""
     if not isinstance(p, torch.Tensor) and not (isinstance(p, int | float) and 0 <= p <= 1):
-        raise FnnError(f"fnn.random.bernoulli: p must be a probability in [0, 1] or a tensor, got {p!r}")
+        raise FnnError(
+            f"fnn.random.bernoulli: p must be a probability in [0, 1] or a tensor, got {p!r}"
+        )
     if shape is None:
         if not isinstance(p, torch.Tensor):
             raise FnnError("fnn.random.bernoulli: give a shape when p is a number")

@@ -41,7 +41,9 @@ def remat(layer: Layer) -> Layer:
     """
     if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
         hint = " (did you forget the call, e.g. Relu()?)" if callable(layer) else ""
-        raise FnnTypeError(f"remat: expected a Layer (init, apply) pair, got {describe(layer)}{hint}")
+        raise FnnTypeError(
+            f"remat: expected a Layer (init, apply) pair, got {describe(layer)}{hint}"
+        )
     index = len(_APPLIES)
     _APPLIES.append(layer.apply)
     inner = layer.apply
@@ -56,7 +58,9 @@ def remat(layer: Layer) -> Layer:
 
 
 # y = f(params, x)   ⇒   recompute (y, vjp_f) = f(params, x), then (dparams, dx) = vjp_f(dy)
-def remat_backward(residuals: tuple[int, Params, Any, dict[str, Any]], dy: Any) -> tuple[Params, Any]:
+def remat_backward(
+    residuals: tuple[int, Params, Any, dict[str, Any]], dy: Any
+) -> tuple[Params, Any]:
     index, params, x, kwargs = residuals
     _, vjp = _APPLIES[index](params, x, **kwargs)
     return vjp(dy)

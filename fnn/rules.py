@@ -25,7 +25,9 @@ __all__ = ["with_vjp", "feedback_alignment", "Sign", "straight_through"]
 def _check_layer(where: str, layer: Any) -> None:
     if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
         hint = " (did you forget the call, e.g. Sign()?)" if callable(layer) else ""
-        raise FnnTypeError(f"{where}: expected a Layer (init, apply) pair, got {describe(layer)}{hint}")
+        raise FnnTypeError(
+            f"{where}: expected a Layer (init, apply) pair, got {describe(layer)}{hint}"
+        )
 
 
 def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
@@ -48,7 +50,9 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
     """
     _check_layer("with_vjp", layer)
     if not callable(backward):
-        raise FnnTypeError(f"with_vjp: expected a backward function (residuals, dy), got {describe(backward)}")
+        raise FnnTypeError(
+            f"with_vjp: expected a backward function (residuals, dy), got {describe(backward)}"
+        )
     inner = layer.apply
 
     def apply(params: Params, x: Any, **kwargs: Any) -> tuple[Any, VJP]:
@@ -60,7 +64,9 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
     return Layer(layer.init, apply)
 
 
-def feedback_alignment(layer_or_out_features: Layer | int, key: Key, *, scale: float | None = None) -> Layer:
+def feedback_alignment(
+    layer_or_out_features: Layer | int, key: Key, *, scale: float | None = None
+) -> Layer:
     """A `Dense` layer trained by feedback alignment: `dx = dy B` with a fixed random `B`.
 
     The forward pass and `dW = dyᵀ x`, `db = Σₙ dy` are `Dense`'s; only the
@@ -82,14 +88,22 @@ def feedback_alignment(layer_or_out_features: Layer | int, key: Key, *, scale: f
         >>> vjp.residuals[1].shape, dx.shape
         (torch.Size([3, 2]), torch.Size([4, 2]))
     """
-    if isinstance(layer_or_out_features, bool) or not isinstance(layer_or_out_features, int | tuple):
+    if isinstance(layer_or_out_features, bool) or not isinstance(
+        layer_or_out_features, int | tuple
+    ):
         raise FnnTypeError(
             f"feedback_alignment: expected a Dense layer or out_features (int), got {describe(layer_or_out_features)}"
         )
-    layer = Dense(layer_or_out_features) if isinstance(layer_or_out_features, int) else layer_or_out_features
+    layer = (
+        Dense(layer_or_out_features)
+        if isinstance(layer_or_out_features, int)
+        else layer_or_out_features
+    )
     _check_layer("feedback_alignment", layer)
     if not (isinstance(key, torch.Tensor) and key.dtype == torch.int64 and key.shape == (2,)):
-        raise FnnTypeError(f"feedback_alignment: key must be an fnn.random key, got {describe(key)}")
+        raise FnnTypeError(
+            f"feedback_alignment: key must be an fnn.random key, got {describe(key)}"
+        )
     if scale is not None:
         _checks.number("feedback_alignment", "scale", scale)
     inner = layer.apply
@@ -157,6 +171,3 @@ def straight_through_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params
     if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("straight_through", dy, x.shape, x)
     return {}, dy * (x.abs() <= 1).to(dy.dtype)
-
-
-

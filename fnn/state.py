@@ -39,7 +39,11 @@ __all__ = ["init_state", "split", "bind"]
 
 
 def init_state(
-    layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    layer: Layer,
+    input_shape: Shapes,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> PyTree:
     """The initial state of `layer` for inputs of `input_shape`: a dict nested like its params.
 
@@ -55,11 +59,15 @@ def init_state(
         {}
     """
     if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
-        raise FnnTypeError(f"init_state: expected a Layer (init, apply) pair, got {describe(layer)}")
+        raise FnnTypeError(
+            f"init_state: expected a Layer (init, apply) pair, got {describe(layer)}"
+        )
     return _init_state(layer, input_shape, dtype, device)[1]
 
 
-def _init_state(layer: Layer, shape: Any, dtype: torch.dtype, device: torch.device | str) -> tuple[Any, PyTree]:
+def _init_state(
+    layer: Layer, shape: Any, dtype: torch.dtype, device: torch.device | str
+) -> tuple[Any, PyTree]:
     init, apply = layer
     own = getattr(apply, "init_state", None)
     if own is not None:
@@ -73,7 +81,9 @@ def _init_state(layer: Layer, shape: Any, dtype: torch.dtype, device: torch.devi
     state, shapes = {}, []
     for i, child in enumerate(children):
         try:
-            out, child_state = _init_state(child, shape if kind == "serial" else shape[i], dtype, device)
+            out, child_state = _init_state(
+                child, shape if kind == "serial" else shape[i], dtype, device
+            )
         except FnnError as error:
             raise with_context(error, f"{kind}[{i}]") from None
         if child_state:

@@ -24,7 +24,9 @@ _COMBINATORS = ("serial", "parallel")
 def _check_layer(where: str, layer: Any) -> None:
     if not (isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))):
         hint = " (did you forget the call, e.g. Relu()?)" if callable(layer) else ""
-        raise FnnTypeError(f"{where}: expected a Layer (init, apply) pair, got {describe(layer)}{hint}")
+        raise FnnTypeError(
+            f"{where}: expected a Layer (init, apply) pair, got {describe(layer)}{hint}"
+        )
 
 
 def _children(layer: Layer) -> tuple[Layer, ...] | None:
@@ -97,11 +99,15 @@ def _batch(key: Any, shape: Shapes, batch: int, dtype: torch.dtype) -> Any:
         keys = random.split(key, len(shape))
         return tuple(_batch(k, s, batch, dtype) for k, s in zip(keys, shape))
     if not isinstance(shape, tuple) or not shape or not all(isinstance(d, int) for d in shape):
-        raise ShapeError(f"summary: expected an input shape as a tuple of ints (or a list of them), got {shape!r}")
+        raise ShapeError(
+            f"summary: expected an input shape as a tuple of ints (or a list of them), got {shape!r}"
+        )
     return random.normal(key, tuple(batch if d == -1 else d for d in shape), dtype=dtype)
 
 
-def _rows(layer: Layer, params: Any, vjp: VJP, shape: Shapes, path: str, dtype: torch.dtype, out: list) -> Shapes:
+def _rows(
+    layer: Layer, params: Any, vjp: VJP, shape: Shapes, path: str, dtype: torch.dtype, out: list
+) -> Shapes:
     """Append `[path, name, out_shape, n_params, vjp]` rows, depth first; return the output shape."""
     children = _children(layer)
     name = layer_name(layer)
@@ -115,7 +121,9 @@ def _rows(layer: Layer, params: Any, vjp: VJP, shape: Shapes, path: str, dtype: 
     for i, child in enumerate(children):
         child_params = params.get(str(i), {}) if isinstance(params, Mapping) else {}
         child_shape = shape if name == "serial" else shape[i]
-        child_out = _rows(child, child_params, child_vjps[i], child_shape, _child_path(path, name, i), dtype, out)
+        child_out = _rows(
+            child, child_params, child_vjps[i], child_shape, _child_path(path, name, i), dtype, out
+        )
         if name == "serial":
             shape = child_out
         else:
@@ -181,7 +189,9 @@ def summary(layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.flo
     _, bytes3 = _residual_bytes(layer, params, input_shape, 3, dtype)
     table = [("path", "type", "output shape", "params", "residual B/example")]
     for row, b2, b3 in zip(rows, bytes2, bytes3):
-        table.append((row[0] or "(model)", row[1], _shape_str(row[2]), str(row[3]), str(max(b3 - b2, 0))))
+        table.append(
+            (row[0] or "(model)", row[1], _shape_str(row[2]), str(row[3]), str(max(b3 - b2, 0)))
+        )
     table.append(("total", "", "", str(rows[0][3]), str(max(bytes3[0] - bytes2[0], 0))))
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     lines = []

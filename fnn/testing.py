@@ -20,7 +20,9 @@ __all__ = ["check_vjp"]
 
 
 def _to64(t: Any) -> Any:
-    return t.detach().to(torch.float64) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    return (
+        t.detach().to(torch.float64) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    )
 
 
 def _outputs(y: Any) -> list[torch.Tensor]:
@@ -67,11 +69,15 @@ def check_vjp(
 
     y, vjp = apply(params, x, **apply_kwargs)
     if not isinstance(vjp, VJP):
-        raise AssertionError(f"apply must return (y, fnn.VJP(backward, residuals)), got {type(vjp).__name__}")
+        raise AssertionError(
+            f"apply must return (y, fnn.VJP(backward, residuals)), got {type(vjp).__name__}"
+        )
     try:
         pickle.dumps(vjp)
-    except Exception as error:  # noqa: BLE001 - any pickling failure is the finding
-        raise AssertionError(f"the VJP does not pickle (is backward a module-level function?): {error}") from None
+    except Exception as error:
+        raise AssertionError(
+            f"the VJP does not pickle (is backward a module-level function?): {error}"
+        ) from None
 
     outputs = _outputs(y)
     keys = random.split(random.key(seed), len(outputs))
@@ -92,6 +98,7 @@ def check_vjp(
 
     param_leaves, param_def = tree.flatten(params)
     for path, leaf, grad in zip(tree.paths(params), param_leaves, tree.leaves(dparams)):
+
         def with_leaf(value: torch.Tensor, leaf: torch.Tensor = leaf) -> float:
             swapped = [value if q is leaf else q for q in param_leaves]
             return objective(tree.unflatten(param_def, swapped), x)
@@ -119,7 +126,9 @@ def _compare(
     name: str, value: torch.Tensor, analytic: Any, f: Any, eps: float, atol: float, rtol: float
 ) -> None:
     if not isinstance(analytic, torch.Tensor) or analytic.shape != value.shape:
-        raise AssertionError(f"{name}: gradient must have shape {tuple(value.shape)}, got {_shape_of(analytic)}")
+        raise AssertionError(
+            f"{name}: gradient must have shape {tuple(value.shape)}, got {_shape_of(analytic)}"
+        )
     numeric = torch.zeros_like(value)
     flat = numeric.view(-1)
     for i in range(value.numel()):

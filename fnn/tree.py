@@ -202,8 +202,10 @@ def assert_same_structure(
     if shapes:
         found = _mismatch(expected, got, "")
     else:
-        found = None if structure(expected) == structure(got) else _mismatch(
-            _strip(expected), _strip(got), ""
+        found = (
+            None
+            if structure(expected) == structure(got)
+            else _mismatch(_strip(expected), _strip(got), "")
         )
     if found:
         raise TreeError(f"{what} does not match: {found}")

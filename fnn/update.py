@@ -11,7 +11,9 @@ from .errors import FnnError, FnnTypeError, describe
 __all__ = ["update", "flat_pair"]
 
 
-def flat_pair(params: PyTree, grads: PyTree, where: str) -> tuple[list[torch.Tensor], list[torch.Tensor], tree.TreeDef]:
+def flat_pair(
+    params: PyTree, grads: PyTree, where: str
+) -> tuple[list[torch.Tensor], list[torch.Tensor], tree.TreeDef]:
     """Both trees' leaves and the params' treedef; `ValueError` naming the first mismatch."""
     pair = _dict_of_dicts_pair(params, grads)
     if pair is not None:
@@ -33,7 +35,9 @@ def flat_pair(params: PyTree, grads: PyTree, where: str) -> tuple[list[torch.Ten
     return leaves, grad_leaves, treedef
 
 
-def _dict_of_dicts_pair(params: PyTree, grads: PyTree) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+def _dict_of_dicts_pair(
+    params: PyTree, grads: PyTree
+) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """Fast path for the common tree, a dict of dicts of tensors (serial params): both
     trees' leaves if `grads` has exactly the same keys in the same order, else `None`."""
     if type(params) is not dict or type(grads) is not dict or tuple(params) != tuple(grads):
@@ -55,11 +59,17 @@ def _diagnose(params: PyTree, grads: PyTree, where: str) -> None:
     """Slow path: name the first leaf whose gradient is not a tensor of the param's dtype and device."""
     for path, p, g in zip(tree.paths(params), tree.leaves(params), tree.leaves(grads)):
         if not isinstance(p, torch.Tensor) or not isinstance(g, torch.Tensor):
-            raise FnnTypeError(f"{where}: params{path} and its gradient must be tensors, got {describe(p)} and {describe(g)}")
+            raise FnnTypeError(
+                f"{where}: params{path} and its gradient must be tensors, got {describe(p)} and {describe(g)}"
+            )
         if p.dtype != g.dtype:
-            raise FnnError(f"{where}: the gradient of params{path} has dtype {g.dtype}, the param {p.dtype}")
+            raise FnnError(
+                f"{where}: the gradient of params{path} has dtype {g.dtype}, the param {p.dtype}"
+            )
         if p.device != g.device:
-            raise FnnError(f"{where}: the gradient of params{path} is on {g.device}, the param on {p.device}")
+            raise FnnError(
+                f"{where}: the gradient of params{path} is on {g.device}, the param on {p.device}"
+            )
     raise tree.TreeError(f"{where}: grads tree does not match the params tree")
 
 

@@ -20,13 +20,15 @@ def autograd_vjp(fn, params, x, dy):
         grads = torch.autograd.grad(ys, [*leaves, *xs], dys, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip([*leaves, *xs], grads)]
     dparams = fnn.tree.unflatten(fnn.tree.structure(params), grads[: len(leaves)])
-    dx = tuple(grads[len(leaves):])
+    dx = tuple(grads[len(leaves) :])
     return dparams, dx if isinstance(x, tuple) else dx[0]
 
 
 def assert_trees_close(actual, expected, atol=1e-10, rtol=1e-7):
     fnn.tree.assert_same_structure(expected, actual, "gradient tree")
-    for path, a, e in zip(fnn.tree.paths(expected), fnn.tree.leaves(actual), fnn.tree.leaves(expected)):
+    for path, a, e in zip(
+        fnn.tree.paths(expected), fnn.tree.leaves(actual), fnn.tree.leaves(expected)
+    ):
         torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m, p=path: f"{p}: {m}")
 
 

@@ -42,7 +42,11 @@ def test_serial_gradients_match_autograd_and_finite_differences(batch):
 def test_serial_param_names_match_torch_sequential_state_dict():
     _, params = fnn.serial(*MLP).init(fnn.random.key(0), (-1, 3))
     seq = torch.nn.Sequential(
-        torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)
+        torch.nn.Linear(3, 5),
+        torch.nn.Tanh(),
+        torch.nn.Linear(5, 4),
+        torch.nn.ReLU(),
+        torch.nn.Linear(4, 3),
     )
     assert list(fnn.tree.to_state_dict(params)) == list(seq.state_dict())
     seq.load_state_dict(fnn.tree.to_state_dict(params))
@@ -74,7 +78,9 @@ def test_nested_serial_nests_params_and_gradients():
 
 
 def _residual_block():
-    return fnn.serial(L.FanOut(2), fnn.parallel(fnn.serial(L.Dense(4), L.Tanh()), L.Identity()), L.FanInSum())
+    return fnn.serial(
+        L.FanOut(2), fnn.parallel(fnn.serial(L.Dense(4), L.Tanh()), L.Identity()), L.FanInSum()
+    )
 
 
 def test_residual_block_from_fans_matches_autograd():
@@ -105,7 +111,7 @@ def test_parallel_maps_layers_over_inputs():
     def reference(p, xs):
         return F.linear(xs[0], p["0"]["weight"], p["0"]["bias"]), torch.sigmoid(xs[1])
 
-    ys, vjp = model.apply(params, x)
+    _ys, vjp = model.apply(params, x)
     dy = (randn(2, 4, 2), randn(3, 4, 5))
     dparams, dx = vjp(dy)
     expected_dparams, expected_dx = autograd_vjp(reference, params, x, dy)
@@ -125,7 +131,7 @@ def test_fan_in_concat_splits_the_cotangent():
         b = F.linear(x, p["1"]["1"]["weight"], p["1"]["1"]["bias"])
         return torch.cat([a, b], 1)
 
-    y, vjp = model.apply(params, x)
+    _y, vjp = model.apply(params, x)
     dy = randn(1, 2, 5)
     dparams, dx = vjp(dy)
     expected_dparams, expected_dx = autograd_vjp(reference, params, x, dy)
@@ -149,7 +155,7 @@ def test_serial_splits_the_key_among_dropout_layers():
 def test_serial_vjp_pickles_and_replays():
     model = fnn.serial(*MLP)
     _, params = model.init(fnn.random.key(0), (-1, 3))
-    y, vjp = model.apply(params, torch.randn(4, 3))
+    _y, vjp = model.apply(params, torch.randn(4, 3))
     dy = torch.randn(4, 3)
     expected = vjp(dy)
     assert_trees_close(pickle.loads(pickle.dumps(vjp))(dy), expected, atol=0, rtol=0)

@@ -15,7 +15,9 @@ from fnn import layers as L
 
 from .helpers import assert_trees_close, autograd_vjp, randn
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's, not ours
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using padding='same' with even kernel"
+)  # torch's, not ours
 
 # Conv(out_channels, kernel, **kwargs) on an input of shape (N, C, H, W). C = 1 takes the
 # im2col kernel on CPU (when groups = dilation = 1), C > 1 oneDNN's: both are covered.
@@ -26,7 +28,12 @@ CASES = [
     (3, 3, {"dilation": 2, "padding": 2}, (2, 2, 7, 7)),
     (4, 3, {"groups": 2, "padding": 1}, (2, 4, 5, 5)),
     (6, 1, {"groups": 3, "bias": False}, (1, 3, 3, 4)),
-    (3, (2, 4), {"padding": "same"}, (2, 2, 5, 6)),  # even kernel: the odd extra row/column at the end
+    (
+        3,
+        (2, 4),
+        {"padding": "same"},
+        (2, 2, 5, 6),
+    ),  # even kernel: the odd extra row/column at the end
     (2, 3, {"padding": "same", "dilation": (1, 2)}, (1, 2, 5, 7)),
     (2, 3, {"padding": "valid"}, (3, 2, 4, 4)),
     (3, 3, {"padding": 1}, (2, 1, 6, 6)),  # single input channel: im2col path
@@ -35,7 +42,13 @@ CASES = [
     (2, 3, {"dilation": 2}, (2, 1, 6, 6)),  # single channel but dilated: oneDNN path
 ]
 PARAMS = [
-    pytest.param(o, k, kw, shape, id=f"o{o}-k{k}-{'-'.join(f'{a}{b}' for a, b in kw.items())}-{'x'.join(map(str, shape))}")
+    pytest.param(
+        o,
+        k,
+        kw,
+        shape,
+        id=f"o{o}-k{k}-{'-'.join(f'{a}{b}' for a, b in kw.items())}-{'x'.join(map(str, shape))}",
+    )
     for o, k, kw, shape in CASES
 ]
 
@@ -111,13 +124,18 @@ def test_first_layer_gradients_through_value_and_grad_match_autograd(channels):
     x, labels = randn(1, 5, channels, 7, 7), torch.tensor([0, 2, 1, 1, 0])
     _, grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)(params, x, labels)
     seq = torch.nn.Sequential(
-        torch.nn.Conv2d(channels, 4, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+        torch.nn.Conv2d(channels, 4, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 3),
     ).double()
     seq.load_state_dict(fnn.tree.to_state_dict(params))
     with torch.enable_grad():
         F.cross_entropy(seq(x), labels).backward()
     for name, p in seq.named_parameters():
-        torch.testing.assert_close(fnn.tree.to_state_dict(grads)[name], p.grad, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(
+            fnn.tree.to_state_dict(grads)[name], p.grad, atol=1e-12, rtol=1e-10
+        )
 
 
 def test_default_init_is_torch_conv2d_uniform_in_one_over_sqrt_fan_in():
@@ -152,7 +170,10 @@ def test_output_shapes_follow_torch_formula():
         (lambda: L.Conv(4, 3, stride=0), "Conv: stride must be positive"),
         (lambda: L.Conv(4, 3, dilation=0), "Conv: dilation must be positive"),
         (lambda: L.Conv(4, 3, padding=-1), "Conv: padding must be ≥ 0"),
-        (lambda: L.Conv(4, 3, padding="full"), "Conv: padding must be an int, a pair, 'same' or 'valid'"),
+        (
+            lambda: L.Conv(4, 3, padding="full"),
+            "Conv: padding must be an int, a pair, 'same' or 'valid'",
+        ),
         (lambda: L.Conv(4, 3, padding="same", stride=2), "Conv: padding='same' needs stride 1"),
         (lambda: L.Conv(4, 3, groups=3), "Conv: out_channels (4) must be divisible by groups (3)"),
         (lambda: L.Conv(4, (1, 2, 3)), "Conv: kernel_size must be an int or a pair of ints"),
@@ -168,32 +189,56 @@ def test_bad_input_shapes_raise_errors_naming_conv():
     init, apply = L.Conv(4, 3, groups=2)
     with pytest.raises(fnn.errors.ShapeError, match=r"Conv: expected an NCHW input shape"):
         init(fnn.random.key(0), (-1, 4, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"Conv: input channels \(3\) must be a positive multiple of groups"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"Conv: input channels \(3\) must be a positive multiple of groups",
+    ):
         init(fnn.random.key(0), (-1, 3, 8, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"Conv: input of spatial size \(2, 8\) is smaller than the kernel"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"Conv: input of spatial size \(2, 8\) is smaller than the kernel",
+    ):
         init(fnn.random.key(0), (-1, 4, 2, 8))
     _, params = init(fnn.random.key(0), (-1, 4, 8, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"Conv: expected an input with 4 channels \(axis 1\), got shape \(2, 6, 8, 8\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"Conv: expected an input with 4 channels \(axis 1\), got shape \(2, 6, 8, 8\)",
+    ):
         apply(params, torch.ones(2, 6, 8, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"Conv: expected an NCHW input \(N, C, H, W\), got shape \(4, 8, 8\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"Conv: expected an NCHW input \(N, C, H, W\), got shape \(4, 8, 8\)",
+    ):
         apply(params, torch.ones(4, 8, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"Conv: input of spatial size \(2, 2\) is smaller than the kernel"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"Conv: input of spatial size \(2, 2\) is smaller than the kernel",
+    ):
         apply(params, torch.ones(1, 4, 2, 2))
     with pytest.raises(fnn.errors.FnnTypeError, match="Conv: expected a floating-point input"):
         apply(params, torch.ones(2, 4, 8, 8, dtype=torch.int64))
-    with pytest.raises(fnn.errors.ShapeError, match=r"Conv: params\['weight'\] has shape \(4, 2, 5, 5\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError, match=r"Conv: params\['weight'\] has shape \(4, 2, 5, 5\)"
+    ):
         apply({**params, "weight": torch.ones(4, 2, 5, 5)}, torch.ones(2, 4, 8, 8))
     with pytest.raises(fnn.errors.TreeError, match=r"Conv: params missing \['bias'\]"):
         apply({"weight": params["weight"]}, torch.ones(2, 4, 8, 8))
-    y, vjp = apply(params, torch.ones(2, 4, 8, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"Conv VJP: expected a cotangent of the output's shape \(2, 4, 6, 6\)"):
+    _y, vjp = apply(params, torch.ones(2, 4, 8, 8))
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"Conv VJP: expected a cotangent of the output's shape \(2, 4, 6, 6\)",
+    ):
         vjp(torch.ones(2, 4, 8, 8))
 
 
 def test_errors_inside_serial_name_the_position():
     init, apply = fnn.serial(L.Conv(4, 3), L.Relu(), L.Conv(8, 3))
     _, params = init(fnn.random.key(0), (-1, 1, 8, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"^serial\[0\] Conv: expected an input with 1 channels"):
+    with pytest.raises(
+        fnn.errors.ShapeError, match=r"^serial\[0\] Conv: expected an input with 1 channels"
+    ):
         apply(params, torch.ones(2, 3, 8, 8))
-    with pytest.raises(fnn.errors.ShapeError, match=r"^serial\[2\] Conv: input of spatial size \(2, 2\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError, match=r"^serial\[2\] Conv: input of spatial size \(2, 2\)"
+    ):
         apply(params, torch.ones(2, 1, 4, 4))

@@ -19,8 +19,13 @@ DISK_MLP = [L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(),
 
 def _torch_mlp(params, activation=torch.nn.ReLU):
     seq = torch.nn.Sequential(
-        torch.nn.Linear(2, 25), activation(), torch.nn.Linear(25, 25), activation(),
-        torch.nn.Linear(25, 25), activation(), torch.nn.Linear(25, 2),
+        torch.nn.Linear(2, 25),
+        activation(),
+        torch.nn.Linear(25, 25),
+        activation(),
+        torch.nn.Linear(25, 25),
+        activation(),
+        torch.nn.Linear(25, 2),
     ).to(fnn.tree.leaves(params)[0].dtype)
     seq.load_state_dict(fnn.tree.to_state_dict(params))
     return seq
@@ -41,7 +46,9 @@ LOSS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, loss, torch_loss, target_of", LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+@pytest.mark.parametrize(
+    "name, loss, torch_loss, target_of", LOSS_CASES, ids=[c[0] for c in LOSS_CASES]
+)
 @pytest.mark.parametrize("batch", [1, 10, 100])
 def test_value_and_grad_matches_autograd(name, loss, torch_loss, target_of, batch):
     model = fnn.serial(*DISK_MLP)
@@ -49,7 +56,9 @@ def test_value_and_grad_matches_autograd(name, loss, torch_loss, target_of, batc
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
     x, target = x.double(), target_of(labels)
     value, grads = fnn.value_and_grad(model.apply, loss)(params, x, target)
-    expected_value, expected_grads = _autograd_loss_and_grads(_torch_mlp(params), torch_loss, x, target)
+    expected_value, expected_grads = _autograd_loss_and_grads(
+        _torch_mlp(params), torch_loss, x, target
+    )
     assert value.ndim == 0
     torch.testing.assert_close(value, expected_value, atol=1e-12, rtol=1e-12)
     params_without_empty = {k: v for k, v in params.items() if v}
@@ -61,9 +70,9 @@ def test_value_and_grad_has_aux_returns_the_output():
     model = fnn.serial(*DISK_MLP)
     _, params = model.init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), 50)
-    (value, logits), grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy, has_aux=True)(
-        params, x, labels
-    )
+    (value, logits), grads = fnn.value_and_grad(
+        model.apply, fnn.losses.cross_entropy, has_aux=True
+    )(params, x, labels)
     torch.testing.assert_close(logits, model.apply(params, x)[0])
     value2, grads2 = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)(params, x, labels)
     assert torch.equal(value, value2)
@@ -144,7 +153,9 @@ def test_update_is_plain_sgd_and_pure():
     grads = {"a": {"w": torch.full((2, 2), 2.0)}, "b": torch.ones(3)}
     before = fnn.tree.map(torch.clone, params)
     new = fnn.update(params, grads, lr=0.25)
-    assert torch.equal(new["a"]["w"], torch.full((2, 2), 0.5)) and torch.equal(new["b"], torch.full((3,), -0.25))
+    assert torch.equal(new["a"]["w"], torch.full((2, 2), 0.5)) and torch.equal(
+        new["b"], torch.full((3,), -0.25)
+    )
     assert_trees_close(params, before, atol=0, rtol=0)
 
 
@@ -152,8 +163,14 @@ def test_update_is_plain_sgd_and_pure():
     "grads, fragment",
     [
         ({"a": {"w": torch.ones(2, 2)}}, r"missing keys \['b'\]"),
-        ({"a": {"w": torch.ones(2, 2)}, "b": torch.ones(3), "c": torch.ones(1)}, r"unexpected keys \['c'\]"),
-        ({"a": {"w": torch.ones(2, 3)}, "b": torch.ones(3)}, r"\['a'\]\['w'\]: expected shape \(2, 2\), got \(2, 3\)"),
+        (
+            {"a": {"w": torch.ones(2, 2)}, "b": torch.ones(3), "c": torch.ones(1)},
+            r"unexpected keys \['c'\]",
+        ),
+        (
+            {"a": {"w": torch.ones(2, 3)}, "b": torch.ones(3)},
+            r"\['a'\]\['w'\]: expected shape \(2, 2\), got \(2, 3\)",
+        ),
         ({"a": torch.ones(2, 2), "b": torch.ones(3)}, r"\['a'\]: expected a dict"),
     ],
 )
@@ -163,14 +180,22 @@ def test_update_rejects_mismatched_trees(grads, fragment):
         fnn.update(params, grads, lr=0.1)
 
 
-@pytest.mark.parametrize("momentum, dampening, nesterov, weight_decay", [
-    (0.0, 0.0, False, 0.0), (0.9, 0.0, False, 0.0), (0.9, 0.0, True, 1e-2), (0.5, 0.3, False, 0.0),
-])
+@pytest.mark.parametrize(
+    "momentum, dampening, nesterov, weight_decay",
+    [
+        (0.0, 0.0, False, 0.0),
+        (0.9, 0.0, False, 0.0),
+        (0.9, 0.0, True, 1e-2),
+        (0.5, 0.3, False, 0.0),
+    ],
+)
 def test_sgd_matches_torch_optim_step_for_step(momentum, dampening, nesterov, weight_decay):
     model = fnn.serial(*DISK_MLP)
     _, params = model.init(fnn.random.key(0), (-1, 2), dtype=torch.float64)
     seq = _torch_mlp(params)
-    kwargs = dict(momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
+    kwargs = dict(
+        momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay
+    )
     torch_opt = torch.optim.SGD(seq.parameters(), lr=0.1, **kwargs)
     opt = fnn.optim.sgd(lr=lambda step: 0.1 * 0.99**step, **kwargs)
     state = opt.init(params)
@@ -205,7 +230,9 @@ def test_no_autograd_graph_is_built_and_everything_runs_without_grad_mode():
 
 def test_fnn_sources_never_use_autograd():
     root = pathlib.Path(fnn.__file__).parent
-    pattern = re.compile(r"\.backward\(\s*\)|torch\.autograd|requires_grad_\(|requires_grad\s*=\s*True|enable_grad")
+    pattern = re.compile(
+        r"\.backward\(\s*\)|torch\.autograd|requires_grad_\(|requires_grad\s*=\s*True|enable_grad"
+    )
     offenders = [
         f"{path.relative_to(root)}:{n}"
         for path in root.rglob("*.py")
@@ -236,16 +263,22 @@ def test_same_key_same_results_and_the_global_rng_is_untouched():
 def test_wrong_input_shape_names_the_layer_and_what_it_expected():
     model = fnn.serial(*DISK_MLP)
     _, params = model.init(fnn.random.key(0), (-1, 2))
-    with pytest.raises(ValueError, match=r"serial\[0\] Dense: expected input of shape \(\.\.\., 2\), got \(5, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"serial\[0\] Dense: expected input of shape \(\.\.\., 2\), got \(5, 3\)"
+    ):
         model.apply(params, torch.ones(5, 3))
     wrong = {**params, "2": {**params["2"], "weight": torch.ones(25, 7)}}
-    with pytest.raises(ValueError, match=r"serial\[2\] Dense: expected input of shape \(\.\.\., 7\), got \(5, 25\)"):
+    with pytest.raises(
+        ValueError, match=r"serial\[2\] Dense: expected input of shape \(\.\.\., 7\), got \(5, 25\)"
+    ):
         model.apply(wrong, torch.ones(5, 2))
     with pytest.raises(ValueError, match=r"serial\[4\] Dense: params missing \['bias'\]"):
         model.apply({**params, "4": {"weight": params["4"]["weight"]}}, torch.ones(5, 2))
     with pytest.raises(TypeError, match=r"serial\[0\] Dense: expected a floating-point input"):
         model.apply(params, torch.ones(5, 2, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"serial\[0\] Dense: input dtype torch.float64 does not match"):
+    with pytest.raises(
+        ValueError, match=r"serial\[0\] Dense: input dtype torch.float64 does not match"
+    ):
         model.apply(params, torch.ones(5, 2, dtype=torch.float64))
 
 
@@ -253,14 +286,22 @@ def test_wrong_cotangent_shape_names_the_layer():
     model = fnn.serial(L.Dense(3), L.Relu(), L.Dense(2))
     _, params = model.init(fnn.random.key(0), (-1, 4))
     _, vjp = model.apply(params, torch.ones(5, 4))
-    with pytest.raises(ValueError, match=r"serial\[2\] Dense VJP: expected a cotangent of the output's shape \(5, 2\), got \(5, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"serial\[2\] Dense VJP: expected a cotangent of the output's shape \(5, 2\), got \(5, 3\)",
+    ):
         vjp(torch.ones(5, 3))
 
 
 def test_init_errors_name_the_layer():
-    with pytest.raises(ValueError, match=r"serial\[0\] Relu: expected an input shape as a tuple of ints, got 'oops'"):
+    with pytest.raises(
+        ValueError,
+        match=r"serial\[0\] Relu: expected an input shape as a tuple of ints, got 'oops'",
+    ):
         fnn.serial(L.Relu(), L.Dense(2)).init(fnn.random.key(0), "oops")
-    with pytest.raises(ValueError, match=r"serial\[1\] Dense: input features \(last dimension\) must be ≥ 1"):
+    with pytest.raises(
+        ValueError, match=r"serial\[1\] Dense: input features \(last dimension\) must be ≥ 1"
+    ):
         fnn.serial(L.Relu(), L.Dense(2)).init(fnn.random.key(0), (-1, 0))
     with pytest.raises(ValueError, match="Dense: out_features must be a positive int"):
         L.Dense(0)
@@ -279,7 +320,10 @@ def test_check_vjp_catches_a_wrong_backward_and_names_the_leaf():
 
     layer = fnn.Layer(init, apply)
     _, params = layer.init(fnn.random.key(0), (-1, 3))
-    with pytest.raises(AssertionError, match=r"params\['scale'\]: VJP differs from central differences: max abs error"):
+    with pytest.raises(
+        AssertionError,
+        match=r"params\['scale'\]: VJP differs from central differences: max abs error",
+    ):
         fnn.testing.check_vjp(layer, params, randn(0, 4, 3))
     model = fnn.serial(L.Dense(3), layer)
     _, params = model.init(fnn.random.key(0), (-1, 3))

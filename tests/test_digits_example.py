@@ -40,7 +40,9 @@ def test_short_run_learns_and_matches_torch(digits, capsys):
     assert len(run.step_losses) == 2 * 16
     assert run.step_losses[-1] < 0.5 * run.step_losses[0]
     assert run.test_accuracy > 0.8
-    assert run.torch_gap < 1e-5  # same weights, same batches: the same losses up to float32 rounding
+    assert (
+        run.torch_gap < 1e-5
+    )  # same weights, same batches: the same losses up to float32 rounding
     assert run.confusion.sum() == 360
     assert run.confusion.diagonal().sum() / 360 == pytest.approx(run.test_accuracy)
     # The running statistics were updated by the steps and the example evaluates with them.

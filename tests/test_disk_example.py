@@ -31,7 +31,9 @@ def test_short_run_learns_and_matches_torch(disk, capsys):
     assert run.test_error < 0.15
 
 
-@pytest.mark.parametrize("options", [["--activation", "tanh", "--loss", "cross_entropy"], ["--optimizer", "sgd"]])
+@pytest.mark.parametrize(
+    "options", [["--activation", "tanh", "--loss", "cross_entropy"], ["--optimizer", "sgd"]]
+)
 def test_variants_run(disk, options):
     results = disk.main(["--epochs", "5", "--n-train", "200", "--n-test", "200", *options])
     assert 0.0 <= results[0].test_error <= 0.6
@@ -40,7 +42,19 @@ def test_variants_run(disk, options):
 def test_seeds_baselines_and_plot(disk, tmp_path, capsys):
     disk.main(["--epochs", "2", "--seeds", "2", "--n-train", "200", "--n-test", "200"])
     assert "median" in capsys.readouterr().out
-    disk.main(["--epochs", "2", "--n-train", "200", "--n-test", "200", "--baselines", "--plot", str(tmp_path)])
+    disk.main(
+        [
+            "--epochs",
+            "2",
+            "--n-train",
+            "200",
+            "--n-test",
+            "200",
+            "--baselines",
+            "--plot",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert "sklearn SVC(rbf)" in out and "LogisticRegression" in out
     assert (tmp_path / "decision_boundary.png").stat().st_size > 1000

@@ -52,7 +52,7 @@ def warm_up(seed: int):
     _, params = model().init(fnn.random.key(seed), (-1, 5))
     state = opt.init(params)
     for step in range(WARMUP_STEPS + seed):  # the ranks differ even in their step counts
-        _, grads = loss_and_grads(params, x[step :: 7], y[step :: 7])
+        _, grads = loss_and_grads(params, x[step::7], y[step::7])
         params, state = opt.update(params, grads, state)
     return params, state
 
@@ -66,7 +66,10 @@ def mixed_tree(rank: int) -> dict:
         "1": {},
         "2": {"weight": fnn.random.normal(c, (3, 6), dtype=torch.float64), "empty": torch.zeros(0)},
         "scale": fnn.random.normal(d, ()),
-        "pair": (torch.full((2,), float(rank)), torch.full((2, 2), rank + 0.5, dtype=torch.float64)),
+        "pair": (
+            torch.full((2,), float(rank)),
+            torch.full((2, 2), rank + 0.5, dtype=torch.float64),
+        ),
     }
 
 
@@ -183,17 +186,23 @@ def launch(out: Path) -> tuple[list[int], list[str], list[float]]:
     procs = []
     for r in range(WORLD):
         with open(logs[r], "w") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, __file__, str(out)],
-                env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=log, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, str(out)],
+                    env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     ends = [0.0] * WORLD
     while any(p.poll() is None for p in procs):  # poll both, to see when each one ends
         if time.monotonic() > start + JOB_TIMEOUT_S:
             for p in procs:
                 p.kill()
-            pytest.fail(f"the ranks did not finish within {JOB_TIMEOUT_S} s:\n"
-                        + "\n".join(f.read_text() for f in logs))
+            pytest.fail(
+                f"the ranks did not finish within {JOB_TIMEOUT_S} s:\n"
+                + "\n".join(f.read_text() for f in logs)
+            )
         for r, p in enumerate(procs):
             if p.poll() is not None and not ends[r]:
                 ends[r] = time.time()
@@ -242,13 +251,17 @@ def test_data_parallel_steps_equal_single_process_on_the_whole_batch(main_run):
     params, state = warm_up(seed=0)
     losses = []
     for epoch in range(EPOCHS):
-        for xb, yb in fnn.data.batches(fnn.random.fold_in(k_shuffle, epoch), x, y, batch_size=BATCH):
+        for xb, yb in fnn.data.batches(
+            fnn.random.fold_in(k_shuffle, epoch), x, y, batch_size=BATCH
+        ):
             loss, grads = loss_and_grads(params, xb, yb)
             params, state = opt.update(params, grads, state)
             losses.append(loss)
     assert len(ranks[0]["losses"]) == len(losses) == EPOCHS * 5
     assert_trees_equal(ranks[0]["end"], (params, state), atol=1e-6)
-    torch.testing.assert_close(torch.stack(ranks[0]["losses"]), torch.stack(losses), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.stack(ranks[0]["losses"]), torch.stack(losses), rtol=1e-5, atol=1e-6
+    )
     # and the run did move the params
     start, _ = warm_up(seed=0)
     assert (ranks[0]["end"][0]["4"]["weight"] - start["4"]["weight"]).abs().max() > 1e-2
@@ -301,7 +314,10 @@ def test_broadcast_of_a_mismatched_tree_raises_on_every_rank(main_run):
 def test_all_reduce_mean_rejects_non_float_leaves(main_run):
     ranks, _ = main_run
     for saved in ranks:
-        assert "expected floating-point tensor leaves, got tensor of shape (2,), dtype torch.int64" in saved["int_leaf"]
+        assert (
+            "expected floating-point tensor leaves, got tensor of shape (2,), dtype torch.int64"
+            in saved["int_leaf"]
+        )
         assert "['count']" in saved["int_leaf"]
 
 
@@ -315,11 +331,15 @@ def test_a_dead_rank_makes_the_other_fail_with_a_clear_error(launched):
     out, codes, logs, ends = launched
     assert codes[1] == 7, logs[1]
     assert codes[0] == 1, logs[0]  # the uncaught CollectiveError, not a hang nor a kill
-    assert "CollectiveError: fnn.distributed.all_reduce_mean failed on rank 0 of 2, backend gloo" in logs[0]
+    assert (
+        "CollectiveError: fnn.distributed.all_reduce_mean failed on rank 0 of 2, backend gloo"
+        in logs[0]
+    )
     assert "Another rank probably died" in logs[0]
     assert (out / "rank0.step").read_text() == "2"  # it failed at the step rank 1 missed
     seconds = ends[0] - float((out / "rank0.dying").read_text())
     assert seconds < PG_TIMEOUT_S, f"rank 0 took {seconds:.1f} s to fail"
+
 
 # ---------------------------------------------------------------------------------------------
 # One process.
@@ -327,9 +347,14 @@ def test_a_dead_rank_makes_the_other_fail_with_a_clear_error(launched):
 
 def test_without_a_process_group_everything_but_log_says_so(capsys):
     assert not fd.is_initialized()
-    for call in [fd.rank, fd.world_size, lambda: fd.all_reduce_mean({"w": torch.ones(2)}),
-                 lambda: fd.broadcast({"w": torch.ones(2)}), lambda: fd.rank_key(fnn.random.key(0)),
-                 lambda: next(fd.batches(None, torch.ones(4), batch_size=2))]:
+    for call in [
+        fd.rank,
+        fd.world_size,
+        lambda: fd.all_reduce_mean({"w": torch.ones(2)}),
+        lambda: fd.broadcast({"w": torch.ones(2)}),
+        lambda: fd.rank_key(fnn.random.key(0)),
+        lambda: next(fd.batches(None, torch.ones(4), batch_size=2)),
+    ]:
         with pytest.raises(fnn.FnnError, match="no torch.distributed process group is initialised"):
             call()
     fd.log("still", "prints")
@@ -349,11 +374,23 @@ def test_batches_shares_are_equal_disjoint_and_reproducible():
     other = list(fd.batches(fnn.random.key(4), x, batch_size=4, rank=0, world_size=2))
     assert [b.tolist() for (b,) in other] != [b.tolist() for (b,) in shares[0]]
     # a short batch of 3 on 2 ranks: one example each, the third skipped; drop_last skips it all
-    assert [b.tolist() for (b,) in fd.batches(None, torch.arange(7), batch_size=4, rank=1, world_size=2)] == [
-        [2, 3], [5]]
-    assert len(list(fd.batches(None, torch.arange(7), batch_size=4, rank=1, world_size=2, drop_last=True))) == 1
+    assert [
+        b.tolist() for (b,) in fd.batches(None, torch.arange(7), batch_size=4, rank=1, world_size=2)
+    ] == [[2, 3], [5]]
+    assert (
+        len(
+            list(
+                fd.batches(
+                    None, torch.arange(7), batch_size=4, rank=1, world_size=2, drop_last=True
+                )
+            )
+        )
+        == 1
+    )
     # a short batch of 1 on 4 ranks gives them nothing
-    assert [b.tolist() for (b,) in fd.batches(None, torch.arange(5), batch_size=4, rank=1, world_size=4)] == [[1]]
+    assert [
+        b.tolist() for (b,) in fd.batches(None, torch.arange(5), batch_size=4, rank=1, world_size=4)
+    ] == [[1]]
 
 
 def test_batches_reject_bad_arguments():

@@ -16,7 +16,9 @@ def blocks(path):
     return BLOCK.findall(path.read_text())
 
 
-@pytest.mark.parametrize("path", [f for f in FILES if blocks(f)], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path", [f for f in FILES if blocks(f)], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_code_blocks_run(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # A real module, so functions defined in the docs pickle by reference (VJPs must pickle).
@@ -26,7 +28,9 @@ def test_code_blocks_run(path, tmp_path, monkeypatch):
         try:
             exec(compile(code, f"{path.name}[block {i}]", "exec"), module.__dict__)
         except Exception as error:
-            raise AssertionError(f"{path.name}, code block {i} failed: {error!r}\n{code}") from error
+            raise AssertionError(
+                f"{path.name}, code block {i} failed: {error!r}\n{code}"
+            ) from error
 
 
 def test_docs_exist():

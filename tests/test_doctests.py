@@ -10,9 +10,7 @@ import torch
 import fnn
 from fnn import layers as L
 
-MODULES = sorted(
-    name for _, name, _ in pkgutil.walk_packages(fnn.__path__, "fnn.")
-)
+MODULES = sorted(name for _, name, _ in pkgutil.walk_packages(fnn.__path__, "fnn."))
 
 
 @pytest.mark.parametrize("name", MODULES)

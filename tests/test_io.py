@@ -59,10 +59,30 @@ def everything() -> dict:
         "opt_state": {"step": 20, "momentum_buffer": None},
         "key": fnn.random.key(7),
         "keys": fnn.random.split(k, 3),
-        "dtypes": [torch.ones(2, dtype=d) for d in (torch.float16, torch.bfloat16, torch.int32, torch.uint8, torch.bool)]
+        "dtypes": [
+            torch.ones(2, dtype=d)
+            for d in (torch.float16, torch.bfloat16, torch.int32, torch.uint8, torch.bool)
+        ]
         + [torch.tensor([1 + 2j])],
-        "odd": (torch.tensor(3.5), torch.zeros(0, 4), torch.arange(12.0).reshape(3, 4).t(), torch.arange(10)[2:7:2]),
-        "plain": [1, -(2**70), 0.1, float("inf"), float("-inf"), float("nan"), -0.0, True, False, "sgd", None],
+        "odd": (
+            torch.tensor(3.5),
+            torch.zeros(0, 4),
+            torch.arange(12.0).reshape(3, 4).t(),
+            torch.arange(10)[2:7:2],
+        ),
+        "plain": [
+            1,
+            -(2**70),
+            0.1,
+            float("inf"),
+            float("-inf"),
+            float("nan"),
+            -0.0,
+            True,
+            False,
+            "sgd",
+            None,
+        ],
         "nested": {"a": [({"b": (1,)},)], "empty": {}, "empty_list": [], "empty_tuple": ()},
     }
 
@@ -114,7 +134,9 @@ def test_requires_grad_tensors_are_saved_detached(tmp_path):
     assert not fnn.io.load(tmp_path / "c.fnn")[0].requires_grad
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     tree=st.recursive(
         st.one_of(
@@ -124,9 +146,13 @@ def test_requires_grad_tensors_are_saved_detached(tmp_path):
             st.floats(allow_nan=False),
             st.text(max_size=5),
             st.builds(
-                lambda shape, dtype: torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape).to(dtype),
+                lambda shape, dtype: (
+                    torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape).to(dtype)
+                ),
                 st.lists(st.integers(0, 3), max_size=3),
-                st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int8]),
+                st.sampled_from(
+                    [torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int8]
+                ),
             ),
         ),
         lambda children: st.one_of(
@@ -167,8 +193,14 @@ def _set(tree, value, *path):
 
 
 LIKE_CASES = {
-    "missing key": (lambda t: _drop(t, "params", "2", "bias"), ["['params']['2']", "misses keys ['bias']"]),
-    "extra key": (lambda t: _set(t, torch.ones(1), "params", "2", "scale"), ["['params']['2']", "unexpected keys ['scale']"]),
+    "missing key": (
+        lambda t: _drop(t, "params", "2", "bias"),
+        ["['params']['2']", "misses keys ['bias']"],
+    ),
+    "extra key": (
+        lambda t: _set(t, torch.ones(1), "params", "2", "scale"),
+        ["['params']['2']", "unexpected keys ['scale']"],
+    ),
     "wrong shape": (
         lambda t: _set(t, torch.ones(3, 3), "params", "0", "weight"),
         ["['params']['0']['weight']", "shape (3, 3), expected (3, 2)"],
@@ -249,7 +281,9 @@ def test_save_writes_a_temp_file_in_the_same_folder_then_renames(tmp_path, monke
     real_replace, real_fsync = os.replace, os.fsync
     monkeypatch.setattr(fnn.io.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(
-        fnn.io.os, "replace", lambda src, dst: (calls.append(("replace", src, dst)), real_replace(src, dst))[1]
+        fnn.io.os,
+        "replace",
+        lambda src, dst: (calls.append(("replace", src, dst)), real_replace(src, dst))[1],
     )
     fnn.io.save(tmp_path / "c.fnn", {"w": torch.ones(2)})
     replace = next(c for c in calls if c[0] == "replace")
@@ -307,7 +341,9 @@ def test_killing_the_process_mid_save_leaves_the_previous_checkpoint_intact(tmp_
     try:
         assert child.stdout.readline().strip() == "mid-write"
         leftovers = [p for p in os.listdir(tmp_path) if p != "c.fnn"]
-        assert len(leftovers) == 1 and leftovers[0].startswith(".c.fnn.")  # the half-written temp file
+        assert len(leftovers) == 1 and leftovers[0].startswith(
+            ".c.fnn."
+        )  # the half-written temp file
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -372,7 +408,9 @@ def good_file(tmp_path):
 
 def test_every_truncation_is_a_clear_error_naming_the_file(good_file):
     data = good_file.read_bytes()
-    cuts = sorted(set(range(0, 40)) | set(range(40, len(data), max(1, len(data) // 60))) | {len(data) - 1})
+    cuts = sorted(
+        set(range(40)) | set(range(40, len(data), max(1, len(data) // 60))) | {len(data) - 1}
+    )
     for cut in cuts:
         good_file.write_bytes(data[:cut])
         with pytest.raises(CheckpointError) as info:
@@ -386,7 +424,9 @@ def test_trailing_garbage_is_corruption(good_file):
         fnn.io.load(good_file)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_any_flipped_byte_is_detected(good_file, data):
     raw = bytearray(good_file.read_bytes())
@@ -420,7 +460,9 @@ def _write_with_header(path, header: bytes, data: bytes = b""):
     import struct
     import zlib
 
-    path.write_bytes(struct.pack("<8sQI", fnn.io.MAGIC, len(header), zlib.crc32(header)) + header + data)
+    path.write_bytes(
+        struct.pack("<8sQI", fnn.io.MAGIC, len(header), zlib.crc32(header)) + header + data
+    )
 
 
 @pytest.mark.parametrize(
@@ -517,5 +559,9 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     assert same(resumed, straight)
     # and the run really moved: the momentum buffers and params differ from step 20
     assert not torch.equal(resumed["params"]["0"]["weight"], first["params"]["0"]["weight"])
-    buffers = [t for t in fnn.tree.leaves(resumed["opt_state"]) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    buffers = [
+        t
+        for t in fnn.tree.leaves(resumed["opt_state"])
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
     assert buffers and all(bool(t.abs().sum() > 0) for t in buffers)

@@ -35,19 +35,55 @@ CASES = [
     ("Dense", lambda: L.Dense(3), _dense, [(1, 4), (5, 4), (2, 3, 4), (4,)], {}),
     ("Dense-no-bias", lambda: L.Dense(2, bias=False), _dense, [(1, 3), (6, 3)], {}),
     ("Relu", L.Relu, lambda p, x: F.relu(x), [(1, 5), (4, 3), (2, 3, 4)], {}),
-    ("LeakyRelu", lambda: L.LeakyRelu(0.2), lambda p, x: F.leaky_relu(x, 0.2), [(1, 5), (4, 3)], {}),
+    (
+        "LeakyRelu",
+        lambda: L.LeakyRelu(0.2),
+        lambda p, x: F.leaky_relu(x, 0.2),
+        [(1, 5), (4, 3)],
+        {},
+    ),
     ("Tanh", L.Tanh, lambda p, x: torch.tanh(x), [(1, 5), (4, 3), (2, 2, 2)], {}),
     ("Sigmoid", L.Sigmoid, lambda p, x: torch.sigmoid(x), [(1, 5), (4, 3)], {}),
     ("Elu", lambda: L.Elu(1.3), lambda p, x: F.elu(x, 1.3), [(1, 5), (4, 3)], {}),
     ("Gelu", L.Gelu, lambda p, x: F.gelu(x), [(1, 5), (4, 3)], {}),
-    ("Gelu-tanh", lambda: L.Gelu("tanh"), lambda p, x: F.gelu(x, approximate="tanh"), [(1, 5), (4, 3)], {}),
-    ("Softplus", lambda: L.Softplus(2.0, 1.5), lambda p, x: F.softplus(x, 2.0, 1.5), [(1, 5), (4, 3)], {}),
+    (
+        "Gelu-tanh",
+        lambda: L.Gelu("tanh"),
+        lambda p, x: F.gelu(x, approximate="tanh"),
+        [(1, 5), (4, 3)],
+        {},
+    ),
+    (
+        "Softplus",
+        lambda: L.Softplus(2.0, 1.5),
+        lambda p, x: F.softplus(x, 2.0, 1.5),
+        [(1, 5), (4, 3)],
+        {},
+    ),
     ("Softmax", L.Softmax, lambda p, x: F.softmax(x, -1), [(1, 5), (4, 3), (2, 3, 4)], {}),
-    ("LogSoftmax", L.LogSoftmax, lambda p, x: F.log_softmax(x, -1), [(1, 5), (4, 3), (2, 3, 4)], {}),
+    (
+        "LogSoftmax",
+        L.LogSoftmax,
+        lambda p, x: F.log_softmax(x, -1),
+        [(1, 5), (4, 3), (2, 3, 4)],
+        {},
+    ),
     ("Identity", L.Identity, lambda p, x: x * 1, [(1, 5), (4, 3)], {}),
     ("Flatten", L.Flatten, lambda p, x: x.flatten(1), [(1, 3, 2, 2), (4, 3), (2, 2, 3)], {}),
-    ("Reshape", lambda: L.Reshape((2, -1)), lambda p, x: x.reshape(x.shape[0], 2, -1), [(1, 6), (3, 2, 2)], {}),
-    ("Dropout", lambda: L.Dropout(0.3), _dropout_reference(0.3), [(1, 5), (6, 4)], {"key": fnn.random.key(7)}),
+    (
+        "Reshape",
+        lambda: L.Reshape((2, -1)),
+        lambda p, x: x.reshape(x.shape[0], 2, -1),
+        [(1, 6), (3, 2, 2)],
+        {},
+    ),
+    (
+        "Dropout",
+        lambda: L.Dropout(0.3),
+        _dropout_reference(0.3),
+        [(1, 5), (6, 4)],
+        {"key": fnn.random.key(7)},
+    ),
     ("Dropout-eval", lambda: L.Dropout(0.3), lambda p, x: x * 1, [(1, 5), (6, 4)], {}),
 ]
 
@@ -60,7 +96,9 @@ PARAMS = [
 
 def _setup(make, shape, dtype=torch.float64):
     layer = make()
-    _, params = layer.init(fnn.random.key(1), (-1, *shape[1:]) if len(shape) > 1 else shape, dtype=dtype)
+    _, params = layer.init(
+        fnn.random.key(1), (-1, *shape[1:]) if len(shape) > 1 else shape, dtype=dtype
+    )
     x = randn(2, *shape, dtype=dtype)
     return layer, params, x
 
@@ -135,7 +173,7 @@ def test_init_shape_agrees_with_apply(make, ref, shape, kwargs):
 
 def test_relu_gradient_at_zero_is_zero_like_torch():
     x = torch.tensor([[-1.0, 0.0, 2.0]])
-    y, vjp = L.Relu().apply({}, x)
+    _y, vjp = L.Relu().apply({}, x)
     _, dx = vjp(torch.ones(1, 3))
     assert dx.tolist() == [[0.0, 0.0, 1.0]]
 

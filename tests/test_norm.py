@@ -60,7 +60,10 @@ def test_layer_norm_params_load_into_torch_layer_norm():
 def test_layer_norm_errors_name_the_layer():
     init, apply = L.LayerNorm()
     _, params = init(fnn.random.key(0), (-1, 4))
-    with pytest.raises(fnn.errors.ShapeError, match=r"LayerNorm: expected an input of shape \(\.\.\., 4\), got \(2, 5\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"LayerNorm: expected an input of shape \(\.\.\., 4\), got \(2, 5\)",
+    ):
         apply(params, torch.ones(2, 5))
     with pytest.raises(fnn.errors.TreeError, match=r"LayerNorm: params missing \['bias'\]"):
         apply({"weight": params["weight"]}, torch.ones(2, 4))
@@ -97,7 +100,14 @@ def test_batch_norm_matches_finite_differences_and_autograd(shape, train):
 
     def reference(p, x):
         return F.batch_norm(
-            x, state["running_mean"].clone(), state["running_var"].clone(), p["weight"], p["bias"], train, 0.1, 1e-3
+            x,
+            state["running_mean"].clone(),
+            state["running_var"].clone(),
+            p["weight"],
+            p["bias"],
+            train,
+            0.1,
+            1e-3,
         )
 
     y, vjp, new_state = layer.apply(params, x, state=state, train=train)
@@ -116,7 +126,11 @@ def test_batch_norm_matches_finite_differences_and_autograd(shape, train):
     [
         (lambda: torch.nn.BatchNorm2d(3), (4, 3, 5, 5), {}),
         (lambda: torch.nn.BatchNorm1d(4), (6, 4), {}),
-        (lambda: torch.nn.BatchNorm1d(2, momentum=0.3, eps=1e-3), (3, 2, 7), {"momentum": 0.3, "eps": 1e-3}),
+        (
+            lambda: torch.nn.BatchNorm1d(2, momentum=0.3, eps=1e-3),
+            (3, 2, 7),
+            {"momentum": 0.3, "eps": 1e-3},
+        ),
         (lambda: torch.nn.BatchNorm2d(2, momentum=None), (2, 2, 3, 3), {"momentum": None}),
     ],
     ids=["BatchNorm2d", "BatchNorm1d", "momentum0.3-eps1e-3", "cumulative"],
@@ -127,16 +141,24 @@ def test_running_statistics_follow_torch_and_eval_uses_them(module, shape, kwarg
     torch_bn.load_state_dict(params | state)
     initial = fnn.tree.map(torch.clone, state)
     for step in range(5):
-        x = fnn.random.normal(fnn.random.key(step), shape, 2.0, 3.0)  # mean 2, std 3: far from the init
+        x = fnn.random.normal(
+            fnn.random.key(step), shape, 2.0, 3.0
+        )  # mean 2, std 3: far from the init
         previous = state
         y, _, state = layer.apply(params, x, state=state, train=True)
         torch_bn.train()
         torch.testing.assert_close(y, torch_bn(x).detach(), atol=1e-5, rtol=1e-5)
         assert previous["running_mean"] is not state["running_mean"]
-    assert_trees_close(initial, fnn.init_state(layer, (-1, *shape[1:])), atol=0, rtol=0)  # never mutated
+    assert_trees_close(
+        initial, fnn.init_state(layer, (-1, *shape[1:])), atol=0, rtol=0
+    )  # never mutated
     for name, value in state.items():
-        torch.testing.assert_close(value, torch_bn.state_dict()[name], atol=1e-6, rtol=1e-6, msg=name)
-    assert int(state["num_batches_tracked"]) == 5 and state["num_batches_tracked"].dtype == torch.int64
+        torch.testing.assert_close(
+            value, torch_bn.state_dict()[name], atol=1e-6, rtol=1e-6, msg=name
+        )
+    assert (
+        int(state["num_batches_tracked"]) == 5 and state["num_batches_tracked"].dtype == torch.int64
+    )
     assert (state["running_mean"] - 2.0).abs().max() < 2.0  # the statistics moved toward the data's
     torch_bn.eval()
     x = torch.randn(shape)
@@ -159,22 +181,40 @@ def test_batch_norm_state_has_torch_buffer_names_and_no_gradients():
 def test_batch_norm_errors_say_what_is_missing():
     layer, params, state = _batch_norm((4, 3))
     x = torch.ones(4, 3, dtype=torch.float64)
-    with pytest.raises(fnn.errors.FnnError, match=r"BatchNorm: needs its running statistics: .*fnn.init_state"):
+    with pytest.raises(
+        fnn.errors.FnnError, match=r"BatchNorm: needs its running statistics: .*fnn.init_state"
+    ):
         layer.apply(params, x)
     with pytest.raises(fnn.errors.FnnError, match=r"BatchNorm: say train=True .* or train=False"):
         layer.apply(params, x, state=state)
-    with pytest.raises(fnn.errors.TreeError, match=r"BatchNorm: state keys must be \['running_mean'"):
+    with pytest.raises(
+        fnn.errors.TreeError, match=r"BatchNorm: state keys must be \['running_mean'"
+    ):
         layer.apply(params, x, state={"running_mean": state["running_mean"]}, train=True)
-    with pytest.raises(fnn.errors.ShapeError, match=r"BatchNorm: state\['running_var'\] must be a tensor of shape \(3,\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"BatchNorm: state\['running_var'\] must be a tensor of shape \(3,\)",
+    ):
         layer.apply(params, x, state={**state, "running_var": torch.ones(4)}, train=False)
-    with pytest.raises(fnn.errors.FnnError, match=r"BatchNorm: state\['running_mean'\] has dtype torch.float32 but"):
+    with pytest.raises(
+        fnn.errors.FnnError, match=r"BatchNorm: state\['running_mean'\] has dtype torch.float32 but"
+    ):
         layer.apply(params, x, state=fnn.init_state(layer, (-1, 3)), train=True)
-    with pytest.raises(fnn.errors.ShapeError, match=r"BatchNorm: expected an input of shape \(N, 3, \.\.\.\), got \(4, 5\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=r"BatchNorm: expected an input of shape \(N, 3, \.\.\.\), got \(4, 5\)",
+    ):
         layer.apply(params, torch.ones(4, 5, dtype=torch.float64), state=state, train=True)
-    with pytest.raises(fnn.errors.ShapeError, match="BatchNorm: training needs more than one value per channel"):
+    with pytest.raises(
+        fnn.errors.ShapeError, match="BatchNorm: training needs more than one value per channel"
+    ):
         layer.apply(params, torch.ones(1, 3, dtype=torch.float64), state=state, train=True)
-    layer.apply(params, torch.ones(1, 3, dtype=torch.float64), state=state, train=False)  # eval: fine
-    with pytest.raises(fnn.errors.ShapeError, match=r"BatchNorm: expected an input shape of rank ≥ 2"):
+    layer.apply(
+        params, torch.ones(1, 3, dtype=torch.float64), state=state, train=False
+    )  # eval: fine
+    with pytest.raises(
+        fnn.errors.ShapeError, match=r"BatchNorm: expected an input shape of rank ≥ 2"
+    ):
         layer.init(fnn.random.key(0), (-1,))
     with pytest.raises(ValueError, match="BatchNorm: momentum must be a number"):
         L.BatchNorm(momentum="fast")

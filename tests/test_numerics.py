@@ -128,13 +128,32 @@ def test_softplus_is_linear_above_threshold_and_zero_far_below(beta):
 
 # --------------------------------------------------------------------------- bfloat16 and float16
 
-MLP = [L.Dense(16), L.Relu(), L.Dense(16), L.Tanh(), L.Dense(16), L.Sigmoid(), L.Dense(16), L.Gelu(),
-       L.Dense(16), L.Softplus(), L.Dense(16), L.Elu(), L.Dense(16), L.LeakyRelu(), L.Dense(4)]
+MLP = [
+    L.Dense(16),
+    L.Relu(),
+    L.Dense(16),
+    L.Tanh(),
+    L.Dense(16),
+    L.Sigmoid(),
+    L.Dense(16),
+    L.Gelu(),
+    L.Dense(16),
+    L.Softplus(),
+    L.Dense(16),
+    L.Elu(),
+    L.Dense(16),
+    L.LeakyRelu(),
+    L.Dense(4),
+]
 
 # Measured on this 8→16·7→4 MLP (batch 32, cross-entropy) against float64: loss within
 # ~6e-4 (bf16) / ~1e-4 (f16) relative, each gradient within ~4 % / ~1 % (relative norm).
 # The bounds leave room for other seeds; docs/reliability.md quotes them.
-LOW_PRECISION = {torch.bfloat16: (5e-3, 0.1), torch.float16: (1e-3, 0.03), torch.float32: (1e-6, 1e-5)}
+LOW_PRECISION = {
+    torch.bfloat16: (5e-3, 0.1),
+    torch.float16: (1e-3, 0.03),
+    torch.float32: (1e-6, 1e-5),
+}
 
 
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=str)
@@ -151,7 +170,9 @@ def test_low_precision_models_train_with_documented_accuracy(dtype):
     assert loss.dtype == dtype and all(g.dtype == dtype for g in fnn.tree.leaves(grads))
     loss_tol, grad_tol = LOW_PRECISION[dtype]
     assert abs(loss.double().item() - ref_loss.item()) <= loss_tol * abs(ref_loss.item())
-    for path, g, ref in zip(fnn.tree.paths(grads), fnn.tree.leaves(grads), fnn.tree.leaves(ref_grads)):
+    for path, g, ref in zip(
+        fnn.tree.paths(grads), fnn.tree.leaves(grads), fnn.tree.leaves(ref_grads)
+    ):
         error = float((g.double() - ref).norm() / ref.norm().clamp_min(1e-12))
         assert error <= grad_tol, (path, error)
 
@@ -164,8 +185,11 @@ def test_low_precision_models_train_with_documented_accuracy(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_losses_and_layers_run(dtype):
     x = fnn.random.normal(K, (4, 6)).to(dtype)
-    for loss, target in [(fnn.losses.mse, torch.zeros_like(x)), (fnn.losses.bce_with_logits, torch.ones_like(x)),
-                         (fnn.losses.cross_entropy, torch.arange(4) % 6)]:
+    for loss, target in [
+        (fnn.losses.mse, torch.zeros_like(x)),
+        (fnn.losses.bce_with_logits, torch.ones_like(x)),
+        (fnn.losses.cross_entropy, torch.arange(4) % 6),
+    ]:
         value, vjp = loss(x, target)
         assert value.dtype == dtype and vjp(1.0).dtype == dtype
     for layer in (L.Softmax(), L.LogSoftmax(), L.Dropout(0.5), L.Identity(), L.Flatten()):
@@ -176,7 +200,10 @@ def test_low_precision_losses_and_layers_run(dtype):
 def test_mixing_low_precision_input_and_float32_params_is_a_clear_error():
     init, apply = L.Dense(2)
     _, params = init(K, (-1, 3))
-    with pytest.raises(fnn.FnnError, match=r"^Dense: input dtype torch.bfloat16 does not match the parameters' dtype torch.float32"):
+    with pytest.raises(
+        fnn.FnnError,
+        match=r"^Dense: input dtype torch.bfloat16 does not match the parameters' dtype torch.float32",
+    ):
         apply(params, torch.ones(4, 3, dtype=torch.bfloat16))
 
 
@@ -194,9 +221,14 @@ X = torch.ones(5, 3)
 def test_check_finite_names_the_first_layer_whose_output_is_not_finite():
     model, params = mlp()
     params["2"]["bias"] = torch.tensor([float("nan"), 0.0, 0.0, 0.0])
-    with fnn.debug.check_finite():
-        with pytest.raises(NonFiniteError, match=r"^serial\[2\] Dense: output contains NaN/Inf \(5 NaN, 0 Inf of 20 elements\)"):
-            model.apply(params, X)
+    with (
+        fnn.debug.check_finite(),
+        pytest.raises(
+            NonFiniteError,
+            match=r"^serial\[2\] Dense: output contains NaN/Inf \(5 NaN, 0 Inf of 20 elements\)",
+        ),
+    ):
+        model.apply(params, X)
     y, _ = model.apply(params, X)  # off again: the NaN just flows through
     assert torch.isnan(y).all()
 
@@ -204,7 +236,10 @@ def test_check_finite_names_the_first_layer_whose_output_is_not_finite():
 def test_check_finite_catches_overflow_to_inf():
     model, params = mlp()
     params["0"]["weight"] = torch.full((4, 3), 3e38)
-    with fnn.debug.check_finite(), pytest.raises(NonFiniteError, match=r"^serial\[0\] Dense: output .* Inf"):
+    with (
+        fnn.debug.check_finite(),
+        pytest.raises(NonFiniteError, match=r"^serial\[0\] Dense: output .* Inf"),
+    ):
         model.apply(params, X)
 
 
@@ -212,7 +247,10 @@ def test_check_finite_blames_a_non_finite_input_on_the_caller():
     model, params = mlp()
     x = X.clone()
     x[2, 1] = float("inf")
-    with fnn.debug.check_finite(), pytest.raises(NonFiniteError, match=r"^serial\[0\] Dense: input already contains"):
+    with (
+        fnn.debug.check_finite(),
+        pytest.raises(NonFiniteError, match=r"^serial\[0\] Dense: input already contains"),
+    ):
         model.apply(params, x)
 
 
@@ -221,7 +259,10 @@ def test_check_finite_gives_the_path_in_nested_models():
     model = fnn.serial(L.Dense(3), inner, L.Dense(2))
     _, params = model.init(K, (-1, 3))
     params["1"]["2"]["weight"] = params["1"]["2"]["weight"] * float("inf")
-    with fnn.debug.check_finite(), pytest.raises(NonFiniteError, match=r"^serial\[1\] serial\[2\] Dense: output"):
+    with (
+        fnn.debug.check_finite(),
+        pytest.raises(NonFiniteError, match=r"^serial\[1\] serial\[2\] Dense: output"),
+    ):
         model.apply(params, X)
 
 
@@ -229,7 +270,10 @@ def test_check_finite_in_parallel_branches():
     model = fnn.serial(L.FanOut(2), fnn.parallel(L.Dense(3), L.Dense(3)), L.FanInSum())
     _, params = model.init(K, (-1, 3))
     params["1"]["1"]["bias"] = torch.tensor([0.0, float("-inf"), 0.0])
-    with fnn.debug.check_finite(), pytest.raises(NonFiniteError, match=r"^serial\[1\] parallel\[1\] Dense: output"):
+    with (
+        fnn.debug.check_finite(),
+        pytest.raises(NonFiniteError, match=r"^serial\[1\] parallel\[1\] Dense: output"),
+    ):
         model.apply(params, X)
 
 
@@ -247,13 +291,18 @@ def sqrt_backward(y, dy):
 
 
 def test_check_finite_names_the_layer_whose_vjp_makes_inf():
-    model = fnn.serial(L.Dense(3), L.Relu(), Layer(lambda k, s, **kw: (s, {}), sqrt_apply), L.Dense(2))
+    model = fnn.serial(
+        L.Dense(3), L.Relu(), Layer(lambda k, s, **kw: (s, {}), sqrt_apply), L.Dense(2)
+    )
     _, params = model.init(K, (-1, 3))
     params["0"]["bias"] = torch.tensor([-100.0, 0.0, 0.0])  # a dead relu unit: √0 in the forward
     x, labels = torch.ones(5, 3), torch.tensor([0, 1, 0, 1, 1])
     loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)
-    with fnn.debug.check_finite(), pytest.raises(
-        NonFiniteError, match=r"^serial\[2\] Sqrt VJP: the input gradient contains NaN/Inf"
+    with (
+        fnn.debug.check_finite(),
+        pytest.raises(
+            NonFiniteError, match=r"^serial\[2\] Sqrt VJP: the input gradient contains NaN/Inf"
+        ),
     ):
         loss_and_grads(params, x, labels)
     _, vjp = model.apply(params, x)  # off: nothing is checked, the Inf flows on silently
@@ -267,7 +316,9 @@ def test_check_finite_names_a_non_finite_parameter_gradient():
     x = torch.full((10, 3), 3e38)  # weight 0: the output is finite, but dW = dyᵀ x overflows
     with fnn.debug.check_finite():
         y, vjp = model.apply(params, x)
-        with pytest.raises(NonFiniteError, match=r"^serial\[0\] Dense VJP: the gradient of params\['weight'\]"):
+        with pytest.raises(
+            NonFiniteError, match=r"^serial\[0\] Dense VJP: the gradient of params\['weight'\]"
+        ):
             vjp(torch.ones_like(y))
 
 
@@ -275,7 +326,9 @@ def test_check_finite_blames_a_non_finite_cotangent_on_the_caller():
     model, params = mlp()
     with fnn.debug.check_finite():
         _, vjp = model.apply(params, X)
-    with pytest.raises(NonFiniteError, match=r"^serial\[4\] Dense VJP: the incoming cotangent already contains"):
+    with pytest.raises(
+        NonFiniteError, match=r"^serial\[4\] Dense VJP: the incoming cotangent already contains"
+    ):
         vjp(torch.full((5, 2), float("nan")))
 
 
@@ -288,19 +341,29 @@ def test_check_finite_changes_no_value_and_its_vjps_pickle():
         checked_loss, checked_grads = loss_and_grads(params, x, labels)
         _, vjp = model.apply(params, x)
     assert torch.equal(loss, checked_loss)
-    assert all(torch.equal(a, b) for a, b in zip(fnn.tree.leaves(grads), fnn.tree.leaves(checked_grads)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(fnn.tree.leaves(grads), fnn.tree.leaves(checked_grads))
+    )
     assert fnn.tree.structure(grads) == fnn.tree.structure(checked_grads)
     assert vjp.residuals[0][0].backward is fnn.debug.checked_backward
     restored = pickle.loads(pickle.dumps(vjp))
-    assert all(torch.equal(a, b) for a, b in zip(
-        fnn.tree.leaves(restored(torch.ones(7, 2))[0]), fnn.tree.leaves(vjp(torch.ones(7, 2))[0])))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            fnn.tree.leaves(restored(torch.ones(7, 2))[0]),
+            fnn.tree.leaves(vjp(torch.ones(7, 2))[0]),
+        )
+    )
 
 
 def test_check_finite_is_off_by_default_and_leaves_the_fast_path_alone():
     assert not fnn.debug.is_checking_finite()
     model, params = mlp()
     _, vjp = model.apply(params, X)
-    assert [v.backward.__name__ for v in vjp.residuals[0]][:2] == ["dense_backward", "relu_backward"]
+    assert [v.backward.__name__ for v in vjp.residuals[0]][:2] == [
+        "dense_backward",
+        "relu_backward",
+    ]
 
 
 def test_check_finite_nests_and_works_as_a_decorator():

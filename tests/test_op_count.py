@@ -34,10 +34,16 @@ def _documented(case: str) -> int:
 
 @pytest.mark.parametrize(
     "case, loss, momentum",
-    [("MSE, SGD momentum", "mse", 0.9), ("MSE, SGD", "mse", 0.0), ("cross-entropy, SGD momentum", "cross_entropy", 0.9)],
+    [
+        ("MSE, SGD momentum", "mse", 0.9),
+        ("MSE, SGD", "mse", 0.0),
+        ("cross-entropy, SGD momentum", "cross_entropy", 0.9),
+    ],
 )
 def test_disk_train_step_op_count(case, loss, momentum):
-    model = fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+    model = fnn.serial(
+        L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)
+    )
     _, params = model.init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), 100)
     target = fnn.data.one_hot(labels, 2) if loss == "mse" else labels

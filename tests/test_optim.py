@@ -16,8 +16,13 @@ from fnn.errors import FnnError, FnnTypeError, TreeError
 O = fnn.optim
 F64 = torch.float64
 
-TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-         "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
+TORCH = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
 
 
 # A small non-quadratic problem: a tanh MLP with a scalar gain and a log-cosh loss.
@@ -39,7 +44,9 @@ def make_params(seed: int = 0, dtype=F64) -> dict:
 
 def make_data(seed: int = 1, dtype=F64) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(16, 3, generator=g, dtype=dtype), torch.randn(16, 2, generator=g, dtype=dtype)
+    return torch.randn(16, 3, generator=g, dtype=dtype), torch.randn(
+        16, 2, generator=g, dtype=dtype
+    )
 
 
 def loss_fn(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -91,7 +98,10 @@ CASES = [
     ("rmsprop", dict()),
     ("rmsprop", dict(lr=1e-3, momentum=0.9)),
     ("rmsprop", dict(lr=3e-3, centered=True)),
-    ("rmsprop", dict(lr=3e-3, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1, maximize=True)),
+    (
+        "rmsprop",
+        dict(lr=3e-3, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1, maximize=True),
+    ),
     ("adagrad", dict()),
     ("adagrad", dict(lr=0.1, lr_decay=0.01)),
     ("adagrad", dict(lr=0.05, weight_decay=0.1, initial_accumulator_value=0.5, eps=1e-8)),
@@ -110,7 +120,12 @@ def test_matches_torch_optim_float64(name, kwargs, foreach):
 @pytest.mark.parametrize("name", list(TORCH))
 def test_matches_torch_optim_float32(name):
     kwargs = dict(lr=0.01, weight_decay=0.01)
-    worst = lockstep(getattr(O, name)(**kwargs), lambda p: TORCH[name](p, **kwargs), steps=20, dtype=torch.float32)
+    worst = lockstep(
+        getattr(O, name)(**kwargs),
+        lambda p: TORCH[name](p, **kwargs),
+        steps=20,
+        dtype=torch.float32,
+    )
     assert worst <= 1e-6
 
 
@@ -142,14 +157,18 @@ def test_random_hyperparameters_match_torch(name, lr, a, b, weight_decay, flag):
 
 
 def test_schedule_matches_torch_scheduler():
-    schedule = O.join_schedules([O.linear_warmup(0.02, 0.1, total_iters=10), O.cosine_decay(0.02, T_max=50)], [10])
+    schedule = O.join_schedules(
+        [O.linear_warmup(0.02, 0.1, total_iters=10), O.cosine_decay(0.02, T_max=50)], [10]
+    )
 
     def torch_scheduler(opt):
         warmup = torch.optim.lr_scheduler.LinearLR(opt, 0.1, total_iters=10)
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
         return torch.optim.lr_scheduler.SequentialLR(opt, [warmup, cosine], milestones=[10])
 
-    worst = lockstep(O.adam(lr=schedule), lambda p: torch.optim.Adam(p, lr=0.02), make_scheduler=torch_scheduler)
+    worst = lockstep(
+        O.adam(lr=schedule), lambda p: torch.optim.Adam(p, lr=0.02), make_scheduler=torch_scheduler
+    )
     assert worst <= 1e-9
     worst = lockstep(
         O.sgd(lr=O.step_decay(0.1, 7, gamma=0.5), momentum=0.9),
@@ -184,7 +203,13 @@ def test_mask_matches_torch_param_groups(name):
     kwargs = dict(lr=0.01, weight_decay=0.2)
     params = make_params()
     decay = tree.leaves(O.decay_mask(params))
-    assert decay == [True, False, True, False, False]  # weights only: biases and the scalar gain skip
+    assert decay == [
+        True,
+        False,
+        True,
+        False,
+        False,
+    ]  # weights only: biases and the scalar gain skip
 
     def groups(leaves):
         return [
@@ -227,11 +252,23 @@ def test_state_layout():
         assert set(state) == keys and state["step"] == 0, name
         for key in keys - {"step"}:
             assert list(state[key]) == names
-            assert all(torch.equal(b, torch.zeros_like(p)) for b, p in zip(state[key].values(), tree.leaves(params)))
+            assert all(
+                torch.equal(b, torch.zeros_like(p))
+                for b, p in zip(state[key].values(), tree.leaves(params))
+            )
     assert set(O.sgd(momentum=0.9).init(params)) == {"step", "momentum_buffer"}
-    assert set(O.adam(amsgrad=True).init(params)) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert set(O.adam(amsgrad=True).init(params)) == {
+        "step",
+        "exp_avg",
+        "exp_avg_sq",
+        "max_exp_avg_sq",
+    }
     assert set(O.rmsprop(momentum=0.9, centered=True).init(params)) == {
-        "step", "square_avg", "momentum_buffer", "grad_avg"}
+        "step",
+        "square_avg",
+        "momentum_buffer",
+        "grad_avg",
+    }
     state = O.adagrad(initial_accumulator_value=0.25).init(params)
     assert torch.equal(state["sum"]["0.weight"], torch.full((5, 3), 0.25, dtype=F64))
 
@@ -283,7 +320,8 @@ def trees_equal(a, b) -> bool:
     la, da = tree.flatten(a)
     lb, db = tree.flatten(b)
     return da == db and all(
-        torch.equal(u, v) and u.dtype == v.dtype if isinstance(u, torch.Tensor) else u == v for u, v in zip(la, lb)
+        torch.equal(u, v) and u.dtype == v.dtype if isinstance(u, torch.Tensor) else u == v
+        for u, v in zip(la, lb)
     )
 
 
@@ -310,8 +348,11 @@ def test_update_is_pure(opt):
     grads = grads_at(params)
     state = opt.init(params)
     params, state = opt.update(params, grads, state)  # buffers now non-zero
-    before = [tree.map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, x) for x in (params, grads, state)]
-    new_params, new_state = opt.update(params, grads, state)
+    before = [
+        tree.map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, x)
+        for x in (params, grads, state)
+    ]
+    new_params, _new_state = opt.update(params, grads, state)
     for now, then in zip((params, grads, state), before):
         assert trees_equal(now, then)
     assert not trees_equal(new_params, params)
@@ -328,7 +369,11 @@ def test_works_without_autograd_and_builds_no_graph(opt):
         state = opt.init(params)
         new, state = opt.update(params, grads, state)
     new, state = opt.update(new, grads, state)
-    assert all(not t.requires_grad and t.grad_fn is None for t in tree.leaves((new, state)) if isinstance(t, torch.Tensor))
+    assert all(
+        not t.requires_grad and t.grad_fn is None
+        for t in tree.leaves((new, state))
+        if isinstance(t, torch.Tensor)
+    )
 
 
 @pytest.mark.parametrize("opt", ALL, ids=IDS)
@@ -351,7 +396,9 @@ def parabola_grad(x: torch.Tensor) -> torch.Tensor:
 def rosenbrock_grad(x: torch.Tensor) -> torch.Tensor:
     # of (1 − x₀)² + 100 (x₁ − x₀²)², computed in Python floats (fast)
     x0, x1 = x.tolist()
-    return torch.tensor([-2 * (1 - x0) - 400 * x0 * (x1 - x0 * x0), 200 * (x1 - x0 * x0)], dtype=F64)
+    return torch.tensor(
+        [-2 * (1 - x0) - 400 * x0 * (x1 - x0 * x0), 200 * (x1 - x0 * x0)], dtype=F64
+    )
 
 
 CONVERGENCE = [
@@ -368,12 +415,18 @@ CONVERGENCE = [
 ]
 
 
-@pytest.mark.parametrize("name, problem, kwargs, tol", CONVERGENCE, ids=[f"{n}-{p}" for n, p, _, _ in CONVERGENCE])
+@pytest.mark.parametrize(
+    "name, problem, kwargs, tol", CONVERGENCE, ids=[f"{n}-{p}" for n, p, _, _ in CONVERGENCE]
+)
 def test_drives_to_the_minimum(name, problem, kwargs, tol):
     if problem == "parabola":
         x, target, grad = torch.tensor([-1.0, 10.0, 1.0], dtype=F64), PARABOLA_MIN, parabola_grad
     else:
-        x, target, grad = torch.tensor([0.0, 0.0], dtype=F64), torch.ones(2, dtype=F64), rosenbrock_grad
+        x, target, grad = (
+            torch.tensor([0.0, 0.0], dtype=F64),
+            torch.ones(2, dtype=F64),
+            rosenbrock_grad,
+        )
     opt = getattr(O, name)(**kwargs)
     params = {"x": x}
     state = opt.init(params)
@@ -394,19 +447,43 @@ def test_drives_to_the_minimum(name, problem, kwargs, tol):
         (lambda: O.sgd(lr=-0.1), FnnError, r"sgd: lr must be ≥ 0, got -0.1"),
         (lambda: O.adam(lr=-1), FnnError, r"adam: lr must be ≥ 0, got -1"),
         (lambda: O.adam(lr="0.1"), FnnTypeError, r"adam: lr must be a number or a schedule"),
-        (lambda: O.adam(betas=(1.5, 0.9)), FnnError, r"adam: betas\[0\] must be in \[0, 1\), got 1.5"),
-        (lambda: O.adamw(betas=(0.9, 1.0)), FnnError, r"adamw: betas\[1\] must be in \[0, 1\), got 1.0"),
+        (
+            lambda: O.adam(betas=(1.5, 0.9)),
+            FnnError,
+            r"adam: betas\[0\] must be in \[0, 1\), got 1.5",
+        ),
+        (
+            lambda: O.adamw(betas=(0.9, 1.0)),
+            FnnError,
+            r"adamw: betas\[1\] must be in \[0, 1\), got 1.0",
+        ),
         (lambda: O.adam(betas=(-0.1, 0.9)), FnnError, r"adam: betas\[0\] must be in \[0, 1\)"),
         (lambda: O.adam(betas=0.9), FnnTypeError, r"adam: betas must be a pair"),
         (lambda: O.adam(eps=-1e-8), FnnError, r"adam: eps must be ≥ 0"),
         (lambda: O.adamw(weight_decay=-0.01), FnnError, r"adamw: weight_decay must be ≥ 0"),
         (lambda: O.sgd(momentum=-0.9), FnnError, r"sgd: momentum must be ≥ 0"),
-        (lambda: O.sgd(lr=0.1, nesterov=True), FnnError, r"sgd: nesterov momentum requires momentum > 0"),
-        (lambda: O.sgd(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), FnnError, r"dampening = 0"),
+        (
+            lambda: O.sgd(lr=0.1, nesterov=True),
+            FnnError,
+            r"sgd: nesterov momentum requires momentum > 0",
+        ),
+        (
+            lambda: O.sgd(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True),
+            FnnError,
+            r"dampening = 0",
+        ),
         (lambda: O.rmsprop(alpha=-0.5), FnnError, r"rmsprop: alpha must be ≥ 0"),
-        (lambda: O.rmsprop(momentum=float("nan")), FnnError, r"rmsprop: momentum must be ≥ 0, got nan"),
+        (
+            lambda: O.rmsprop(momentum=float("nan")),
+            FnnError,
+            r"rmsprop: momentum must be ≥ 0, got nan",
+        ),
         (lambda: O.adagrad(lr_decay=-1), FnnError, r"adagrad: lr_decay must be ≥ 0"),
-        (lambda: O.adagrad(initial_accumulator_value=-1), FnnError, r"adagrad: initial_accumulator_value"),
+        (
+            lambda: O.adagrad(initial_accumulator_value=-1),
+            FnnError,
+            r"adagrad: initial_accumulator_value",
+        ),
         (lambda: O.adagrad(eps=None), FnnTypeError, r"adagrad: eps must be a number, got None"),
     ],
 )
@@ -435,15 +512,27 @@ def test_grads_tree_must_match_params(name):
 def test_bad_state():
     params = make_params()
     grads = tree.map(torch.zeros_like, params)
-    with pytest.raises(FnnError, match=r"adam: the state must be the dict made by adam's init.*'exp_avg'"):
+    with pytest.raises(
+        FnnError, match=r"adam: the state must be the dict made by adam's init.*'exp_avg'"
+    ):
         O.adam().update(params, grads, {})
-    with pytest.raises(FnnError, match=r"rmsprop: the state must be .*got a dict with keys \['step', 'exp_avg'"):
+    with pytest.raises(
+        FnnError, match=r"rmsprop: the state must be .*got a dict with keys \['step', 'exp_avg'"
+    ):
         O.rmsprop().update(params, grads, O.adam().init(params))
     other = {"w": torch.zeros(2)}
-    with pytest.raises(TreeError, match=r"adam: the state's 'exp_avg' has 1 tensors but the params have 5 leaves"):
+    with pytest.raises(
+        TreeError, match=r"adam: the state's 'exp_avg' has 1 tensors but the params have 5 leaves"
+    ):
         O.adam().update(params, grads, O.adam().init(other))
-    transposed = {**params, "0": {"weight": torch.zeros(3, 5, dtype=F64), "bias": params["0"]["bias"]}}
-    with pytest.raises(TreeError, match=r"adam: the state's 'exp_avg' holds shape \(3, 5\) for leaf 0 of shape \(5, 3\)"):
+    transposed = {
+        **params,
+        "0": {"weight": torch.zeros(3, 5, dtype=F64), "bias": params["0"]["bias"]},
+    }
+    with pytest.raises(
+        TreeError,
+        match=r"adam: the state's 'exp_avg' holds shape \(3, 5\) for leaf 0 of shape \(5, 3\)",
+    ):
         O.adam().update(params, grads, O.adam().init(transposed))
     with pytest.raises(FnnTypeError, match=r"sgd: the state's step must be an int"):
         O.sgd().update(params, grads, {"step": torch.tensor(1)})
@@ -457,7 +546,9 @@ def test_bad_schedule_value():
     state = opt.init(params)
     params, state = opt.update(params, params, state)
     params, state = opt.update(params, params, state)
-    with pytest.raises(FnnError, match=r"sgd: the schedule gave a negative or NaN learning rate -0.1.* at step 2"):
+    with pytest.raises(
+        FnnError, match=r"sgd: the schedule gave a negative or NaN learning rate -0.1.* at step 2"
+    ):
         opt.update(params, params, state)
 
 
@@ -467,7 +558,9 @@ def test_bad_masks():
     with pytest.raises(TreeError, match=r"adamw: mask does not match.*'bias'"):
         opt.update(params, params, opt.init(params))
     opt = O.sgd(weight_decay=0.1, mask={"weight": True, "bias": 0})
-    with pytest.raises(FnnTypeError, match=r"sgd: mask leaves must be True or False, got 0 at \['bias'\]"):
+    with pytest.raises(
+        FnnTypeError, match=r"sgd: mask leaves must be True or False, got 0 at \['bias'\]"
+    ):
         opt.update(params, params, opt.init(params))
 
 

@@ -33,32 +33,52 @@ def torch_lrs(make_scheduler, steps=100, lr=LR):
 
 CASES = {
     "constant": (O.constant(LR), lambda o: S.ConstantLR(o, factor=1.0, total_iters=0)),
-    "constant-factor": (O.constant(LR, 0.25, total_iters=7), lambda o: S.ConstantLR(o, 0.25, total_iters=7)),
+    "constant-factor": (
+        O.constant(LR, 0.25, total_iters=7),
+        lambda o: S.ConstantLR(o, 0.25, total_iters=7),
+    ),
     "constant-torch-defaults": (O.constant(LR, 1 / 3, 5), lambda o: S.ConstantLR(o)),
     "step_decay": (O.step_decay(LR, 10), lambda o: S.StepLR(o, 10)),
     "step_decay-gamma": (O.step_decay(LR, 3, gamma=0.7), lambda o: S.StepLR(o, 3, gamma=0.7)),
     "exponential_decay": (O.exponential_decay(LR, 0.95), lambda o: S.ExponentialLR(o, 0.95)),
     "exponential_decay-slow": (O.exponential_decay(LR, 0.999), lambda o: S.ExponentialLR(o, 0.999)),
     "cosine_decay": (O.cosine_decay(LR, 100), lambda o: S.CosineAnnealingLR(o, 100)),
-    "cosine_decay-eta_min": (O.cosine_decay(LR, 30, eta_min=0.01), lambda o: S.CosineAnnealingLR(o, 30, 0.01)),
+    "cosine_decay-eta_min": (
+        O.cosine_decay(LR, 30, eta_min=0.01),
+        lambda o: S.CosineAnnealingLR(o, 30, 0.01),
+    ),
     "cosine_decay-restart": (O.cosine_decay(LR, 17), lambda o: S.CosineAnnealingLR(o, 17)),
     "linear_warmup": (O.linear_warmup(LR), lambda o: S.LinearLR(o)),
-    "linear_warmup-long": (O.linear_warmup(LR, 0.01, 1.0, 40), lambda o: S.LinearLR(o, 0.01, 1.0, 40)),
-    "linear_warmup-decay": (O.linear_warmup(LR, 1.0, 0.1, 60), lambda o: S.LinearLR(o, 1.0, 0.1, 60)),
-    "piecewise_constant": (O.piecewise_constant(LR, [20, 50, 80]), lambda o: S.MultiStepLR(o, [20, 50, 80])),
+    "linear_warmup-long": (
+        O.linear_warmup(LR, 0.01, 1.0, 40),
+        lambda o: S.LinearLR(o, 0.01, 1.0, 40),
+    ),
+    "linear_warmup-decay": (
+        O.linear_warmup(LR, 1.0, 0.1, 60),
+        lambda o: S.LinearLR(o, 1.0, 0.1, 60),
+    ),
+    "piecewise_constant": (
+        O.piecewise_constant(LR, [20, 50, 80]),
+        lambda o: S.MultiStepLR(o, [20, 50, 80]),
+    ),
     "piecewise_constant-repeats": (
         O.piecewise_constant(LR, [60, 10, 10], gamma=0.5),
         lambda o: S.MultiStepLR(o, [60, 10, 10], gamma=0.5),
     ),
     "join-warmup-cosine": (
         O.join_schedules([O.linear_warmup(LR, 0.1, total_iters=10), O.cosine_decay(LR, 90)], [10]),
-        lambda o: S.SequentialLR(o, [S.LinearLR(o, 0.1, total_iters=10), S.CosineAnnealingLR(o, 90)], [10]),
+        lambda o: S.SequentialLR(
+            o, [S.LinearLR(o, 0.1, total_iters=10), S.CosineAnnealingLR(o, 90)], [10]
+        ),
     ),
     "join-three": (
         O.join_schedules(
-            [O.constant(LR, 0.1, 5), O.exponential_decay(LR, 0.9), O.step_decay(LR, 5, 0.5)], [5, 40]
+            [O.constant(LR, 0.1, 5), O.exponential_decay(LR, 0.9), O.step_decay(LR, 5, 0.5)],
+            [5, 40],
         ),
-        lambda o: S.SequentialLR(o, [S.ConstantLR(o, 0.1, 5), S.ExponentialLR(o, 0.9), S.StepLR(o, 5, 0.5)], [5, 40]),
+        lambda o: S.SequentialLR(
+            o, [S.ConstantLR(o, 0.1, 5), S.ExponentialLR(o, 0.9), S.StepLR(o, 5, 0.5)], [5, 40]
+        ),
     ),
 }
 
@@ -71,7 +91,9 @@ def test_schedule_equals_torch_scheduler(name):
     assert all(isinstance(v, float) for v in got)
     # torch updates recursively, fnn uses the closed form: equal up to the last bits
     for k, (a, b) in enumerate(zip(got, expected)):
-        assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15), f"{name} step {k}: {a!r} vs torch {b!r}"
+        assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15), (
+            f"{name} step {k}: {a!r} vs torch {b!r}"
+        )
 
 
 def test_closed_forms():
@@ -97,16 +119,56 @@ def test_closed_forms():
         (lambda: O.step_decay(0.1, 2.5), FnnTypeError, r"step_decay: step_size must be an int"),
         (lambda: O.exponential_decay(0.1, -0.5), FnnError, r"exponential_decay: gamma must be ≥ 0"),
         (lambda: O.cosine_decay(0.1, 0), FnnError, r"cosine_decay: T_max must be ≥ 1"),
-        (lambda: O.cosine_decay(0.1, 10, eta_min=-1), FnnError, r"cosine_decay: eta_min must be ≥ 0"),
-        (lambda: O.linear_warmup(0.1, start_factor=0), FnnError, r"linear_warmup: start_factor must be in \(0, 1\]"),
-        (lambda: O.linear_warmup(0.1, end_factor=1.5), FnnError, r"linear_warmup: end_factor must be in \[0, 1\]"),
-        (lambda: O.linear_warmup(0.1, total_iters=0), FnnError, r"linear_warmup: total_iters must be ≥ 1"),
-        (lambda: O.piecewise_constant(0.1, 5), FnnTypeError, r"piecewise_constant: milestones must be a sequence"),
-        (lambda: O.piecewise_constant(0.1, [5, -1]), FnnError, r"piecewise_constant: each milestone must be ≥ 0"),
-        (lambda: O.join_schedules([], []), FnnError, r"join_schedules: expected at least one schedule"),
-        (lambda: O.join_schedules([O.constant(0.1)] * 2, []), FnnError, r"2 schedules need 1 milestones, got 0"),
-        (lambda: O.join_schedules([O.constant(0.1)] * 3, [5, 5]), FnnError, r"milestones must be increasing"),
-        (lambda: O.join_schedules([O.constant(0.1), 0.1], [5]), FnnTypeError, r"schedules\[1\] must be a function"),
+        (
+            lambda: O.cosine_decay(0.1, 10, eta_min=-1),
+            FnnError,
+            r"cosine_decay: eta_min must be ≥ 0",
+        ),
+        (
+            lambda: O.linear_warmup(0.1, start_factor=0),
+            FnnError,
+            r"linear_warmup: start_factor must be in \(0, 1\]",
+        ),
+        (
+            lambda: O.linear_warmup(0.1, end_factor=1.5),
+            FnnError,
+            r"linear_warmup: end_factor must be in \[0, 1\]",
+        ),
+        (
+            lambda: O.linear_warmup(0.1, total_iters=0),
+            FnnError,
+            r"linear_warmup: total_iters must be ≥ 1",
+        ),
+        (
+            lambda: O.piecewise_constant(0.1, 5),
+            FnnTypeError,
+            r"piecewise_constant: milestones must be a sequence",
+        ),
+        (
+            lambda: O.piecewise_constant(0.1, [5, -1]),
+            FnnError,
+            r"piecewise_constant: each milestone must be ≥ 0",
+        ),
+        (
+            lambda: O.join_schedules([], []),
+            FnnError,
+            r"join_schedules: expected at least one schedule",
+        ),
+        (
+            lambda: O.join_schedules([O.constant(0.1)] * 2, []),
+            FnnError,
+            r"2 schedules need 1 milestones, got 0",
+        ),
+        (
+            lambda: O.join_schedules([O.constant(0.1)] * 3, [5, 5]),
+            FnnError,
+            r"milestones must be increasing",
+        ),
+        (
+            lambda: O.join_schedules([O.constant(0.1), 0.1], [5]),
+            FnnTypeError,
+            r"schedules\[1\] must be a function",
+        ),
     ],
 )
 def test_bad_schedule_arguments(make, error, message):

@@ -22,7 +22,9 @@ NORMS = [2.0, 1.0, 3.0, math.inf]
 
 def grads_tree(scale=1.0, dtype=F64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return tree.map(lambda t: scale * torch.randn(t.shape, generator=g, dtype=dtype), make_params(dtype=dtype))
+    return tree.map(
+        lambda t: scale * torch.randn(t.shape, generator=g, dtype=dtype), make_params(dtype=dtype)
+    )
 
 
 def as_torch_params(grads):
@@ -66,7 +68,7 @@ def test_clip_grad_norm_is_pure_and_keeps_small_trees():
     grads = grads_tree()
     before = tree.map(torch.clone, grads)
     norm = O.global_norm(grads)
-    clipped, _ = O.clip_grad_norm(grads, 1.0)
+    _clipped, _ = O.clip_grad_norm(grads, 1.0)
     assert all(torch.equal(a, b) for a, b in zip(tree.leaves(grads), tree.leaves(before)))
     # a tree well inside the ball comes back bit for bit
     same, same_norm = O.clip_grad_norm(grads, 2 * norm.item())
@@ -93,10 +95,18 @@ def test_empty_trees():
 
 
 def test_decay_mask():
-    params = {"0": {"weight": torch.ones(3, 2), "bias": torch.ones(3)}, "1": {},
-              "conv": {"weight": torch.ones(4, 3, 3, 3)}, "norm": {"weight": torch.ones(4), "bias": torch.ones(4)}}
-    assert O.decay_mask(params) == {"0": {"weight": True, "bias": False}, "1": {},
-                                    "conv": {"weight": True}, "norm": {"weight": False, "bias": False}}
+    params = {
+        "0": {"weight": torch.ones(3, 2), "bias": torch.ones(3)},
+        "1": {},
+        "conv": {"weight": torch.ones(4, 3, 3, 3)},
+        "norm": {"weight": torch.ones(4), "bias": torch.ones(4)},
+    }
+    assert O.decay_mask(params) == {
+        "0": {"weight": True, "bias": False},
+        "1": {},
+        "conv": {"weight": True},
+        "norm": {"weight": False, "bias": False},
+    }
 
 
 def test_chain_matches_torch_clip_then_adam_with_param_groups():
@@ -107,9 +117,15 @@ def test_chain_matches_torch_clip_then_adam_with_param_groups():
     torch_params = tree.map(lambda t: t.clone().requires_grad_(True), params)
     leaves = tree.leaves(torch_params)
     torch_opt = torch.optim.Adam(
-        [{"params": [p for p, d in zip(leaves, decay) if d], "weight_decay": 0.1},
-         {"params": [p for p, d in zip(leaves, decay) if not d]}], lr=0.02)
-    opt = O.chain(O.clip_by_global_norm(0.3), O.add_decayed_weights(0.1, mask=O.decay_mask), O.adam(lr=0.02))
+        [
+            {"params": [p for p, d in zip(leaves, decay) if d], "weight_decay": 0.1},
+            {"params": [p for p, d in zip(leaves, decay) if not d]},
+        ],
+        lr=0.02,
+    )
+    opt = O.chain(
+        O.clip_by_global_norm(0.3), O.add_decayed_weights(0.1, mask=O.decay_mask), O.adam(lr=0.02)
+    )
     state = opt.init(params)
     assert isinstance(opt, O.Optimizer) and len(state) == 3 and state[:2] == ({}, {})
     for _ in range(50):
@@ -165,7 +181,9 @@ def test_transformation_errors():
 def test_chain_errors():
     with pytest.raises(FnnError, match=r"chain: expected at least one"):
         O.chain()
-    with pytest.raises(FnnTypeError, match=r"chain: argument 0 must be a GradientTransformation \(only the last"):
+    with pytest.raises(
+        FnnTypeError, match=r"chain: argument 0 must be a GradientTransformation \(only the last"
+    ):
         O.chain(O.sgd(), O.clip_by_global_norm(1.0))
     with pytest.raises(FnnTypeError, match=r"chain: the last argument must be"):
         O.chain(O.clip_by_global_norm(1.0), "adam")

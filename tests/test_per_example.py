@@ -21,7 +21,9 @@ F64 = torch.float64
 
 
 def disk_mlp():
-    return fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+    return fnn.serial(
+        L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)
+    )
 
 
 def torch_mlp(p, x):
@@ -38,7 +40,9 @@ def torch_per_example(model, loss, params, x, target):
         return loss(model(p, xn[None]), tn[None])
 
     flat = fnn.tree.to_state_dict(params)
-    grads, losses = torch.func.vmap(torch.func.grad_and_value(one), in_dims=(None, 0, 0))(flat, x, target)
+    grads, losses = torch.func.vmap(torch.func.grad_and_value(one), in_dims=(None, 0, 0))(
+        flat, x, target
+    )
     return losses, grads
 
 
@@ -53,7 +57,10 @@ def disk_data(n, loss, dtype=F64, seed=1):
     return x.to(dtype), target
 
 
-LOSSES = {"cross_entropy": (fnn.losses.cross_entropy, F.cross_entropy), "mse": (fnn.losses.mse, F.mse_loss)}
+LOSSES = {
+    "cross_entropy": (fnn.losses.cross_entropy, F.cross_entropy),
+    "mse": (fnn.losses.mse, F.mse_loss),
+}
 
 
 @pytest.mark.parametrize("batch", [1, 7, 100])
@@ -77,7 +84,9 @@ def test_float32_equals_torch_func_to_1e6():
     _, params = init(fnn.random.key(3), (-1, 2))
     x, target = disk_data(100, "cross_entropy", torch.float32)
     losses, grads = fnn.per_example_grads(apply, fnn.losses.cross_entropy)(params, x, target)
-    expected_losses, expected_grads = torch_per_example(torch_mlp, F.cross_entropy, params, x, target)
+    expected_losses, expected_grads = torch_per_example(
+        torch_mlp, F.cross_entropy, params, x, target
+    )
     torch.testing.assert_close(losses, expected_losses, atol=1e-6, rtol=0)
     assert_grads_close(grads, expected_grads, atol=1e-6, rtol=0)
 
@@ -91,17 +100,25 @@ def test_mean_of_per_example_grads_is_value_and_grad(loss):
     losses, grads = fnn.per_example_grads(apply, fnn_loss)(params, x, target)
     value, batch_grads = fnn.value_and_grad(apply, fnn_loss)(params, x, target)
     torch.testing.assert_close(losses.mean(), value, atol=1e-14, rtol=1e-12)
-    assert_trees_close(fnn.tree.map(lambda g: g.mean(0), grads), batch_grads, atol=1e-14, rtol=1e-12)
+    assert_trees_close(
+        fnn.tree.map(lambda g: g.mean(0), grads), batch_grads, atol=1e-14, rtol=1e-12
+    )
     # each example's gradient is its own: a batch of one gives the same row
     one_loss, one_grads = fnn.per_example_grads(apply, fnn_loss)(params, x[3:4], target[3:4])
     torch.testing.assert_close(one_loss[0], losses[3], atol=1e-14, rtol=1e-12)
-    assert_trees_close(fnn.tree.map(lambda g: g[0], one_grads), fnn.tree.map(lambda g: g[3], grads),
-                       atol=1e-14, rtol=1e-12)
+    assert_trees_close(
+        fnn.tree.map(lambda g: g[0], one_grads),
+        fnn.tree.map(lambda g: g[3], grads),
+        atol=1e-14,
+        rtol=1e-12,
+    )
 
 
 def test_bce_with_logits_and_dense_on_3d_inputs():
     """Dense on (N, T, in) sums each example's outer products over T."""
-    init, apply = fnn.serial(L.Dense(5), L.Tanh(), L.Dense(3, bias=False), L.Flatten(), L.Dense(1), L.Flatten())
+    init, apply = fnn.serial(
+        L.Dense(5), L.Tanh(), L.Dense(3, bias=False), L.Flatten(), L.Dense(1), L.Flatten()
+    )
     _, params = init(fnn.random.key(2), (-1, 4, 6), dtype=F64)
     x = fnn.random.normal(fnn.random.key(3), (9, 4, 6), dtype=F64)
     target = fnn.random.uniform(fnn.random.key(4), (9, 1), dtype=F64)
@@ -122,7 +139,9 @@ def test_bce_with_logits_and_dense_on_3d_inputs():
 
 def test_combinators_fan_out_parallel_fan_in():
     """A residual block and a concat block: FanOut, parallel, FanInSum, FanInConcat."""
-    block = fnn.serial(L.FanOut(2), fnn.parallel(fnn.serial(L.Dense(4), L.Gelu()), L.Identity()), L.FanInSum())
+    block = fnn.serial(
+        L.FanOut(2), fnn.parallel(fnn.serial(L.Dense(4), L.Gelu()), L.Identity()), L.FanInSum()
+    )
     concat = fnn.serial(L.FanOut(2), fnn.parallel(L.Dense(3), L.Sigmoid()), L.FanInConcat(1))
     init, apply = fnn.serial(L.Dense(4), block, concat, L.LogSoftmax())
     _, params = init(fnn.random.key(6), (-1, 3), dtype=F64)
@@ -158,16 +177,24 @@ def test_dropout_key_gives_value_and_grads_masks():
     _, params = init(fnn.random.key(0), (-1, 2), dtype=F64)
     x, labels = disk_data(20, "cross_entropy")
     key = fnn.random.key(42)
-    losses, grads = fnn.per_example_grads(apply, fnn.losses.cross_entropy)(params, x, labels, key=key)
-    value, batch_grads = fnn.value_and_grad(apply, fnn.losses.cross_entropy)(params, x, labels, key=key)
+    losses, grads = fnn.per_example_grads(apply, fnn.losses.cross_entropy)(
+        params, x, labels, key=key
+    )
+    value, batch_grads = fnn.value_and_grad(apply, fnn.losses.cross_entropy)(
+        params, x, labels, key=key
+    )
     torch.testing.assert_close(losses.mean(), value)
-    assert_trees_close(fnn.tree.map(lambda g: g.mean(0), grads), batch_grads, atol=1e-14, rtol=1e-12)
+    assert_trees_close(
+        fnn.tree.map(lambda g: g.mean(0), grads), batch_grads, atol=1e-14, rtol=1e-12
+    )
 
 
 # A user's layer without a per-example rule: y = x ⊙ scale (elementwise), through the vmap fallback.
 def Scale():
     def init(key, input_shape, *, dtype=torch.float32, device="cpu"):
-        return input_shape, {"scale": fnn.random.uniform(key, input_shape[1:], 0.5, 1.5, dtype=dtype, device=device)}
+        return input_shape, {
+            "scale": fnn.random.uniform(key, input_shape[1:], 0.5, 1.5, dtype=dtype, device=device)
+        }
 
     def apply(params, x, **kwargs):
         return x * params["scale"], fnn.VJP(scale_backward, (x, params["scale"]))
@@ -188,7 +215,9 @@ def CenterScale():
 
     def apply(params, x, **kwargs):
         centered = x - x.mean(0)
-        return centered * params["scale"], fnn.VJP(center_scale_backward, (centered, params["scale"]))
+        return centered * params["scale"], fnn.VJP(
+            center_scale_backward, (centered, params["scale"])
+        )
 
     return fnn.Layer(init, apply)
 
@@ -268,7 +297,9 @@ def test_has_aux_returns_the_output():
     init, apply = disk_mlp()
     _, params = init(fnn.random.key(0), (-1, 2))
     x, labels = disk_data(5, "cross_entropy", torch.float32)
-    (losses, y), grads = fnn.per_example_grads(apply, fnn.losses.cross_entropy, has_aux=True)(params, x, labels)
+    (losses, y), _grads = fnn.per_example_grads(apply, fnn.losses.cross_entropy, has_aux=True)(
+        params, x, labels
+    )
     torch.testing.assert_close(y, apply(params, x)[0])
     assert losses.shape == (5,)
 
@@ -276,7 +307,9 @@ def test_has_aux_returns_the_output():
 def test_empty_batch():
     init, apply = disk_mlp()
     _, params = init(fnn.random.key(0), (-1, 2))
-    losses, grads = fnn.per_example_grads(apply, fnn.losses.mse)(params, torch.zeros(0, 2), torch.zeros(0, 2))
+    losses, grads = fnn.per_example_grads(apply, fnn.losses.mse)(
+        params, torch.zeros(0, 2), torch.zeros(0, 2)
+    )
     assert losses.shape == (0,) and grads["0"]["weight"].shape == (0, 25, 2)
 
 
@@ -299,7 +332,9 @@ def test_errors_name_what_was_expected():
     softmax_over_batch = fnn.serial(L.Dense(1), L.Flatten(), L.Reshape(()), L.Softmax())
     _, p = softmax_over_batch.init(fnn.random.key(0), (-1, 2))
     with pytest.raises(fnn.FnnError, match=r"serial\[3\] Softmax: .* mixes examples"):
-        fnn.per_example_grads(softmax_over_batch.apply, fnn.losses.mse)(p, torch.ones(4, 2), torch.ones(4))
+        fnn.per_example_grads(softmax_over_batch.apply, fnn.losses.mse)(
+            p, torch.ones(4, 2), torch.ones(4)
+        )
 
 
 def test_check_finite_mode_still_checks():
@@ -335,7 +370,9 @@ def test_dp_sgd_example_runs_and_learns(dp_sgd, capsys):
 def test_dp_sgd_step_clips_each_example(dp_sgd):
     """With no noise, the update is the mean of per-example gradients clipped to norm C."""
     grads = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}  # norms 5 and 0.5
-    noisy = dp_sgd.privatize(grads, clip=1.0, noise_multiplier=0.0, expected_batch=2, key=fnn.random.key(0))
+    noisy = dp_sgd.privatize(
+        grads, clip=1.0, noise_multiplier=0.0, expected_batch=2, key=fnn.random.key(0)
+    )
     torch.testing.assert_close(noisy["w"], torch.tensor([(0.6 + 0.3) / 2, (0.8 + 0.4) / 2]))
     # the accountant: without subsampling the Gaussian mechanism's RDP is α / (2σ²)
     assert dp_sgd.rdp_sampled_gaussian(1.0, 2.0, 8) == pytest.approx(8 / (2 * 4.0))

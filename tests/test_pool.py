@@ -92,10 +92,21 @@ def test_channels_last_and_float32_inputs_match_torch(name):
 def test_max_pool_keeps_indices_not_the_input():
     x = torch.randn(8, 16, 12, 12, dtype=torch.float64)
     y, vjp = L.MaxPool(2).apply({}, x)
-    kept = sum(t.untyped_storage().nbytes() for t in fnn.tree.leaves(vjp.residuals) if isinstance(t, torch.Tensor))
+    kept = sum(
+        t.untyped_storage().nbytes()
+        for t in fnn.tree.leaves(vjp.residuals)
+        if isinstance(t, torch.Tensor)
+    )
     assert kept <= y.numel() * 8 + 64  # the int64 argmax per output, and no copy of x
     _, vjp = L.AvgPool(2).apply({}, x)
-    assert sum(t.untyped_storage().nbytes() for t in fnn.tree.leaves(vjp.residuals) if isinstance(t, torch.Tensor)) <= 64
+    assert (
+        sum(
+            t.untyped_storage().nbytes()
+            for t in fnn.tree.leaves(vjp.residuals)
+            if isinstance(t, torch.Tensor)
+        )
+        <= 64
+    )
 
 
 def test_stride_defaults_to_the_kernel_size():
@@ -117,18 +128,31 @@ def test_bad_arguments_and_inputs_raise_clear_errors(name):
     init, apply = make(3)
     with pytest.raises(fnn.errors.ShapeError, match=rf"{name}: expected an NCHW input shape"):
         init(fnn.random.key(0), (-1, 9, 9))
-    with pytest.raises(fnn.errors.ShapeError, match=rf"{name}: input of spatial size \(2, 9\) is smaller than the window"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=rf"{name}: input of spatial size \(2, 9\) is smaller than the window",
+    ):
         init(fnn.random.key(0), (-1, 1, 2, 9))
-    with pytest.raises(fnn.errors.ShapeError, match=rf"{name}: expected an NCHW input \(N, C, H, W\), got shape \(9, 9\)"):
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=rf"{name}: expected an NCHW input \(N, C, H, W\), got shape \(9, 9\)",
+    ):
         apply({}, torch.ones(9, 9))
-    with pytest.raises(fnn.errors.ShapeError, match=rf"{name}: input of spatial size \(2, 2\) is smaller"):
+    with pytest.raises(
+        fnn.errors.ShapeError, match=rf"{name}: input of spatial size \(2, 2\) is smaller"
+    ):
         apply({}, torch.ones(1, 1, 2, 2))
     with pytest.raises(fnn.errors.FnnTypeError, match=f"{name}: expected a floating-point input"):
         apply({}, torch.ones(1, 1, 6, 6, dtype=torch.int64))
     with pytest.raises(fnn.errors.TreeError, match=f"{name}: takes no parameters"):
         apply({"weight": torch.ones(1)}, torch.ones(1, 1, 6, 6))
-    y, vjp = apply({}, torch.ones(1, 1, 6, 6))
-    with pytest.raises(fnn.errors.ShapeError, match=rf"{name} VJP: expected a cotangent of the output's shape \(1, 1, 2, 2\)"):
+    _y, vjp = apply({}, torch.ones(1, 1, 6, 6))
+    with pytest.raises(
+        fnn.errors.ShapeError,
+        match=rf"{name} VJP: expected a cotangent of the output's shape \(1, 1, 2, 2\)",
+    ):
         vjp(torch.ones(1, 1, 6, 6))
-    with pytest.raises(fnn.errors.ShapeError, match=rf"^serial\[1\] {name}: expected an NCHW input"):
+    with pytest.raises(
+        fnn.errors.ShapeError, match=rf"^serial\[1\] {name}: expected an NCHW input"
+    ):
         fnn.serial(L.Flatten(), make(2)).apply({}, torch.ones(2, 1, 4, 4))

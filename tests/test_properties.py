@@ -71,7 +71,13 @@ def draw_input(batch, middle, features, dtype, seed=1):
 
 
 @SETTINGS
-@given(stack=stacks, features=st.integers(1, 5), batch=batches, middle=st.sampled_from([(), (2,)]), dtype=dtypes)
+@given(
+    stack=stacks,
+    features=st.integers(1, 5),
+    batch=batches,
+    middle=st.sampled_from([(), (2,)]),
+    dtype=dtypes,
+)
 def test_forward_shapes_and_dtypes_agree_with_init(stack, features, batch, middle, dtype):
     model = build(stack)
     out_shape, params = model.init(fnn.random.key(0), (-1, *middle, features), dtype=dtype)
@@ -106,7 +112,9 @@ def test_vjps_agree_with_central_differences(stack, features, batch, dtype):
     loss_name=st.sampled_from(["mse", "cross_entropy"]),
     reduction=st.sampled_from(["mean", "sum"]),
 )
-def test_value_and_grad_agrees_with_torch_autograd(stack, features, batch, middle, dtype, loss_name, reduction):
+def test_value_and_grad_agrees_with_torch_autograd(
+    stack, features, batch, middle, dtype, loss_name, reduction
+):
     model = build(stack)
     out_shape, params = model.init(fnn.random.key(0), (-1, *middle, features), dtype=dtype)
     x = draw_input(batch, middle, features, dtype)
@@ -132,7 +140,9 @@ def test_value_and_grad_agrees_with_torch_autograd(stack, features, batch, middl
     ref_grads = fnn.tree.from_state_dict({k: p.grad for k, p in seq.named_parameters()})
 
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-6}
-    torch.testing.assert_close(value, ref.detach(), equal_nan=True, **tol)  # NaN: the mean of an empty batch
+    torch.testing.assert_close(
+        value, ref.detach(), equal_nan=True, **tol
+    )  # NaN: the mean of an empty batch
     torch.testing.assert_close(dx, x_ref.grad, **tol)
     got = fnn.tree.to_state_dict(grads)
     assert list(got) == [k for k, _ in seq.named_parameters()]

@@ -26,7 +26,7 @@ def test_remat_gradients_equal_the_plain_layer_and_autograd(batch):
     y0, vjp0 = plain.apply(params, x, key=key)
     assert torch.equal(y, y0)
     assert vjp.backward is remat_backward
-    index, kept_params, kept_x, kwargs = vjp.residuals
+    _index, kept_params, kept_x, kwargs = vjp.residuals
     assert kept_params is params and kept_x is x and kwargs == {"key": key}
     dparams, dx = vjp(dy)
     dparams0, dx0 = vjp0(dy)
@@ -45,7 +45,9 @@ def test_remat_inside_serial_with_value_and_grad_matches_plain():
     _, params = model(block()).init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), 64)
     plain = fnn.value_and_grad(model(block()).apply, fnn.losses.cross_entropy)(params, x, labels)
-    rematted = fnn.value_and_grad(model(fnn.remat(block())).apply, fnn.losses.cross_entropy)(params, x, labels)
+    rematted = fnn.value_and_grad(model(fnn.remat(block())).apply, fnn.losses.cross_entropy)(
+        params, x, labels
+    )
     torch.testing.assert_close(rematted[0], plain[0], atol=0, rtol=0)
     assert_trees_close(rematted[1], plain[1], atol=0, rtol=0)
 
@@ -57,8 +59,13 @@ def test_summary_shows_smaller_residuals():
     inner = fnn.serial(L.Dense(256), L.Relu(), L.Dense(256), L.Relu())
     plain = fnn.summary(model(inner), (-1, 8)).splitlines()
     rematted = fnn.summary(model(fnn.remat(inner)), (-1, 8)).splitlines()
-    row = lambda lines, path: lines[[line.split()[0] for line in lines].index(path)].split()
-    assert row(plain, "serial[1]")[-1] == str((64 + 2 * 256) * 4)  # its input and two Relu outputs (each Dense keeps the one before)
+
+    def row(lines, path):
+        return lines[[line.split()[0] for line in lines].index(path)].split()
+
+    assert row(plain, "serial[1]")[-1] == str(
+        (64 + 2 * 256) * 4
+    )  # its input and two Relu outputs (each Dense keeps the one before)
     assert row(rematted, "serial[1]")[1] == "remat(serial)"
     assert row(rematted, "serial[1]")[-1] == str(64 * 4)  # its input only
     assert int(row(rematted, "total")[-1]) < int(row(plain, "total")[-1])

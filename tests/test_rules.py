@@ -41,7 +41,10 @@ def test_with_vjp_of_the_original_backward_matches_autograd_and_check_vjp():
     layer = fnn.with_vjp(L.Dense(3), dense_backward)
     _, params = layer.init(fnn.random.key(0), (-1, 2), dtype=torch.float64)
     x, dy = randn(1, 1, 2), randn(2, 1, 3)
-    assert_trees_close(layer.apply(params, x)[1](dy), autograd_vjp(lambda p, v: layer.apply(p, v)[0], params, x, dy))
+    assert_trees_close(
+        layer.apply(params, x)[1](dy),
+        autograd_vjp(lambda p, v: layer.apply(p, v)[0], params, x, dy),
+    )
     fnn.testing.check_vjp(layer, params, x)
 
 
@@ -58,7 +61,7 @@ def test_feedback_alignment_dw_db_as_backprop_dx_through_fixed_b(batch):
     assert_trees_close(dparams, dparams_ref)  # dW, db: backprop's
     feedback = vjp.residuals[1]
     assert feedback.shape == (3, 2) and feedback.dtype == torch.float64
-    assert feedback.abs().max() <= 2 ** -0.5
+    assert feedback.abs().max() <= 2**-0.5
     torch.testing.assert_close(dx, dy @ feedback)
     assert not torch.allclose(dx, dx_ref)  # not backprop's dx
     # the same key gives the same B at every apply, another key another B
@@ -70,7 +73,11 @@ def test_feedback_alignment_dw_db_as_backprop_dx_through_fixed_b(batch):
 
 def test_feedback_alignment_in_serial_with_value_and_grad_sends_dy_b_down():
     keys = fnn.random.split(fnn.random.key(3), 2)
-    layers = fnn.rules.feedback_alignment(16, keys[0]), L.Tanh(), fnn.rules.feedback_alignment(2, keys[1])
+    layers = (
+        fnn.rules.feedback_alignment(16, keys[0]),
+        L.Tanh(),
+        fnn.rules.feedback_alignment(2, keys[1]),
+    )
     init, apply = fnn.serial(*layers)
     _, params = init(fnn.random.key(0), (-1, 2), dtype=torch.float64)
     x, target = randn(1, 5, 2), randn(2, 5, 2)

@@ -18,7 +18,9 @@ SHAPE = (-1, 2, 6, 6)
 
 def residual_model():
     """conv–BN–relu, then a residual block x + BN(conv(relu(BN(conv(x))))), pool, linear."""
-    block = fnn.serial(L.Conv(4, 3, padding=1), L.BatchNorm(), L.Relu(), L.Conv(4, 3, padding=1), L.BatchNorm())
+    block = fnn.serial(
+        L.Conv(4, 3, padding=1), L.BatchNorm(), L.Relu(), L.Conv(4, 3, padding=1), L.BatchNorm()
+    )
     return fnn.serial(
         L.Conv(4, 3, padding=1), L.BatchNorm(), L.Relu(),
         L.FanOut(2), fnn.parallel(block, L.Identity()), L.FanInSum(), L.Relu(),
@@ -32,7 +34,13 @@ class TorchResidual(torch.nn.Module):
     def __init__(self):
         super().__init__()
         nn = torch.nn
-        block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+        block = nn.Sequential(
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+        )
         self.layers = nn.ModuleDict({
             "0": nn.Conv2d(2, 4, 3, padding=1), "1": nn.BatchNorm2d(4), "4": nn.ModuleDict({"0": block}),
             "9": nn.Linear(36, 3),
@@ -50,15 +58,19 @@ def _setup(dtype=torch.float64):
     _, params = model.init(fnn.random.key(0), SHAPE, dtype=dtype)
     state = fnn.init_state(model, SHAPE, dtype=dtype)
     torch_model = TorchResidual().to(dtype)
-    torch_model.layers.load_state_dict(fnn.tree.to_state_dict(params) | fnn.tree.to_state_dict(state))
+    torch_model.layers.load_state_dict(
+        fnn.tree.to_state_dict(params) | fnn.tree.to_state_dict(state)
+    )
     return model, params, state, torch_model
 
 
 def test_state_names_are_torch_buffer_names():
-    model, params, state, torch_model = _setup()
+    _model, params, state, torch_model = _setup()
     names = list(fnn.tree.to_state_dict(state))
     assert names == [
-        f"{p}.{leaf}" for p in ("1", "4.0.1", "4.0.4") for leaf in ("running_mean", "running_var", "num_batches_tracked")
+        f"{p}.{leaf}"
+        for p in ("1", "4.0.1", "4.0.4")
+        for leaf in ("running_mean", "running_var", "num_batches_tracked")
     ]
     both = fnn.tree.to_state_dict(params) | fnn.tree.to_state_dict(state)
     assert set(both) == set(torch_model.layers.state_dict())
@@ -82,7 +94,9 @@ def test_training_steps_match_torch_grads_losses_and_running_statistics():
         assert_trees_close(fnn.tree.to_state_dict(grads), torch_grads, atol=1e-10, rtol=1e-8)
         opt.step()
         params = fnn.update(params, grads, lr=0.1)
-    buffers = {k: v for k, v in torch_model.layers.state_dict().items() if "running" in k or "batches" in k}
+    buffers = {
+        k: v for k, v in torch_model.layers.state_dict().items() if "running" in k or "batches" in k
+    }
     assert_trees_close(fnn.tree.to_state_dict(state), buffers, atol=1e-12, rtol=1e-10)
     assert int(state["4"]["0"]["4"]["num_batches_tracked"]) == 3
     torch_model.eval()
@@ -95,9 +109,9 @@ def test_training_steps_match_torch_grads_losses_and_running_statistics():
 def test_has_aux_returns_the_output_and_the_new_state_last():
     model, params, state, _ = _setup()
     x, labels = randn(1, 3, 2, 6, 6), torch.tensor([0, 1, 2])
-    (value, y), grads, new_state = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy, has_aux=True)(
-        params, x, labels, state=state, train=True
-    )
+    (value, y), _grads, new_state = fnn.value_and_grad(
+        model.apply, fnn.losses.cross_entropy, has_aux=True
+    )(params, x, labels, state=state, train=True)
     assert y.shape == (3, 3) and value.ndim == 0
     assert fnn.tree.structure(new_state) == fnn.tree.structure(state)
     assert not torch.equal(new_state["1"]["running_mean"], state["1"]["running_mean"])
@@ -108,11 +122,13 @@ def test_stateless_models_keep_the_two_output_contract():
     _, params = model.init(fnn.random.key(0), (-1, 1, 5, 5))
     assert fnn.init_state(model, (-1, 1, 5, 5)) == {}
     x = torch.randn(2, 1, 5, 5)
-    y, vjp = model.apply(params, x)
-    y2, vjp2, new_state = model.apply(params, x, state={}, train=True)  # any model accepts a state
+    y, _vjp = model.apply(params, x)
+    y2, _vjp2, new_state = model.apply(params, x, state={}, train=True)  # any model accepts a state
     assert torch.equal(y, y2) and new_state == {}
     value, grads = fnn.value_and_grad(model.apply, fnn.losses.mse)(params, x, torch.zeros(2, 2))
-    value2, grads2, _ = fnn.value_and_grad(model.apply, fnn.losses.mse)(params, x, torch.zeros(2, 2), state={})
+    value2, grads2, _ = fnn.value_and_grad(model.apply, fnn.losses.mse)(
+        params, x, torch.zeros(2, 2), state={}
+    )
     assert torch.equal(value, value2)
     assert_trees_close(grads2, grads, atol=0, rtol=0)
 
@@ -142,9 +158,14 @@ def test_bind_gives_a_stateless_layer_for_check_vjp_and_inference():
 def test_state_errors_name_the_position():
     model, params, state, _ = _setup()
     x = randn(0, 2, 2, 6, 6)
-    with pytest.raises(fnn.errors.FnnError, match=r"^serial\[1\] BatchNorm: needs its running statistics"):
+    with pytest.raises(
+        fnn.errors.FnnError, match=r"^serial\[1\] BatchNorm: needs its running statistics"
+    ):
         model.apply(params, x)
-    with pytest.raises(fnn.errors.FnnError, match=r"^serial\[4\] parallel\[0\] serial\[1\] BatchNorm: needs its running"):
+    with pytest.raises(
+        fnn.errors.FnnError,
+        match=r"^serial\[4\] parallel\[0\] serial\[1\] BatchNorm: needs its running",
+    ):
         model.apply(params, x, state={"1": state["1"]}, train=True)
     with pytest.raises(fnn.errors.TreeError, match=r"serial: unexpected state keys \['12'\]"):
         model.apply(params, x, state={**state, "12": {}}, train=True)
@@ -152,5 +173,7 @@ def test_state_errors_name_the_position():
         model.apply(params, x, state=[1], train=True)
     with pytest.raises(fnn.errors.FnnTypeError, match="init_state: expected a Layer"):
         fnn.init_state(L.BatchNorm, (-1, 3))
-    with pytest.raises(fnn.errors.ShapeError, match=r"^serial\[0\] Conv: expected an NCHW input shape"):
+    with pytest.raises(
+        fnn.errors.ShapeError, match=r"^serial\[0\] Conv: expected an NCHW input shape"
+    ):
         fnn.init_state(model, (-1, 2))

@@ -10,7 +10,11 @@ import torch
 
 import fnn
 
-TREE = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "1": {}, "2": [torch.ones(1), (torch.ones(2), None)]}
+TREE = {
+    "0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)},
+    "1": {},
+    "2": [torch.ones(1), (torch.ones(2), None)],
+}
 
 
 def test_flatten_unflatten_round_trip_and_treedef_equality():
@@ -42,7 +46,9 @@ def test_leaves_keep_state_dict_order():
     params = fnn.tree.from_state_dict(seq.state_dict())
     assert list(fnn.tree.to_state_dict(params)) == list(seq.state_dict())
     assert fnn.tree.paths(params)[0] == "['0']['weight']"
-    assert [t.shape for t in fnn.tree.leaves(params)] == [t.shape for t in seq.state_dict().values()]
+    assert [t.shape for t in fnn.tree.leaves(params)] == [
+        t.shape for t in seq.state_dict().values()
+    ]
 
 
 def test_state_dict_errors():
@@ -81,7 +87,9 @@ def test_distributions():
     assert set(r.tolist()) == {3, 4, 5, 6}
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.int64), torch.zeros(2), 0, "key", [1, 2]])
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(3, dtype=torch.int64), torch.zeros(2), 0, "key", [1, 2]]
+)
 def test_a_non_key_is_rejected_clearly(bad):
     with pytest.raises(TypeError, match="expected an fnn.random key"):
         fnn.random.uniform(bad, (2,))
@@ -93,10 +101,26 @@ def test_a_non_key_is_rejected_clearly(bad):
     "make, bound_or_std, kind",
     [
         (lambda: fnn.initializers.torch_default(), lambda fi, fo: 1 / math.sqrt(fi), "uniform"),
-        (lambda: fnn.initializers.xavier_uniform(), lambda fi, fo: math.sqrt(6 / (fi + fo)), "uniform"),
-        (lambda: fnn.initializers.xavier_normal(gain=2.0), lambda fi, fo: 2 * math.sqrt(2 / (fi + fo)), "normal"),
-        (lambda: fnn.initializers.kaiming_uniform(nonlinearity="relu"), lambda fi, fo: math.sqrt(6 / fi), "uniform"),
-        (lambda: fnn.initializers.kaiming_normal(mode="fan_out", nonlinearity="relu"), lambda fi, fo: math.sqrt(2 / fo), "normal"),
+        (
+            lambda: fnn.initializers.xavier_uniform(),
+            lambda fi, fo: math.sqrt(6 / (fi + fo)),
+            "uniform",
+        ),
+        (
+            lambda: fnn.initializers.xavier_normal(gain=2.0),
+            lambda fi, fo: 2 * math.sqrt(2 / (fi + fo)),
+            "normal",
+        ),
+        (
+            lambda: fnn.initializers.kaiming_uniform(nonlinearity="relu"),
+            lambda fi, fo: math.sqrt(6 / fi),
+            "uniform",
+        ),
+        (
+            lambda: fnn.initializers.kaiming_normal(mode="fan_out", nonlinearity="relu"),
+            lambda fi, fo: math.sqrt(2 / fo),
+            "normal",
+        ),
         (lambda: fnn.initializers.normal(0.05), lambda fi, fo: 0.05, "normal"),
     ],
 )
@@ -111,7 +135,9 @@ def test_initializers_follow_torch_nn_init(make, bound_or_std, kind):
         assert abs(w.std() - value / math.sqrt(3)) < 0.02 * value
     else:
         assert abs(w.std() - value) < 0.02 * value
-    assert torch.equal(fnn.initializers.zeros()(None, (2, 2), torch.float32, "cpu"), torch.zeros(2, 2))
+    assert torch.equal(
+        fnn.initializers.zeros()(None, (2, 2), torch.float32, "cpu"), torch.zeros(2, 2)
+    )
 
 
 def test_disk_task_labels_the_disk():
@@ -128,7 +154,7 @@ def test_one_hot_and_batches():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         fnn.data.one_hot(torch.tensor([3]), 3)
     x, y = torch.arange(10.0), torch.arange(10)
-    seen = [b for b in fnn.data.batches(fnn.random.key(0), x, y, batch_size=3)]
+    seen = list(fnn.data.batches(fnn.random.key(0), x, y, batch_size=3))
     assert [len(b[0]) for b in seen] == [3, 3, 3, 1]
     assert sorted(torch.cat([b[1] for b in seen]).tolist()) == list(range(10))
     assert all(torch.equal(bx, by.float()) for bx, by in seen)  # rows stay paired

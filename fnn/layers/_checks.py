@@ -19,8 +19,7 @@ def float_input(name: str, x: object) -> torch.Tensor:
         raise FnnTypeError(f"{name}: expected a tensor input, got {describe(x)}")
     if not x.is_floating_point():
         raise FnnTypeError(
-            f"{name}: expected a floating-point input, got dtype {x.dtype} "
-            "(convert with x.float())"
+            f"{name}: expected a floating-point input, got dtype {x.dtype} (convert with x.float())"
         )
     return x
 
@@ -60,11 +59,15 @@ def param_leaves(
 ) -> None:
     """Check that `params` is a dict holding exactly the expected tensor leaves."""
     if not isinstance(params, Mapping):
-        raise TreeError(f"{name}: expected params as a dict with {list(required)}, got {describe(params)}")
+        raise TreeError(
+            f"{name}: expected params as a dict with {list(required)}, got {describe(params)}"
+        )
     missing = [k for k in required if k not in params]
     extra = [k for k in params if k not in required and k not in optional]
     if missing or extra:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+        parts = ([f"missing {missing}"] if missing else []) + (
+            [f"unexpected {extra}"] if extra else []
+        )
         raise TreeError(f"{name}: params {' and '.join(parts)} (got keys {list(params)})")
     for k in params:
         if not isinstance(params[k], torch.Tensor):
@@ -74,7 +77,9 @@ def param_leaves(
 def cotangent(name: str, dy: object, shape: torch.Size | Shape) -> torch.Tensor:
     """`dy` if it is a tensor of the given output shape, else a clear error."""
     if not isinstance(dy, torch.Tensor):
-        raise FnnTypeError(f"{name} VJP: expected a cotangent tensor of shape {tuple(shape)}, got {describe(dy)}")
+        raise FnnTypeError(
+            f"{name} VJP: expected a cotangent tensor of shape {tuple(shape)}, got {describe(dy)}"
+        )
     if dy.shape != shape:
         raise ShapeError(
             f"{name} VJP: expected a cotangent of the output's shape {tuple(shape)}, got {tuple(dy.shape)}"
@@ -89,7 +94,9 @@ def input_shape(name: str, shape: Any, min_rank: int = 1) -> Shape:
     ):
         raise ShapeError(f"{name}: expected an input shape as a tuple of ints, got {shape!r}")
     if len(shape) < min_rank:
-        raise ShapeError(f"{name}: expected an input shape of rank ≥ {min_rank}, got {tuple(shape)}")
+        raise ShapeError(
+            f"{name}: expected an input shape of rank ≥ {min_rank}, got {tuple(shape)}"
+        )
     if any(d < -1 for d in shape) or any(d == -1 for d in shape[1:]):
         raise ShapeError(
             f"{name}: input shape {tuple(shape)} may use -1 only for the batch (first) dimension"
@@ -111,16 +118,26 @@ def param_like(name: str, leaf: str, value: object, shape: Shape, like: torch.Te
     if not isinstance(value, torch.Tensor):
         raise FnnTypeError(f"{name}: params[{leaf!r}] must be a tensor, got {describe(value)}")
     if tuple(value.shape) != tuple(shape):
-        raise ShapeError(f"{name}: params[{leaf!r}] has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        raise ShapeError(
+            f"{name}: params[{leaf!r}] has shape {tuple(value.shape)}, expected {tuple(shape)}"
+        )
     if not value.is_floating_point():
-        raise FnnTypeError(f"{name}: params[{leaf!r}] must be floating-point, got dtype {value.dtype}")
+        raise FnnTypeError(
+            f"{name}: params[{leaf!r}] must be floating-point, got dtype {value.dtype}"
+        )
     if value.dtype != like.dtype:
-        raise FnnError(f"{name}: params[{leaf!r}] has dtype {value.dtype} but the input has {like.dtype}")
+        raise FnnError(
+            f"{name}: params[{leaf!r}] has dtype {value.dtype} but the input has {like.dtype}"
+        )
     if value.device != like.device:
-        raise FnnError(f"{name}: params[{leaf!r}] is on device {value.device} but the input is on {like.device}")
+        raise FnnError(
+            f"{name}: params[{leaf!r}] is on device {value.device} but the input is on {like.device}"
+        )
 
 
-def cotangent_like(name: str, dy: object, out: torch.Tensor | torch.Size | Shape, like: torch.Tensor) -> None:
+def cotangent_like(
+    name: str, dy: object, out: torch.Tensor | torch.Size | Shape, like: torch.Tensor
+) -> None:
     """Raise a clear error unless `dy` has the output's shape and `like`'s dtype and device (slow path)."""
     cotangent(name, dy, out.shape if isinstance(out, torch.Tensor) else out)
     assert isinstance(dy, torch.Tensor)
@@ -141,14 +158,20 @@ def number(name: str, what: str, value: object) -> float:
 def init_dtype(name: str, dtype: object, device: object) -> None:
     """`init`'s dtype must be a floating-point `torch.dtype` and device a valid device."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise FnnTypeError(f"{name}: init dtype must be a floating-point torch.dtype, got {dtype!r}")
+        raise FnnTypeError(
+            f"{name}: init dtype must be a floating-point torch.dtype, got {dtype!r}"
+        )
     try:
         torch.device(device)  # type: ignore[arg-type]
     except (RuntimeError, TypeError):
-        raise FnnError(f"{name}: init device must be a torch.device or a name like 'cpu', got {device!r}") from None
+        raise FnnError(
+            f"{name}: init device must be a torch.device or a name like 'cpu', got {device!r}"
+        ) from None
 
 
-def weight_and_bias(name: str, params: object, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def weight_and_bias(
+    name: str, params: object, bias: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(params["weight"], params["bias"] or None)` for Dense and Conv, or a clear error
     naming missing or unexpected leaves."""
     try:

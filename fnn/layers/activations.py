@@ -77,7 +77,9 @@ def elementwise(
             _checks.no_params(name, params)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < min_rank:
             _checks.float_input(name, x)
-            raise _checks.ShapeError(f"{name}: expected an input of rank ≥ {min_rank}, got {tuple(x.shape)}")
+            raise _checks.ShapeError(
+                f"{name}: expected an input of rank ≥ {min_rank}, got {tuple(x.shape)}"
+            )
         y = forward(x)
         saved = x if keep_input else y
         return y, VJP(backward, (saved, *constants) if constants else saved)
@@ -121,11 +123,15 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """`y = x` for x > 0, `negative_slope · x` otherwise."""
     _checks.number("LeakyRelu", "negative_slope", negative_slope)
     forward = functools.partial(torch.nn.functional.leaky_relu, negative_slope=negative_slope)
-    return elementwise("LeakyRelu", forward, leaky_relu_backward, keep="input", constants=(negative_slope,))
+    return elementwise(
+        "LeakyRelu", forward, leaky_relu_backward, keep="input", constants=(negative_slope,)
+    )
 
 
 # y = x if x > 0 else a·x   ⇒   dx = dy if x > 0 else a·dy
-def leaky_relu_backward(residuals: tuple[torch.Tensor, float], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+def leaky_relu_backward(
+    residuals: tuple[torch.Tensor, float], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
     x, slope = residuals
     _check_dy("LeakyRelu", x, dy)
     return {}, aten.leaky_relu_backward.default(dy, x, slope, False)
@@ -161,7 +167,9 @@ def Elu(alpha: float = 1.0) -> Layer:
 
 
 # y = x if x > 0 else α(eˣ − 1)   ⇒   dx = dy if x > 0 else dy · α eˣ
-def elu_backward(residuals: tuple[torch.Tensor, float], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+def elu_backward(
+    residuals: tuple[torch.Tensor, float], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
     x, alpha = residuals
     _check_dy("Elu", x, dy)
     return {}, aten.elu_backward.default(dy, alpha, 1.0, 1.0, False, x)
@@ -176,7 +184,9 @@ def Gelu(approximate: str = "none") -> Layer:
 
 
 # y = x Φ(x)   ⇒   dx = dy · (Φ(x) + x φ(x))
-def gelu_backward(residuals: tuple[torch.Tensor, str], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+def gelu_backward(
+    residuals: tuple[torch.Tensor, str], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
     x, approximate = residuals
     _check_dy("Gelu", x, dy)
     return {}, aten.gelu_backward.default(dy, x, approximate=approximate)
@@ -187,7 +197,9 @@ def Softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
     _checks.number("Softplus", "beta", beta)
     _checks.number("Softplus", "threshold", threshold)
     forward = functools.partial(torch.nn.functional.softplus, beta=beta, threshold=threshold)
-    return elementwise("Softplus", forward, softplus_backward, keep="input", constants=(beta, threshold))
+    return elementwise(
+        "Softplus", forward, softplus_backward, keep="input", constants=(beta, threshold)
+    )
 
 
 # y = log(1 + e^(βx)) / β   ⇒   dx = dy · σ(βx)   (dx = dy where βx > threshold)

@@ -17,7 +17,7 @@ Both compute the same sums; the VJP uses the backward of the kernel the forward 
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -31,8 +31,8 @@ __all__ = ["Conv"]
 
 aten = torch.ops.aten
 
-IntPair = Union[int, tuple[int, int]]
-Padding = Union[int, tuple[int, int], str]
+IntPair = int | tuple[int, int]
+Padding = int | tuple[int, int] | str
 
 
 def pair(name: str, what: str, value: object, minimum: int = 1) -> tuple[int, int]:
@@ -91,13 +91,17 @@ def Conv(
     dilations = pair("Conv", "dilation", dilation)
     _checks.positive_int("Conv", "groups", groups)
     if out_channels % groups:
-        raise FnnError(f"Conv: out_channels ({out_channels}) must be divisible by groups ({groups})")
+        raise FnnError(
+            f"Conv: out_channels ({out_channels}) must be divisible by groups ({groups})"
+        )
     # Padding per side, (top, bottom, left, right); torch pads an odd "same" remainder at the end.
     if padding == "valid":
         sides = (0, 0, 0, 0)
     elif padding == "same":
         if strides != (1, 1):
-            raise FnnError(f"Conv: padding='same' needs stride 1 (as in torch), got stride {stride!r}")
+            raise FnnError(
+                f"Conv: padding='same' needs stride 1 (as in torch), got stride {stride!r}"
+            )
         total = [d * (k - 1) for d, k in zip(dilations, kernel)]
         sides = (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
     elif isinstance(padding, str):
@@ -124,7 +128,9 @@ def Conv(
             raise ShapeError(f"Conv: expected an NCHW input shape (N, C, H, W), got {shape}")
         n, c, h, w = shape
         if c < 1 or c % groups:
-            raise ShapeError(f"Conv: input channels ({c}) must be a positive multiple of groups ({groups})")
+            raise ShapeError(
+                f"Conv: input channels ({c}) must be a positive multiple of groups ({groups})"
+            )
         out_hw = _out_hw(h, w)
         if min(out_hw) < 1:
             raise ShapeError(_too_small(shape))
@@ -166,23 +172,30 @@ def Conv(
             if im2col:
                 y = aten._slow_conv2d_forward(xp, weight, kernel_l, b, stride_l, sym)
             else:
-                y = aten.convolution(xp, weight, b, stride_l, sym, dilation_l, False, [0, 0], groups)
+                y = aten.convolution(
+                    xp, weight, b, stride_l, sym, dilation_l, False, [0, 0], groups
+                )
         except RuntimeError:  # too small an input, or a bias of another shape, dtype or device
             _diagnose(x, weight)
             if b is not None:
                 _checks.param_like("Conv", "bias", b, (out_channels,), x)
             raise
         return y, VJP(
-            conv_backward, (xp, weight, b is not None, y.shape, stride_l, sym, dilation_l, groups, crop, im2col)
+            conv_backward,
+            (xp, weight, b is not None, y.shape, stride_l, sym, dilation_l, groups, crop, im2col),
         )
 
     def _diagnose(x: torch.Tensor, weight: torch.Tensor) -> None:
         """Slow path: raise a clear error for what is wrong with the input or weight."""
         expected = (out_channels, "in_channels / groups", *kernel)
         if weight.ndim != 4 or weight.shape[0] != out_channels or weight.shape[2:] != kernel:
-            raise ShapeError(f"Conv: params['weight'] has shape {tuple(weight.shape)}, expected {expected}")
+            raise ShapeError(
+                f"Conv: params['weight'] has shape {tuple(weight.shape)}, expected {expected}"
+            )
         if x.ndim != 4:
-            raise ShapeError(f"Conv: expected an NCHW input (N, C, H, W), got shape {tuple(x.shape)}")
+            raise ShapeError(
+                f"Conv: expected an NCHW input (N, C, H, W), got shape {tuple(x.shape)}"
+            )
         if x.shape[1] != weight.shape[1] * groups:
             raise ShapeError(
                 f"Conv: expected an input with {weight.shape[1] * groups} channels (axis 1), "
@@ -199,7 +212,7 @@ _IM2COL_DTYPES = (torch.float32, torch.float64)
 
 ConvResiduals = tuple[
     torch.Tensor, torch.Tensor, bool, torch.Size, list[int], list[int], list[int], int,
-    Union[tuple[int, int], None], bool,
+    tuple[int, int] | None, bool,
 ]  # fmt: skip
 
 
@@ -218,13 +231,17 @@ def conv_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | 
 register_consumer(conv_backward, conv_consume)
 
 
-def _conv_grads(residuals: ConvResiduals, dy: torch.Tensor, need_dx: bool) -> tuple[Params, torch.Tensor | None]:
+def _conv_grads(
+    residuals: ConvResiduals, dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor | None]:
     x, weight, has_bias, y_shape, stride, padding, dilation, groups, crop, im2col = residuals
     if not isinstance(dy, torch.Tensor) or dy.shape != y_shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("Conv", dy, y_shape, x)
     mask = [need_dx, True, has_bias]
     if im2col:
-        dx, dw, db = aten._slow_conv2d_backward(dy, x, weight, weight.shape[2:], stride, padding, mask)
+        dx, dw, db = aten._slow_conv2d_backward(
+            dy, x, weight, weight.shape[2:], stride, padding, mask
+        )
     else:
         dx, dw, db = aten.convolution_backward(
             dy, x, weight, [weight.shape[0]] if has_bias else None, stride, padding, dilation,

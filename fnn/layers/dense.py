@@ -48,7 +48,9 @@ def Dense(
         _checks.init_dtype("Dense", dtype, device)
         in_features = shape[-1]
         if in_features < 1:
-            raise _checks.ShapeError(f"Dense: input features (last dimension) must be ≥ 1, got {shape}")
+            raise _checks.ShapeError(
+                f"Dense: input features (last dimension) must be ≥ 1, got {shape}"
+            )
         weight_key, bias_key = random.split(key)
         params = {"weight": weight_init(weight_key, (out_features, in_features), dtype, device)}
         if bias:
@@ -74,7 +76,9 @@ def Dense(
     return Layer(init, apply)
 
 
-def _diagnose(out_features: int, x: torch.Tensor, weight: torch.Tensor, b: torch.Tensor | None) -> None:
+def _diagnose(
+    out_features: int, x: torch.Tensor, weight: torch.Tensor, b: torch.Tensor | None
+) -> None:
     """Slow path: raise a clear error for what is wrong with the input or params."""
     _checks.input_like("Dense", x, weight)
     _checks.float_input("Dense", x)
@@ -83,7 +87,9 @@ def _diagnose(out_features: int, x: torch.Tensor, weight: torch.Tensor, b: torch
             f"Dense: params['weight'] has shape {tuple(weight.shape)}, expected ({out_features}, in_features)"
         )
     if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
-        raise _checks.ShapeError(f"Dense: expected input of shape (..., {weight.shape[1]}), got {tuple(x.shape)}")
+        raise _checks.ShapeError(
+            f"Dense: expected input of shape (..., {weight.shape[1]}), got {tuple(x.shape)}"
+        )
     _checks.param_like("Dense", "weight", weight, tuple(weight.shape), x)
     if b is not None:
         _checks.param_like("Dense", "bias", b, (out_features,), x)

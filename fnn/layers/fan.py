@@ -21,20 +21,30 @@ __all__ = ["FanOut", "FanInSum", "FanInConcat"]
 
 
 def _input_shapes(name: str, shapes: Any) -> list[Shape]:
-    if not isinstance(shapes, list | tuple) or not shapes or not all(isinstance(s, list | tuple) for s in shapes):
+    if (
+        not isinstance(shapes, list | tuple)
+        or not shapes
+        or not all(isinstance(s, list | tuple) for s in shapes)
+    ):
         raise ShapeError(f"{name}: expected a list of input shapes, got {shapes!r}")
     return [_checks.input_shape(name, s, min_rank=0) for s in shapes]
 
 
 def _inputs(name: str, xs: Any) -> tuple[torch.Tensor, ...]:
-    if not isinstance(xs, tuple | list) or not xs or not all(isinstance(x, torch.Tensor) for x in xs):
+    if (
+        not isinstance(xs, tuple | list)
+        or not xs
+        or not all(isinstance(x, torch.Tensor) for x in xs)
+    ):
         raise ShapeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
     return tuple(xs)
 
 
 def _same_dtype(name: str, xs: tuple[torch.Tensor, ...]) -> None:
     if any(xi.dtype != xs[0].dtype or xi.device != xs[0].device for xi in xs):
-        raise FnnError(f"{name}: all inputs must have one dtype and device, got {[(xi.dtype, str(xi.device)) for xi in xs]}")
+        raise FnnError(
+            f"{name}: all inputs must have one dtype and device, got {[(xi.dtype, str(xi.device)) for xi in xs]}"
+        )
 
 
 def FanOut(num: int) -> Layer:
@@ -56,7 +66,9 @@ def FanOut(num: int) -> Layer:
         del key, dtype, device
         return [_checks.input_shape("FanOut", input_shape, min_rank=0)] * num, {}
 
-    def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[tuple[torch.Tensor, ...], VJP]:
+    def apply(
+        params: Params, x: torch.Tensor, **kwargs: Any
+    ) -> tuple[tuple[torch.Tensor, ...], VJP]:
         del kwargs
         _checks.no_params("FanOut", params)
         if not isinstance(x, torch.Tensor):
@@ -67,7 +79,9 @@ def FanOut(num: int) -> Layer:
 
 
 # (y₁ … yₙ) = (x … x)   ⇒   dx = Σᵢ dyᵢ
-def fan_out_backward(residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]) -> tuple[Params, torch.Tensor]:
+def fan_out_backward(
+    residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]
+) -> tuple[Params, torch.Tensor]:
     num, shape = residuals
     if not isinstance(dy, tuple | list) or len(dy) != num:
         raise ShapeError(f"FanOut VJP: expected a tuple of {num} cotangents, got {describe(dy)}")
@@ -105,7 +119,9 @@ def FanInSum() -> Layer:
         _checks.no_params("FanInSum", params)
         xs = _inputs("FanInSum", x)
         if any(xi.shape != xs[0].shape for xi in xs):
-            raise ShapeError(f"FanInSum: all inputs must have the same shape, got {[tuple(xi.shape) for xi in xs]}")
+            raise ShapeError(
+                f"FanInSum: all inputs must have the same shape, got {[tuple(xi.shape) for xi in xs]}"
+            )
         _same_dtype("FanInSum", xs)
         y = xs[0]
         for xi in xs[1:]:
@@ -116,7 +132,9 @@ def FanInSum() -> Layer:
 
 
 # y = Σᵢ xᵢ   ⇒   dxᵢ = dy
-def fan_in_sum_backward(residuals: tuple[int, torch.Size], dy: torch.Tensor) -> tuple[Params, tuple[torch.Tensor, ...]]:
+def fan_in_sum_backward(
+    residuals: tuple[int, torch.Size], dy: torch.Tensor
+) -> tuple[Params, tuple[torch.Tensor, ...]]:
     num, shape = residuals
     _checks.cotangent("FanInSum", dy, shape)
     return {}, (dy,) * num

@@ -27,7 +27,9 @@ __all__ = ["LayerNorm", "BatchNorm"]
 aten = torch.ops.aten
 
 
-def _affine_params(name: str, features: int, dtype: torch.dtype, device: torch.device | str) -> Params:
+def _affine_params(
+    name: str, features: int, dtype: torch.dtype, device: torch.device | str
+) -> Params:
     """torch's initial affine params: `weight` ones, `bias` zeros, both `(features,)`."""
     _checks.init_dtype(name, dtype, device)
     return {
@@ -36,7 +38,9 @@ def _affine_params(name: str, features: int, dtype: torch.dtype, device: torch.d
     }
 
 
-def _affine_leaves(name: str, params: Params, x: object, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine_leaves(
+    name: str, params: Params, x: object, axis: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(weight, bias)` from `params`, with `x` a float tensor whose `axis` matches their length."""
     try:
         weight, bias = params["weight"], params["bias"]
@@ -55,7 +59,9 @@ def _affine_leaves(name: str, params: Params, x: object, axis: int) -> tuple[tor
                 f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
             )
         where = "(..., {0})" if axis == -1 else "(N, {0}, ...)"
-        raise ShapeError(f"{name}: expected an input of shape {where.format(features)}, got {tuple(x.shape)}")
+        raise ShapeError(
+            f"{name}: expected an input of shape {where.format(features)}, got {tuple(x.shape)}"
+        )
     return weight, bias
 
 
@@ -102,7 +108,9 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
 
 # y = γ x̂ + β, x̂ = (x − μ)/σ per row   ⇒   dγ = Σ dy x̂,  dβ = Σ dy,  dx = (g − mean(g) − x̂ mean(g x̂)) / σ  with g = γ dy
 def layer_norm_backward(
-    residuals: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]],
+    residuals: tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]
+    ],
     dy: torch.Tensor,
 ) -> tuple[Params, torch.Tensor]:
     x, weight, bias, mean, rstd, normalized = residuals
@@ -162,7 +170,10 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
         return shape, _affine_params("BatchNorm", shape[1], dtype, device)
 
     def init_state(
-        input_shape: Shape, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        input_shape: Shape,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> tuple[Shape, PyTree]:
         """`(output_shape, state)`: the running statistics of a fresh `torch.nn.BatchNorm2d`."""
         shape = _channels_shape(input_shape)
@@ -175,7 +186,12 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
         }
 
     def apply(
-        params: Params, x: torch.Tensor, *, state: PyTree = None, train: bool | None = None, **kwargs: Any
+        params: Params,
+        x: torch.Tensor,
+        *,
+        state: PyTree = None,
+        train: bool | None = None,
+        **kwargs: Any,
     ) -> tuple[torch.Tensor, VJP, PyTree]:
         del kwargs
         if state is None or train is None:
@@ -195,8 +211,14 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
             _check_state(state, weight)
             raise
         if not train:
-            y = aten._native_batch_norm_legit_no_training(x, weight, bias, running_mean, running_var, 0.0, eps)[0]
-            return y, VJP(batch_norm_backward, (x, weight, running_mean, running_var, False, eps)), state
+            y = aten._native_batch_norm_legit_no_training(
+                x, weight, bias, running_mean, running_var, 0.0, eps
+            )[0]
+            return (
+                y,
+                VJP(batch_norm_backward, (x, weight, running_mean, running_var, False, eps)),
+                state,
+            )
         if x.numel() == x.shape[1]:
             raise ShapeError(
                 f"BatchNorm: training needs more than one value per channel, got input of shape {tuple(x.shape)}"
@@ -205,7 +227,11 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
         y, mean, invstd, new_mean, new_var = aten._native_batch_norm_legit_functional(
             x, weight, bias, running_mean, running_var, True, factor, eps
         )
-        new_state = {"running_mean": new_mean, "running_var": new_var, "num_batches_tracked": count + 1}
+        new_state = {
+            "running_mean": new_mean,
+            "running_var": new_var,
+            "num_batches_tracked": count + 1,
+        }
         return y, VJP(batch_norm_backward, (x, weight, mean, invstd, True, eps)), new_state
 
     apply.layer_name = "BatchNorm"  # type: ignore[attr-defined]
@@ -215,7 +241,8 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
 
 # train: y = γ x̂ + β, x̂ = (x − μ_B)/σ_B  ⇒  dγ = Σ dy x̂,  dβ = Σ dy,  dx = γ/σ_B (dy − mean(dy) − x̂ mean(dy x̂));  eval: dx = γ dy / σ_run
 def batch_norm_backward(
-    residuals: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool, float], dy: torch.Tensor
+    residuals: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool, float],
+    dy: torch.Tensor,
 ) -> tuple[Params, torch.Tensor]:
     x, weight, mean, spread, train, eps = residuals
     if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.dtype is not x.dtype:
@@ -231,7 +258,9 @@ def batch_norm_backward(
 def _channels_shape(input_shape: Any) -> Shape:
     shape = _checks.input_shape("BatchNorm", input_shape, min_rank=2)
     if shape[1] < 1:
-        raise ShapeError(f"BatchNorm: expected channels on axis 1, (N, C) or (N, C, ...), got {shape}")
+        raise ShapeError(
+            f"BatchNorm: expected channels on axis 1, (N, C) or (N, C, ...), got {shape}"
+        )
     return shape
 
 
@@ -250,7 +279,9 @@ def _missing(state: object, train: object) -> None:
 def _check_state(state: object, weight: torch.Tensor) -> None:
     """Slow path: a clear error for a state that is not BatchNorm's."""
     if not isinstance(state, Mapping):
-        raise TreeError(f"BatchNorm: expected state as a dict with {list(STATE_LEAVES)}, got {describe(state)}")
+        raise TreeError(
+            f"BatchNorm: expected state as a dict with {list(STATE_LEAVES)}, got {describe(state)}"
+        )
     missing = [k for k in STATE_LEAVES if k not in state]
     extra = [k for k in state if k not in STATE_LEAVES]
     if missing or extra:
@@ -265,4 +296,3 @@ def _check_state(state: object, weight: torch.Tensor) -> None:
                 f"BatchNorm: state[{k!r}] has dtype {state[k].dtype} but the params have {weight.dtype} "
                 "(make the state with fnn.init_state(model, shape, dtype=...))"
             )
-

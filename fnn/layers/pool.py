@@ -58,7 +58,9 @@ def pool2d(
     window: Window = (list(kernel), list(strides), list(pads))
 
     def out_hw(h: int, w: int) -> tuple[int, int]:
-        return out_size(h, kernel[0], strides[0], 2 * pads[0]), out_size(w, kernel[1], strides[1], 2 * pads[1])
+        return out_size(h, kernel[0], strides[0], 2 * pads[0]), out_size(
+            w, kernel[1], strides[1], 2 * pads[1]
+        )
 
     def init(
         key: Key,
@@ -73,7 +75,9 @@ def pool2d(
             raise ShapeError(f"{name}: expected an NCHW input shape (N, C, H, W), got {shape}")
         hw = out_hw(*shape[2:])
         if min(hw) < 1:
-            raise ShapeError(f"{name}: input of spatial size {shape[2:]} is smaller than the window {kernel}")
+            raise ShapeError(
+                f"{name}: input of spatial size {shape[2:]} is smaller than the window {kernel}"
+            )
         return (*shape[:2], *hw), {}
 
     def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
@@ -82,9 +86,13 @@ def pool2d(
             _checks.no_params(name, params)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 4:
             _checks.float_input(name, x)
-            raise ShapeError(f"{name}: expected an NCHW input (N, C, H, W), got shape {tuple(x.shape)}")
+            raise ShapeError(
+                f"{name}: expected an NCHW input (N, C, H, W), got shape {tuple(x.shape)}"
+            )
         if min(out_hw(x.shape[2], x.shape[3])) < 1:
-            raise ShapeError(f"{name}: input of spatial size {tuple(x.shape[2:])} is smaller than the window {kernel}")
+            raise ShapeError(
+                f"{name}: input of spatial size {tuple(x.shape[2:])} is smaller than the window {kernel}"
+            )
         y, saved = forward(x, window)
         stand_in = torch.empty_strided(x.shape, (0, 0, 0, 0), dtype=x.dtype, device=x.device)
         return y, VJP(backward, (saved, stand_in, y.shape, window))
@@ -134,7 +142,9 @@ def max_pool_forward(x: torch.Tensor, window: Window) -> tuple[torch.Tensor, tor
     values and indices are the same; the result keeps the input's layout.
     """
     if x.is_cpu and x.is_contiguous():
-        y, indices = aten.max_pool2d_with_indices(x.contiguous(memory_format=_CHANNELS_LAST), *window, [1, 1], False)
+        y, indices = aten.max_pool2d_with_indices(
+            x.contiguous(memory_format=_CHANNELS_LAST), *window, [1, 1], False
+        )
         return y.contiguous(), indices.contiguous()
     return aten.max_pool2d_with_indices(x, *window, [1, 1], False)
 
@@ -179,4 +189,3 @@ def avg_pool_backward(residuals: PoolResiduals, dy: torch.Tensor) -> tuple[Param
     _, x, _, window = residuals
     _check_dy("AvgPool", residuals, dy)
     return {}, aten.avg_pool2d_backward(dy, x, *window, False, True, None)
-

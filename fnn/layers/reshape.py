@@ -38,7 +38,9 @@ def Flatten() -> Layer:
         del kwargs
         _checks.no_params("Flatten", params)
         if not isinstance(x, torch.Tensor) or x.ndim < 1:
-            raise ShapeError(f"Flatten: expected a tensor with a batch axis, got {_checks.describe(x)}")
+            raise ShapeError(
+                f"Flatten: expected a tensor with a batch axis, got {_checks.describe(x)}"
+            )
         y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         return y, VJP(reshape_backward, ("Flatten", tuple(x.shape)))
 
@@ -70,7 +72,9 @@ def Reshape(shape: Sequence[int]) -> Layer:
         size = math.prod(in_shape[1:])
         known = math.prod(d for d in target if d != -1)
         if (-1 in target and size % known) or (-1 not in target and size != known):
-            raise ShapeError(f"Reshape: cannot reshape examples of shape {in_shape[1:]} to {target}")
+            raise ShapeError(
+                f"Reshape: cannot reshape examples of shape {in_shape[1:]} to {target}"
+            )
         out = tuple(size // known if d == -1 else d for d in target)
         return (in_shape[0], *out), {}
 
@@ -78,7 +82,9 @@ def Reshape(shape: Sequence[int]) -> Layer:
         del kwargs
         _checks.no_params("Reshape", params)
         if not isinstance(x, torch.Tensor) or x.ndim < 1:
-            raise ShapeError(f"Reshape: expected a tensor with a batch axis, got {_checks.describe(x)}")
+            raise ShapeError(
+                f"Reshape: expected a tensor with a batch axis, got {_checks.describe(x)}"
+            )
         try:
             y = x.reshape(x.shape[0], *target)
         except RuntimeError:
@@ -93,7 +99,11 @@ def Reshape(shape: Sequence[int]) -> Layer:
 # y = reshape(x)   ⇒   dx = reshape(dy, x.shape)
 def reshape_backward(residuals: tuple[str, Shape], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     name, x_shape = residuals
-    if not isinstance(dy, torch.Tensor) or dy.numel() != math.prod(x_shape) or dy.shape[:1] != x_shape[:1]:
+    if (
+        not isinstance(dy, torch.Tensor)
+        or dy.numel() != math.prod(x_shape)
+        or dy.shape[:1] != x_shape[:1]
+    ):
         raise ShapeError(
             f"{name} VJP: expected a cotangent with batch {x_shape[:1]} and {math.prod(x_shape)} "
             f"elements, got {_checks.describe(dy)}"

@@ -17,10 +17,10 @@ a Python int: schedules and bias corrections read it without a device sync.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeAlias
 
 import torch
-from typing_extensions import Protocol, TypeAlias
+from typing_extensions import Protocol
 
 from .. import tree
 from ..core import PyTree
@@ -46,8 +46,8 @@ __all__ = [
 
 Schedule: TypeAlias = Callable[[int], float]
 """A function from the step count (0 at the first update) to a learning rate."""
-LearningRate: TypeAlias = Union[float, Schedule]
-Mask: TypeAlias = Union[PyTree, Callable[[PyTree], PyTree], None]
+LearningRate: TypeAlias = float | Schedule
+Mask: TypeAlias = PyTree | Callable[[PyTree], PyTree] | None
 """Which leaves get weight decay: a tree of bools shaped like params, or a function
 `params -> tree of bools` (e.g. `fnn.optim.decay_mask`); `None` means all leaves."""
 
@@ -61,13 +61,17 @@ class InitFn(Protocol):
 class UpdateFn(Protocol):
     """`update(params, grads, state) -> (params, state)`."""
 
-    def __call__(self, params: PyTree, grads: PyTree, state: PyTree, /) -> tuple[PyTree, PyTree]: ...
+    def __call__(
+        self, params: PyTree, grads: PyTree, state: PyTree, /
+    ) -> tuple[PyTree, PyTree]: ...
 
 
 class TransformFn(Protocol):
     """`update(params, grads, state) -> (grads, state)`."""
 
-    def __call__(self, params: PyTree, grads: PyTree, state: PyTree, /) -> tuple[PyTree, PyTree]: ...
+    def __call__(
+        self, params: PyTree, grads: PyTree, state: PyTree, /
+    ) -> tuple[PyTree, PyTree]: ...
 
 
 class Optimizer(NamedTuple):
@@ -100,7 +104,9 @@ def learning_rate(name: str, lr: LearningRate, step: int) -> float:
     if isinstance(value, torch.Tensor):
         value = value.item()
     if not value >= 0:
-        raise FnnError(f"{name}: the schedule gave a negative or NaN learning rate {value!r} at step {step}")
+        raise FnnError(
+            f"{name}: the schedule gave a negative or NaN learning rate {value!r} at step {step}"
+        )
     return float(value)
 
 
@@ -108,7 +114,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def check_hyper(name: str, what: str, value: Any, low: float = 0.0, high: float | None = None) -> None:
+def check_hyper(
+    name: str, what: str, value: Any, low: float = 0.0, high: float | None = None
+) -> None:
     """Raise a clear `FnnError` unless `value` is a number with `low ≤ value (< high)`."""
     if not _is_number(value):
         raise FnnTypeError(f"{name}: {what} must be a number, got {value!r}")
@@ -122,7 +130,9 @@ def check_lr(name: str, lr: Any) -> None:
     if callable(lr):
         return
     if not _is_number(lr):
-        raise FnnTypeError(f"{name}: lr must be a number or a schedule (a function of the step), got {lr!r}")
+        raise FnnTypeError(
+            f"{name}: lr must be a number or a schedule (a function of the step), got {lr!r}"
+        )
     check_hyper(name, "lr", lr)
 
 
@@ -188,7 +198,9 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
     return Optimizer(init, update)
 
 
-def _read_state(name: str, state: Any, keys: tuple[str, ...], n: int) -> tuple[int, list[list[torch.Tensor]], Any]:
+def _read_state(
+    name: str, state: Any, keys: tuple[str, ...], n: int
+) -> tuple[int, list[list[torch.Tensor]], Any]:
     """The step, each buffer's tensors in leaf order, and the buffers' names."""
     try:
         step = state["step"]
@@ -211,7 +223,9 @@ def _read_state(name: str, state: Any, keys: tuple[str, ...], n: int) -> tuple[i
     return step, buffers, names
 
 
-def _check_shapes(name: str, keys: tuple[str, ...], buffers: list[list[torch.Tensor]], leaves: list[torch.Tensor]) -> None:
+def _check_shapes(
+    name: str, keys: tuple[str, ...], buffers: list[list[torch.Tensor]], leaves: list[torch.Tensor]
+) -> None:
     """After a torch error: blame the state if its shapes do not match the params'."""
     for k, values in zip(keys, buffers):
         for i, (b, p) in enumerate(zip(values, leaves)):
@@ -237,7 +251,7 @@ class MaskResolver:
     A tree mask is resolved once per params structure; a callable one at every call.
     """
 
-    __slots__ = ("name", "mask", "_treedef", "_indices")
+    __slots__ = ("_indices", "_treedef", "mask", "name")
 
     def __init__(self, name: str, mask: Mask):
         self.name = name
@@ -253,12 +267,16 @@ class MaskResolver:
         flags = self.mask(params) if callable(self.mask) else self.mask
         leaves, mask_treedef = tree.flatten(flags)
         if mask_treedef != treedef:
-            tree.assert_same_structure(tree.map(lambda _: True, params), flags, f"{self.name}: mask", shapes=False)
+            tree.assert_same_structure(
+                tree.map(lambda _: True, params), flags, f"{self.name}: mask", shapes=False
+            )
             raise TreeError(f"{self.name}: the mask's tree does not match the params tree")
         bad = [i for i, f in enumerate(leaves) if not isinstance(f, bool)]
         if bad:
             path = tree.paths(flags)[bad[0]]
-            raise FnnTypeError(f"{self.name}: mask leaves must be True or False, got {leaves[bad[0]]!r} at {path}")
+            raise FnnTypeError(
+                f"{self.name}: mask leaves must be True or False, got {leaves[bad[0]]!r} at {path}"
+            )
         indices = [i for i, f in enumerate(leaves) if f]
         if not callable(self.mask):
             self._treedef, self._indices = treedef, indices
@@ -266,21 +284,28 @@ class MaskResolver:
 
 
 def add_weight_decay(
-    grads: list[torch.Tensor], leaves: list[torch.Tensor], weight_decay: float, indices: list[int] | None
+    grads: list[torch.Tensor],
+    leaves: list[torch.Tensor],
+    weight_decay: float,
+    indices: list[int] | None,
 ) -> list[torch.Tensor]:
     """`g + λ θ` on the selected leaves (torch's `grad.add(param, alpha=weight_decay)`)."""
     if indices is None:
         return torch._foreach_add(grads, leaves, alpha=weight_decay)
     if not indices:
         return grads
-    decayed = torch._foreach_add([grads[i] for i in indices], [leaves[i] for i in indices], alpha=weight_decay)
+    decayed = torch._foreach_add(
+        [grads[i] for i in indices], [leaves[i] for i in indices], alpha=weight_decay
+    )
     grads = list(grads)
     for i, g in zip(indices, decayed):
         grads[i] = g
     return grads
 
 
-def scale_leaves(leaves: list[torch.Tensor], factor: float, indices: list[int] | None) -> list[torch.Tensor]:
+def scale_leaves(
+    leaves: list[torch.Tensor], factor: float, indices: list[int] | None
+) -> list[torch.Tensor]:
     """`factor · θ` on the selected leaves, the others as they are (decoupled weight decay)."""
     if indices is None:
         return torch._foreach_mul(leaves, factor)

@@ -14,6 +14,7 @@ the closed form in the last few bits (relative 1e-15 after 100 steps).
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -94,7 +95,7 @@ def exponential_decay(lr: float, gamma: float) -> Schedule:
     return exponential_decay_schedule
 
 
-def cosine_decay(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:  # noqa: N803 (torch's name)
+def cosine_decay(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:
     """`eta_min + (lr − eta_min) (1 + cos(π step / T_max)) / 2`: `CosineAnnealingLR(T_max, eta_min)`.
 
     From `lr` at step 0 to `eta_min` at step `T_max`. As torch's, it does not stop
@@ -135,7 +136,9 @@ def linear_warmup(
     _check_count("linear_warmup", "total_iters", total_iters)
 
     def linear_warmup_schedule(step: int) -> float:
-        return lr * (start_factor + (end_factor - start_factor) * min(total_iters, step) / total_iters)
+        return lr * (
+            start_factor + (end_factor - start_factor) * min(total_iters, step) / total_iters
+        )
 
     return linear_warmup_schedule
 
@@ -150,7 +153,9 @@ def piecewise_constant(lr: float, milestones: Sequence[int], gamma: float = 0.1)
     check_hyper("piecewise_constant", "lr", lr)
     check_hyper("piecewise_constant", "gamma", gamma)
     if not isinstance(milestones, Sequence):
-        raise FnnTypeError(f"piecewise_constant: milestones must be a sequence of ints, got {milestones!r}")
+        raise FnnTypeError(
+            f"piecewise_constant: milestones must be a sequence of ints, got {milestones!r}"
+        )
     for m in milestones:
         _check_count("piecewise_constant", "each milestone", m, low=0)
     bounds = sorted(milestones)
@@ -180,7 +185,9 @@ def join_schedules(schedules: Sequence[Schedule], milestones: Sequence[int]) -> 
         raise FnnError("join_schedules: expected at least one schedule, got none")
     for i, s in enumerate(schedules):
         if not callable(s):
-            raise FnnTypeError(f"join_schedules: schedules[{i}] must be a function of the step, got {s!r}")
+            raise FnnTypeError(
+                f"join_schedules: schedules[{i}] must be a function of the step, got {s!r}"
+            )
     if len(milestones) != len(schedules) - 1:
         raise FnnError(
             f"join_schedules: {len(schedules)} schedules need {len(schedules) - 1} milestones, "
@@ -188,7 +195,7 @@ def join_schedules(schedules: Sequence[Schedule], milestones: Sequence[int]) -> 
         )
     for m in milestones:
         _check_count("join_schedules", "each milestone", m)
-    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+    if any(b <= a for a, b in itertools.pairwise(milestones)):
         raise FnnError(f"join_schedules: milestones must be increasing, got {milestones}")
     starts = [0, *milestones]
 

@@ -91,5 +91,7 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     Python-scalar path (half the time on CPU) with the same rounding. Never written to."""
     found = _SCALARS.get((value, like.dtype, like.device))
     if found is None:
-        found = _SCALARS[(value, like.dtype, like.device)] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        found = _SCALARS[(value, like.dtype, like.device)] = torch.tensor(
+            value, dtype=like.dtype, device=like.device
+        )
     return found

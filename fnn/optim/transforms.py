@@ -18,7 +18,14 @@ from .. import tree
 from ..core import PyTree
 from ..errors import FnnError, FnnTypeError
 from ..update import flat_pair
-from .base import GradientTransformation, Mask, MaskResolver, Optimizer, add_weight_decay, check_hyper
+from .base import (
+    GradientTransformation,
+    Mask,
+    MaskResolver,
+    Optimizer,
+    add_weight_decay,
+    check_hyper,
+)
 
 __all__ = [
     "global_norm",
@@ -58,7 +65,9 @@ def global_norm(grads: PyTree, norm_type: float = 2.0) -> torch.Tensor:
     return _total_norm(tree.leaves(grads), norm_type)
 
 
-def clip_grad_norm(grads: PyTree, max_norm: float, norm_type: float = 2.0) -> tuple[PyTree, torch.Tensor]:
+def clip_grad_norm(
+    grads: PyTree, max_norm: float, norm_type: float = 2.0
+) -> tuple[PyTree, torch.Tensor]:
     """Scale `grads` down so their global norm is at most `max_norm`, as
     `torch.nn.utils.clip_grad_norm_` (but pure: `grads` is not changed).
 
@@ -132,7 +141,9 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTrans
         leaves, g, treedef = flat_pair(params, grads, "add_decayed_weights")
         if not leaves or not weight_decay:
             return grads, state
-        return tree.unflatten(treedef, add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))), state
+        return tree.unflatten(
+            treedef, add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
+        ), state
 
     return GradientTransformation(init, update)
 
@@ -188,7 +199,9 @@ def chain(*transforms: GradientTransformation | Optimizer) -> Any:
 
     def run(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, list[PyTree]]:
         if not isinstance(state, tuple | list) or len(state) != n:
-            raise FnnError(f"chain: the state must be the tuple of {n} states made by chain's init, got {state!r:.80}")
+            raise FnnError(
+                f"chain: the state must be the tuple of {n} states made by chain's init, got {state!r:.80}"
+            )
         states = []
         for t, s in zip(head, state):
             grads, s = t.update(params, grads, s)

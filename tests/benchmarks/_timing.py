@@ -36,7 +36,7 @@ def compare(
             cases[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = cases[name]
             start = time.perf_counter()

@@ -54,7 +54,9 @@ def nocheck_dense_backward(residuals, dy):
     return _dense_grads(x, weight, has_bias, dy, True)
 
 
-def nocheck_dense_consume(box, *rest):  # (box=[residuals, dy], need_dx), or (box=[residuals], dy, need_dx)
+def nocheck_dense_consume(
+    box, *rest
+):  # (box=[residuals, dy], need_dx), or (box=[residuals], dy, need_dx)
     dy = box.pop() if len(rest) == 1 else rest[0]
     x, weight, has_bias = box.pop()
     return _dense_grads(x, weight, has_bias, dy, rest[-1])
@@ -114,7 +116,9 @@ _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}
 
 def _cross_entropy(logits, labels, reduction="mean"):
     log_probs = torch.log_softmax(logits, 1)
-    value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, _REDUCTION_ENUM[reduction], -100)
+    value, total_weight = aten.nll_loss_forward.default(
+        log_probs, labels, None, _REDUCTION_ENUM[reduction], -100
+    )
     return value, VJP(nocheck_cross_entropy_backward, (log_probs, labels, reduction, total_weight))
 
 
@@ -164,14 +168,18 @@ def _update(params, grads, lr):
 
 
 def _model() -> Layer:
-    return fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+    return fnn.serial(
+        L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)
+    )
 
 
 def make_steps(batch: int = 100):
     _, params = _model().init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
     loss_and_grads = fnn.value_and_grad(_model().apply, fnn.losses.cross_entropy)
-    nocheck_loss_and_grads = _value_and_grad(_serial(*[_dense_apply, _relu_apply] * 3, _dense_apply), _cross_entropy)
+    nocheck_loss_and_grads = _value_and_grad(
+        _serial(*[_dense_apply, _relu_apply] * 3, _dense_apply), _cross_entropy
+    )
 
     def fnn_step(p=params):
         _, grads = loss_and_grads(p, x, labels)
@@ -188,7 +196,10 @@ def make_partial_steps(batch: int = 100):
     """Steps with the checks of one part bypassed, to see where the cost goes."""
     _, params = _model().init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
-    checked_model, free_model = _model().apply, _serial(*[_dense_apply, _relu_apply] * 3, _dense_apply)
+    checked_model, free_model = (
+        _model().apply,
+        _serial(*[_dense_apply, _relu_apply] * 3, _dense_apply),
+    )
 
     def step(apply, loss, update, value_and_grad):
         loss_and_grads = value_and_grad(apply, loss)
@@ -206,7 +217,9 @@ def make_partial_steps(batch: int = 100):
     return {
         "fnn (with checks)": step(checked_model, ce, checked_update, vg),
         "model's checks bypassed": step(free_model, ce, checked_update, vg),
-        "loss's checks bypassed": step(checked_model, _cross_entropy, checked_update, _value_and_grad),
+        "loss's checks bypassed": step(
+            checked_model, _cross_entropy, checked_update, _value_and_grad
+        ),
         "update's checks bypassed": step(checked_model, ce, _update, vg),
     }
 
@@ -216,27 +229,40 @@ def main() -> None:
     fnn_step, nocheck_step = make_steps()
     a, b = fnn_step(), nocheck_step()
     for path, u, v in zip(fnn.tree.paths(a), fnn.tree.leaves(a), fnn.tree.leaves(b)):
-        assert torch.equal(u, v), f"the check-free copy computes something else at {path}: update it"
+        assert torch.equal(u, v), (
+            f"the check-free copy computes something else at {path}: update it"
+        )
 
     # Paired: each repeat times a short block of each case back to back, so both see the
     # same machine load; the figure is the median over repeats of (with − without) / with.
     rounds = []
     for _ in range(3):
-        times = compare({"fnn (with checks)": fnn_step, "checks bypassed": nocheck_step}, number=20, repeats=151)
-        report("disk MLP train step, batch 100 (value_and_grad + update)", times, baseline="fnn (with checks)")
-        rounds.append(statistics.median(
-            (a - b) / a for a, b in zip(times["fnn (with checks)"], times["checks bypassed"])
-        ))
+        times = compare(
+            {"fnn (with checks)": fnn_step, "checks bypassed": nocheck_step}, number=20, repeats=151
+        )
+        report(
+            "disk MLP train step, batch 100 (value_and_grad + update)",
+            times,
+            baseline="fnn (with checks)",
+        )
+        rounds.append(
+            statistics.median(
+                (a - b) / a for a, b in zip(times["fnn (with checks)"], times["checks bypassed"])
+            )
+        )
     parts = make_partial_steps()
     times = compare(parts, number=20, repeats=101)
     print("\n  where it goes (paired median saving when one part's checks are bypassed):")
     for name in list(parts)[1:]:
-        saving = statistics.median((a - b) / a for a, b in zip(times["fnn (with checks)"], times[name]))
+        saving = statistics.median(
+            (a - b) / a for a, b in zip(times["fnn (with checks)"], times[name])
+        )
         print(f"    {name:<28} {100 * saving:5.1f} %")
     print(
         f"\n  checks cost {100 * statistics.median(rounds):.1f} % of the step "
         f"(paired medians of 3 rounds: {', '.join(f'{100 * r:.1f} %' for r in rounds)}); the target is < 5 %"
     )
+
 
 if __name__ == "__main__":
     main()

@@ -87,7 +87,7 @@ def conv_layer_steps():
     xr = x.clone().requires_grad_(True)
 
     def fnn_step():
-        y, vjp = apply(params, x)
+        _y, vjp = apply(params, x)
         return vjp(dy)
 
     def torch_step():

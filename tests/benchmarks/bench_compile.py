@@ -21,7 +21,9 @@ def main() -> dict[str, float]:
     pin_threads(1)
     ratios = {}
     for batch in (10, 100, 1000):
-        model = fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+        model = fnn.serial(
+            L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)
+        )
         _, params = model.init(fnn.random.key(0), (-1, 2))
         x, labels = fnn.data.disk(fnn.random.key(1), batch)
         target = fnn.data.one_hot(labels, 2)
@@ -42,18 +44,25 @@ def main() -> dict[str, float]:
         compile_seconds = time.perf_counter() - start
 
         def eager():
-            loss, eager_carry[0], eager_carry[1] = step(*eager_carry)
+            _loss, eager_carry[0], eager_carry[1] = step(*eager_carry)
 
         def compiled_step():
-            loss, compiled_carry[0], compiled_carry[1] = compiled(*compiled_carry)
+            _loss, compiled_carry[0], compiled_carry[1] = compiled(*compiled_carry)
 
         times = compare(
-            {"torch eager + autograd": make_torch_step(batch, 0.9, params), "fnn eager": eager,
-             "fnn torch.compile": compiled_step},
-            number=20, repeats=25,
+            {
+                "torch eager + autograd": make_torch_step(batch, 0.9, params),
+                "fnn eager": eager,
+                "fnn torch.compile": compiled_step,
+            },
+            number=20,
+            repeats=25,
         )
-        r = report(f"disk MLP, SGD momentum, batch {batch} (compile took {compile_seconds:.1f} s)", times,
-                   baseline="torch eager + autograd")
+        r = report(
+            f"disk MLP, SGD momentum, batch {batch} (compile took {compile_seconds:.1f} s)",
+            times,
+            baseline="torch eager + autograd",
+        )
         ratios[f"batch {batch} compiled"] = r["fnn torch.compile"]
         ratios[f"batch {batch} compiled/eager"] = r["fnn torch.compile"] / r["fnn eager"]
     return ratios

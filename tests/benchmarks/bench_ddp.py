@@ -67,7 +67,11 @@ def worker(steps: int) -> None:
     loss_and_grads = fnn.value_and_grad(apply, fnn.losses.mse)
 
     times: dict[str, list[float]] = {
-        "step": [], "forward+backward": [], "all_reduce_mean": [], "update": [], "cpu forward+backward": []
+        "step": [],
+        "forward+backward": [],
+        "all_reduce_mean": [],
+        "update": [],
+        "cpu forward+backward": [],
     }
     for i in range(steps + 1):  # 1 warm-up step
         t0, c0 = time.perf_counter(), time.process_time()
@@ -110,10 +114,22 @@ def launch(world: int, threads: int, steps: int) -> dict:
         OMP_NUM_THREADS=str(threads),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
-    command = [sys.executable, "-m", "tests.benchmarks.bench_ddp", "--worker", "--steps", str(steps)]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.benchmarks.bench_ddp",
+        "--worker",
+        "--steps",
+        str(steps),
+    ]
     procs = [
-        subprocess.Popen(command, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=ROOT,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            command,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for r in range(world)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -126,16 +142,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per launch")
-    parser.add_argument("--rounds", type=int, default=3, help="launches per configuration, taking turns")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="launches per configuration, taking turns"
+    )
     args = parser.parse_args(argv if argv is not None else [])
     if args.worker:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         worker(args.steps)
         return
-    print(f"4×{WIDTH} MLP, global batch {GLOBAL_BATCH}, gloo on 127.0.0.1, {os.cpu_count()} CPU cores, "
-          f"load average {os.getloadavg()[0]:.1f}; median of {args.rounds} rounds × {args.steps} steps (min–max)")
-    configs = {"1 process × 1 thread": (1, 1), "1 process × 2 threads": (1, 2), "2 processes × 1 thread": (2, 1)}
-    results: dict[str, dict[str, dict[str, list[float]]]] = {name: {"step": {}, "bare": {}} for name in configs}
+    print(
+        f"4×{WIDTH} MLP, global batch {GLOBAL_BATCH}, gloo on 127.0.0.1, {os.cpu_count()} CPU cores, "
+        f"load average {os.getloadavg()[0]:.1f}; median of {args.rounds} rounds × {args.steps} steps (min–max)"
+    )
+    configs = {
+        "1 process × 1 thread": (1, 1),
+        "1 process × 2 threads": (1, 2),
+        "2 processes × 1 thread": (2, 1),
+    }
+    results: dict[str, dict[str, dict[str, list[float]]]] = {
+        name: {"step": {}, "bare": {}} for name in configs
+    }
     for _ in range(args.rounds):
         for name, (world, threads) in configs.items():
             for kind, series in launch(world, threads, args.steps).items():
@@ -145,12 +171,16 @@ def main(argv: list[str] | None = None) -> None:
     for name, result in results.items():
         step = result["step"]
         whole = statistics.median(step["step"])
-        print(f"\n{name}: step {_fmt(whole)} ({_fmt(min(step['step'])).strip()}–{_fmt(max(step['step'])).strip()}), "
-              f"{GLOBAL_BATCH / whole:5.0f} examples/s, {base / whole:4.2f}× the speed of 1 × 1")
+        print(
+            f"\n{name}: step {_fmt(whole)} ({_fmt(min(step['step'])).strip()}–{_fmt(max(step['step'])).strip()}), "
+            f"{GLOBAL_BATCH / whole:5.0f} examples/s, {base / whole:4.2f}× the speed of 1 × 1"
+        )
         for part in ("forward+backward", "all_reduce_mean", "update"):
             t = statistics.median(step[part])
             print(f"  {part:<28} {_fmt(t)}  {100 * t / whole:5.1f} % of the step")
-        print(f"  {'cpu forward+backward, rank 0':<28} {_fmt(statistics.median(step['cpu forward+backward']))}  CPU time")
+        print(
+            f"  {'cpu forward+backward, rank 0':<28} {_fmt(statistics.median(step['cpu forward+backward']))}  CPU time"
+        )
         for part, ts in result["bare"].items():
             print(f"  bare all-reduce, {part:<26} {_fmt(statistics.median(ts))}")
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")

@@ -19,7 +19,9 @@ BATCHES = (1, 10, 100, 1000)
 
 
 def make_fnn_step(batch: int, momentum: float, loss: str = "mse"):
-    model = fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+    model = fnn.serial(
+        L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)
+    )
     _, params = model.init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
     target = fnn.data.one_hot(labels, 2) if loss == "mse" else labels
@@ -38,8 +40,13 @@ def make_fnn_step(batch: int, momentum: float, loss: str = "mse"):
 
 def make_torch_step(batch: int, momentum: float, params, loss: str = "mse"):
     seq = torch.nn.Sequential(
-        torch.nn.Linear(2, 25), torch.nn.ReLU(), torch.nn.Linear(25, 25), torch.nn.ReLU(),
-        torch.nn.Linear(25, 25), torch.nn.ReLU(), torch.nn.Linear(25, 2),
+        torch.nn.Linear(2, 25),
+        torch.nn.ReLU(),
+        torch.nn.Linear(25, 25),
+        torch.nn.ReLU(),
+        torch.nn.Linear(25, 25),
+        torch.nn.ReLU(),
+        torch.nn.Linear(25, 2),
     )
     seq.load_state_dict(fnn.tree.to_state_dict(params))
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
@@ -65,8 +72,14 @@ def main() -> dict[str, float]:
         for batch in BATCHES:
             fnn_step, params = make_fnn_step(batch, momentum)
             torch_step = make_torch_step(batch, momentum, params)
-            times = compare({"torch eager + autograd": torch_step, "fnn": fnn_step}, number=20, repeats=25)
-            r = report(f"disk MLP train step, MSE, {name}, batch {batch}", times, baseline="torch eager + autograd")
+            times = compare(
+                {"torch eager + autograd": torch_step, "fnn": fnn_step}, number=20, repeats=25
+            )
+            r = report(
+                f"disk MLP train step, MSE, {name}, batch {batch}",
+                times,
+                baseline="torch eager + autograd",
+            )
             ratios[f"{name}, batch {batch}"] = r["fnn"]
     print("\nsummary (fnn speed-up over torch eager):")
     for case, ratio in ratios.items():

@@ -24,7 +24,9 @@ WIDTH, BATCH, LAYERS = 1024, 4096, 4
 
 def main() -> dict[str, float]:
     torch.set_num_threads(2)  # big GEMMs: both cores
-    model = fnn.serial(*[layer for _ in range(LAYERS - 1) for layer in (L.Dense(WIDTH), L.Relu())], L.Dense(WIDTH))
+    model = fnn.serial(
+        *[layer for _ in range(LAYERS - 1) for layer in (L.Dense(WIDTH), L.Relu())], L.Dense(WIDTH)
+    )
     _, params = model.init(fnn.random.key(0), (-1, WIDTH))
     x = fnn.random.normal(fnn.random.key(1), (BATCH, WIDTH))
     target = fnn.random.normal(fnn.random.key(2), (BATCH, WIDTH))
@@ -36,8 +38,10 @@ def main() -> dict[str, float]:
         carry[0] = fnn.update(carry[0], grads, lr=1e-3)
         return loss
 
-    seq = torch.nn.Sequential(*[m for _ in range(LAYERS - 1) for m in (torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU())],
-                              torch.nn.Linear(WIDTH, WIDTH))
+    seq = torch.nn.Sequential(
+        *[m for _ in range(LAYERS - 1) for m in (torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU())],
+        torch.nn.Linear(WIDTH, WIDTH),
+    )
     seq.load_state_dict(fnn.tree.to_state_dict(params))
     opt = torch.optim.SGD(seq.parameters(), lr=1e-3)
 
@@ -55,21 +59,35 @@ def main() -> dict[str, float]:
     def gemm_floor():
         for w in weights:  # forward
             act.mm(w.t())
-        for w in weights:  # weight gradients dyᵀ x
+        for _ in weights:  # weight gradients dyᵀ x
             act.t().mm(act)
         for w in weights[1:]:  # input gradients dy W
             act.mm(w)
 
-    times = compare({"torch eager + autograd": torch_step, "fnn": fnn_step, "GEMM floor (11 matmuls)": gemm_floor},
-                    number=1, repeats=7, warmup=1)
-    ratios = report(f"{LAYERS}×Dense({WIDTH}), batch {BATCH}, train step", times, baseline="torch eager + autograd")
+    times = compare(
+        {
+            "torch eager + autograd": torch_step,
+            "fnn": fnn_step,
+            "GEMM floor (11 matmuls)": gemm_floor,
+        },
+        number=1,
+        repeats=7,
+        warmup=1,
+    )
+    ratios = report(
+        f"{LAYERS}×Dense({WIDTH}), batch {BATCH}, train step",
+        times,
+        baseline="torch eager + autograd",
+    )
     floor = sorted(times["GEMM floor (11 matmuls)"])[len(times["fnn"]) // 2]
     fnn_median = sorted(times["fnn"])[len(times["fnn"]) // 2]
     print(f"  fnn / GEMM floor: {fnn_median / floor:.3f}×")
     mib = 2**20
     fnn_peak = peak_extra_bytes(fnn_step) / mib
     torch_peak = peak_extra_bytes(torch_step) / mib
-    print(f"  peak extra memory of a step: fnn {fnn_peak:.0f} MiB, torch autograd {torch_peak:.0f} MiB")
+    print(
+        f"  peak extra memory of a step: fnn {fnn_peak:.0f} MiB, torch autograd {torch_peak:.0f} MiB"
+    )
     ratios["fnn/floor"] = fnn_median / floor
     return ratios
 

@@ -18,7 +18,10 @@ from fnn import layers as L
 from ._timing import compare, pin_threads, report
 
 BATCHES = (10, 100, 1000)
-LOSSES = {"cross-entropy": (fnn.losses.cross_entropy, F.cross_entropy), "MSE": (fnn.losses.mse, F.mse_loss)}
+LOSSES = {
+    "cross-entropy": (fnn.losses.cross_entropy, F.cross_entropy),
+    "MSE": (fnn.losses.mse, F.mse_loss),
+}
 
 
 def torch_mlp(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +37,9 @@ def example_loss(loss, p, xn, tn):
 
 def cases(batch: int, loss_name: str):
     fnn_loss, torch_loss = LOSSES[loss_name]
-    init, apply = fnn.serial(L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2))
+    init, apply = fnn.serial(
+        L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)
+    )
     _, params = init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
     target = labels if loss_name == "cross-entropy" else fnn.data.one_hot(labels, 2)
