@@ -28,7 +28,19 @@ from . import (
     tree,
 )
 from .combinators import parallel, serial
-from .core import VJP, Key, Layer, Params, PyTree, Shape
+from .core import (
+    VJP,
+    ApplyFn,
+    ApplyOutput,
+    BackwardFn,
+    InitFn,
+    Key,
+    Layer,
+    Params,
+    PyTree,
+    Shape,
+    Shapes,
+)
 from .errors import FnnError
 from .grad import value_and_grad
 from .per_example import per_example_grads
@@ -46,7 +58,12 @@ __all__ = [
     "Params",
     "PyTree",
     "Shape",
+    "Shapes",
     "Key",
+    "InitFn",
+    "ApplyFn",
+    "ApplyOutput",
+    "BackwardFn",
     "FnnError",
     "serial",
     "parallel",

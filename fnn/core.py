@@ -10,10 +10,11 @@ pickles, replays, and keeps alive exactly what it names:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
 
 import torch
-from typing_extensions import Protocol
+from typing_extensions import Protocol, Unpack
 
 __all__ = [
     "Layer",
@@ -25,6 +26,7 @@ __all__ = [
     "PyTree",
     "InitFn",
     "ApplyFn",
+    "ApplyOutput",
     "BackwardFn",
 ]
 
@@ -34,8 +36,9 @@ Params: TypeAlias = dict[str, Any]
 """A layer's parameters: nested dicts with `str` keys and tensor leaves."""
 Shape: TypeAlias = tuple[int, ...]
 """A tensor shape, batch first, with `-1` for "any batch size"."""
-Shapes: TypeAlias = Shape | list[Shape]
-"""One shape, or a list of them for layers with several inputs or outputs."""
+Shapes: TypeAlias = Shape | list["Shapes"]
+"""One shape, or a list of them for layers with several inputs or outputs (nested for
+`parallel` inside `parallel`)."""
 Key: TypeAlias = torch.Tensor
 """An `fnn.random` key: a CPU int64 tensor of shape `(2,)`."""
 
@@ -67,7 +70,12 @@ class VJP(NamedTuple):
 
 
 class InitFn(Protocol):
-    """`init(key, input_shape, *, dtype, device) -> (output_shape, params)`."""
+    """`init(key, input_shape, *, dtype, device) -> (output_shape, params)`.
+
+    `input_shape` is typed `Shapes` even for a one-input layer: `serial` hands each layer
+    the previous one's output shape, so a layer checks what it gets (fnn's raise a
+    `ShapeError` for a list where they expect one shape).
+    """
 
     def __call__(
         self,
@@ -79,10 +87,23 @@ class InitFn(Protocol):
     ) -> tuple[Shapes, Params]: ...
 
 
-class ApplyFn(Protocol):
-    """`apply(params, x, **kwargs) -> (y, vjp)`; `x`/`y` are tensors or tuples of them."""
+ApplyOutput: TypeAlias = tuple[Any, VJP, Unpack[tuple[PyTree, ...]]]
+"""What `apply` returns: `(y, vjp)`, or `(y, vjp, new_state)` when given `state=` (`fnn.state`).
 
-    def __call__(self, params: Params, x: Any, /, **kwargs: Any) -> tuple[Any, VJP]: ...
+So `y, vjp = apply(params, x)` and `y, vjp, state = apply(params, x, state=state)`
+both type-check; `vjp` is a `VJP` either way."""
+
+
+class ApplyFn(Protocol):
+    """`apply(params, x, **kwargs) -> (y, vjp)`; `x`/`y` are tensors or tuples of them.
+
+    The first two parameters must be named `params` and `x` (callers may pass any
+    keywords, so the names are part of the signature), and `**kwargs` must be accepted:
+    combinators pass keywords such as `key=` to every layer. A layer with running
+    statistics returns `(y, vjp, new_state)` when given `state=` (see `ApplyOutput`).
+    """
+
+    def __call__(self, params: Params, x: Any, **kwargs: Any) -> ApplyOutput: ...
 
 
 class Layer(NamedTuple):
@@ -96,6 +117,10 @@ class Layer(NamedTuple):
     apply: ApplyFn
 
 
+# fnn's layer constructors tag their `apply` with attributes read through `getattr`:
+# `layer_name` (here), `children` (serial/parallel), `init_state` (fnn.state) and `wrapped`
+# (fnn.rules, fnn.remat). They set them with `apply.__dict__.update(...)`, which type
+# checkers accept: they do not model attributes assigned on functions.
 def layer_name(layer: Layer | ApplyFn) -> str:
     """The constructor name of a layer made by fnn ("Dense"), else its apply's name."""
     apply = layer.apply if isinstance(layer, Layer) else layer
@@ -113,15 +138,18 @@ def layer_name(layer: Layer | ApplyFn) -> str:
 # layer may skip `dx` when nobody needs it (the first layer of a model). A layer opts in by
 # registering a consumer `f(box, need_dx) -> (dparams, dx or None)` for its backward, where
 # `box = [residuals, dy]`. Calling `vjp(dy)` directly is unaffected.
-_CONSUMERS: dict[Any, Any] = {}
+ConsumerFn: TypeAlias = Callable[[list[Any], bool], tuple[Params, Any]]
+"""`consumer(box, need_dx) -> (dparams, dx or None)`, with `box = [residuals, dy]`."""
+
+_CONSUMERS: dict[BackwardFn, ConsumerFn] = {}
 
 
-def register_consumer(backward: BackwardFn, consumer: Any) -> None:
+def register_consumer(backward: BackwardFn, consumer: ConsumerFn) -> None:
     """Register `consumer(box, need_dx)` as the consuming variant of `backward`."""
     _CONSUMERS[backward] = consumer
 
 
-def backprop(box: list[Any], need_dx: bool = True) -> tuple[Any, Any]:
+def backprop(box: list[Any], need_dx: bool = True) -> tuple[Params, Any]:
     """`(dparams, dx)` for `box = [vjp, dy]`, emptying `box` so memory is freed as used.
 
     With `need_dx=False`, `dx` may be `None`. The caller must keep no other
@@ -131,7 +159,8 @@ def backprop(box: list[Any], need_dx: bool = True) -> tuple[Any, Any]:
     backward, residuals = box.pop()
     consumer = _CONSUMERS.get(backward)
     if consumer is None:
-        return backward(residuals, dy)
+        grads: tuple[Params, Any] = backward(residuals, dy)  # a layer's backward, not a loss's
+        return grads
     box += (residuals, dy)
     del residuals, dy
     return consumer(box, need_dx)

@@ -126,7 +126,8 @@ def _unpack(
     flat: torch.Tensor, leaves: list[torch.Tensor], bucket: list[int], out: list[Any]
 ) -> None:
     """Cut `flat` back into tensors of the bucket's leaf shapes (views, no copy) into `out`."""
-    pieces = flat.split([leaves[i].numel() for i in bucket])
+    # torch's Tensor.split is a Python method without annotations
+    pieces = flat.split([leaves[i].numel() for i in bucket])  # type: ignore[no-untyped-call]
     for i, piece in zip(bucket, pieces):
         out[i] = piece.view(leaves[i].shape)
 
@@ -235,9 +236,11 @@ def _spec_mismatch(mine: Layout, theirs: Layout) -> str | None:
             if a != b:
                 return f"leaf {a} where the source has {b}"
         return f"{len(my_paths)} leaves where the source has {len(their_paths)}"
-    for path, a, b in zip(my_paths, my_specs, their_specs):
-        if a != b:
-            return f"{path or 'the tree'} is {_show(a)} where the source has {_show(b)}"
+    for path, my_spec, their_spec in zip(my_paths, my_specs, their_specs):
+        if my_spec != their_spec:
+            return (
+                f"{path or 'the tree'} is {_show(my_spec)} where the source has {_show(their_spec)}"
+            )
     return None
 
 

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import torch
 
@@ -358,7 +358,7 @@ def _check_header(path: str, header: Any) -> tuple[list[dict[str, Any]], int, in
     return entries, data_bytes, crc
 
 
-def _is_count(x: Any) -> bool:
+def _is_count(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 

@@ -25,9 +25,10 @@ import inspect
 import math
 import operator
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import torch
+from typing_extensions import Protocol, final
 
 from . import debug, tree
 from .combinators import _Children, parallel_backward, serial_backward
@@ -119,7 +120,7 @@ def per_example_grads(
             f"{describe(apply)} and {describe(loss)} (pass layer.apply, not the layer)"
         )
     plan = _plan(apply)
-    loss_takes_reduction = _takes_reduction(loss)
+    reducible = loss if _takes_reduction(loss) else None
 
     def losses_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, Params]:
         batch = _batch_size(x)
@@ -128,8 +129,8 @@ def per_example_grads(
         y, tape = _forward_leaf(apply, apply, params, x, kwargs)
         if type(tape) is _VmapTape and type(plan) is _Composite:
             y, tape = _forward(plan, params, x, kwargs)
-        if loss_takes_reduction:
-            losses, dy = _per_example_loss(loss, y, target, batch)
+        if reducible is not None:
+            losses, dy = _per_example_loss(reducible, y, target, batch)
         else:
             losses, dy = _vmapped_loss(loss, y, target, batch)
         grads, _ = _backward(tape, dy, False)
@@ -145,7 +146,7 @@ def _batch_size(x: Any) -> int:
         raise ShapeError(
             f"per_example_grads: expected inputs with a leading batch axis, got {shapes}"
         )
-    batch = xs[0].shape[0]
+    batch: int = xs[0].shape[0]
     if any(t.shape[0] != batch for t in xs):
         raise ShapeError(
             f"per_example_grads: all inputs need one batch size, got shapes {[tuple(t.shape) for t in xs]}"
@@ -157,14 +158,24 @@ def _batch_size(x: Any) -> int:
 # The loss, per example
 
 
-def _takes_reduction(loss: Loss) -> bool:
+class _LossWithReduction(Protocol):
+    """A loss with torch's `reduction=` keyword, as fnn's losses have."""
+
+    def __call__(
+        self, pred: Any, target: Any, /, *, reduction: str
+    ) -> tuple[torch.Tensor, VJP]: ...
+
+
+def _takes_reduction(loss: Loss) -> TypeGuard[_LossWithReduction]:
     try:
         return "reduction" in inspect.signature(loss).parameters
     except (TypeError, ValueError):  # builtins without a signature
         return False
 
 
-def _per_example_loss(loss: Loss, y: Any, target: Any, batch: int) -> tuple[torch.Tensor, Any]:
+def _per_example_loss(
+    loss: _LossWithReduction, y: Any, target: Any, batch: int
+) -> tuple[torch.Tensor, Any]:
     """`(losses, dy)` from one call of `loss(y, target, reduction="none")`.
 
     Example n's loss is the mean of its k elementwise values, so the cotangent of each
@@ -224,6 +235,7 @@ def _drop_batch_axis(t: Any) -> Any:
 # under vmap on its own input. Their forward here does exactly what their own `apply` does.
 
 
+@final  # so that `type(node) is _Leaf` tells a type checker it is not a _Composite
 class _Leaf(NamedTuple):
     apply: ApplyFn
 
@@ -435,7 +447,8 @@ def _example_wise(
     backward: BackwardFn, residuals: Any, dy: Any, need_dx: bool
 ) -> tuple[Params, Any]:
     del need_dx
-    return backward(residuals, dy)
+    grads: tuple[Params, Any] = backward(residuals, dy)
+    return grads
 
 
 # softmax over the last axis: example-wise unless that axis is the batch axis
@@ -448,7 +461,8 @@ def _last_axis_per_example(
             f"{name}: on an input of shape {tuple(y.shape)} its last axis is the batch axis, so it "
             "mixes examples and per-example gradients are not defined"
         )
-    return backward(y, dy)
+    grads: tuple[Params, torch.Tensor] = backward(y, dy)
+    return grads
 
 
 # concatenation: example-wise unless it joins along the batch axis

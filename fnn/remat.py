@@ -52,8 +52,7 @@ def remat(layer: Layer) -> Layer:
         y, _ = inner(params, x, **kwargs)  # the residuals are dropped here
         return y, VJP(remat_backward, (index, params, x, kwargs))
 
-    apply.layer_name = f"remat({layer_name(layer)})"  # type: ignore[attr-defined]
-    apply.wrapped = layer  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name=f"remat({layer_name(layer)})", wrapped=layer)
     return Layer(layer.init, apply)
 
 
@@ -63,7 +62,8 @@ def remat_backward(
 ) -> tuple[Params, Any]:
     index, params, x, kwargs = residuals
     _, vjp = _APPLIES[index](params, x, **kwargs)
-    return vjp(dy)
+    grads: tuple[Params, Any] = vjp(dy)
+    return grads
 
 
 def remat_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:

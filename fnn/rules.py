@@ -59,8 +59,7 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
         y, vjp = inner(params, x, **kwargs)
         return y, VJP(backward, vjp.residuals)
 
-    apply.layer_name = layer_name(layer)  # type: ignore[attr-defined]
-    apply.wrapped = layer  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name=layer_name(layer), wrapped=layer)
     return Layer(layer.init, apply)
 
 
@@ -119,8 +118,7 @@ def feedback_alignment(
         )
         return y, VJP(feedback_alignment_backward, (vjp.residuals, feedback))
 
-    apply.layer_name = "Dense"  # type: ignore[attr-defined]
-    apply.wrapped = layer  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name="Dense", wrapped=layer)
     return Layer(layer.init, apply)
 
 

@@ -30,12 +30,27 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from typing_extensions import Protocol
 
 from . import random
 from .core import VJP, Layer, Params, PyTree, Shapes
 from .errors import FnnError, FnnTypeError, TreeError, describe, with_context
 
-__all__ = ["init_state", "split", "bind"]
+__all__ = ["init_state", "split", "bind", "InitStateFn"]
+
+
+class InitStateFn(Protocol):
+    """`apply.init_state(input_shape, *, dtype, device) -> (output_shape, state)`.
+
+    What a layer with state (BatchNorm) sets on its `apply`; the state is a pytree."""
+
+    def __call__(
+        self,
+        input_shape: Shapes,
+        *,
+        dtype: torch.dtype = ...,
+        device: torch.device | str = ...,
+    ) -> tuple[Shapes, PyTree]: ...
 
 
 def init_state(
@@ -69,7 +84,7 @@ def _init_state(
     layer: Layer, shape: Any, dtype: torch.dtype, device: torch.device | str
 ) -> tuple[Any, PyTree]:
     init, apply = layer
-    own = getattr(apply, "init_state", None)
+    own: InitStateFn | None = getattr(apply, "init_state", None)
     if own is not None:
         return own(shape, dtype=dtype, device=device)
     children = getattr(apply, "children", None)
@@ -143,5 +158,5 @@ def bind(layer: Layer, state: PyTree, **kwargs: Any) -> Layer:
         y, vjp, _ = apply(params, x, state=state, **kwargs, **more)
         return y, vjp
 
-    bound_apply.layer_name = getattr(apply, "layer_name", None) or "bound"  # type: ignore[attr-defined]
+    bound_apply.__dict__.update(layer_name=getattr(apply, "layer_name", None) or "bound")
     return Layer(init, bound_apply)

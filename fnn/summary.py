@@ -106,18 +106,27 @@ def _batch(key: Any, shape: Shapes, batch: int, dtype: torch.dtype) -> Any:
 
 
 def _rows(
-    layer: Layer, params: Any, vjp: VJP, shape: Shapes, path: str, dtype: torch.dtype, out: list
+    layer: Layer,
+    params: Any,
+    vjp: VJP,
+    shape: Any,
+    path: str,
+    dtype: torch.dtype,
+    out: list[list[Any]],
 ) -> Shapes:
-    """Append `[path, name, out_shape, n_params, vjp]` rows, depth first; return the output shape."""
+    """Append `[path, name, out_shape, n_params, vjp]` rows, depth first; return the output shape.
+
+    `shape` is a shape, or a list or tuple of them for `parallel` (nested for nested ones)."""
     children = _children(layer)
     name = layer_name(layer)
-    row = [path, name, None, _param_count(params), vjp]
+    row: list[Any] = [path, name, None, _param_count(params), vjp]
     out.append(row)
     if children is None:
-        row[2], _ = layer.init(random.key(0), shape, dtype=dtype)
-        return row[2]
+        out_shape, _ = layer.init(random.key(0), shape, dtype=dtype)
+        row[2] = out_shape
+        return out_shape
     child_vjps = vjp.residuals[0]
-    shapes = []
+    shapes: list[Shapes] = []
     for i, child in enumerate(children):
         child_params = params.get(str(i), {}) if isinstance(params, Mapping) else {}
         child_shape = shape if name == "serial" else shape[i]
@@ -128,8 +137,9 @@ def _rows(
             shape = child_out
         else:
             shapes.append(child_out)
-    row[2] = shape if name == "serial" else shapes
-    return row[2]
+    out_shape = shape if name == "serial" else shapes
+    row[2] = out_shape
+    return out_shape
 
 
 def _child_path(path: str, kind: str, i: int) -> str:
@@ -137,10 +147,12 @@ def _child_path(path: str, kind: str, i: int) -> str:
     return f"{kind}[{i}]" if not path else f"{path}.{kind}[{i}]"
 
 
-def _residual_bytes(layer: Layer, params: Any, input_shape: Shapes, batch: int, dtype: torch.dtype):
+def _residual_bytes(
+    layer: Layer, params: Any, input_shape: Shapes, batch: int, dtype: torch.dtype
+) -> tuple[list[list[Any]], list[int]]:
     x = _batch(random.key(1), input_shape, batch, dtype)
     _, vjp = layer.apply(params, x)
-    rows: list = []
+    rows: list[list[Any]] = []
     _rows(layer, params, vjp, input_shape, "", dtype, rows)
     skip: dict[int, int] = {}
     _storages(params, skip, set())

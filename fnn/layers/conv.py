@@ -17,12 +17,12 @@ Both compute the same sums; the VJP uses the backward of the kernel the forward 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
 from .. import random
-from ..core import VJP, Key, Layer, Params, Shape, register_consumer
+from ..core import VJP, Key, Layer, Params, Shape, Shapes, register_consumer
 from ..errors import FnnError, FnnTypeError, ShapeError
 from ..initializers import Initializer, fan_in_uniform, torch_default
 from . import _checks
@@ -118,7 +118,7 @@ def Conv(
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -204,7 +204,7 @@ def Conv(
         if min(_out_hw(x.shape[2], x.shape[3])) < 1:
             raise ShapeError(_too_small(x.shape))
 
-    apply.layer_name = "Conv"  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name="Conv")  # see fnn.core.layer_name
     return Layer(init, apply)
 
 
@@ -218,7 +218,7 @@ ConvResiduals = tuple[
 
 # y = x ⋆ W + b   ⇒   dW = x ⋆ dy,  db = Σₙₕᵥ dy,  dx = dy ⋆ᵀ W      (one aten.convolution_backward)
 def conv_backward(residuals: ConvResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
-    return _conv_grads(residuals, dy, True)  # type: ignore[return-value]
+    return _conv_grads(residuals, dy, True)
 
 
 def conv_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | None]:
@@ -231,6 +231,14 @@ def conv_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | 
 register_consumer(conv_backward, conv_consume)
 
 
+@overload
+def _conv_grads(
+    residuals: ConvResiduals, dy: torch.Tensor, need_dx: Literal[True]
+) -> tuple[Params, torch.Tensor]: ...
+@overload
+def _conv_grads(
+    residuals: ConvResiduals, dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor | None]: ...
 def _conv_grads(
     residuals: ConvResiduals, dy: torch.Tensor, need_dx: bool
 ) -> tuple[Params, torch.Tensor | None]:

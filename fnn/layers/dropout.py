@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .. import random
-from ..core import VJP, Key, Layer, Params, Shape
+from ..core import VJP, Key, Layer, Params, Shape, Shapes
 from ..errors import FnnError, KeyArrayError
 from . import _checks
 
@@ -34,7 +34,7 @@ def Dropout(rate: float) -> Layer:
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",

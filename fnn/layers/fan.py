@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape
+from ..core import VJP, Key, Layer, Params, Shape, Shapes
 from ..errors import FnnError, ShapeError, describe
 from . import _checks
 
@@ -58,11 +58,11 @@ def FanOut(num: int) -> Layer:
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-    ) -> tuple[list[Shape], Params]:
+    ) -> tuple[Shapes, Params]:
         del key, dtype, device
         return [_checks.input_shape("FanOut", input_shape, min_rank=0)] * num, {}
 
@@ -103,7 +103,7 @@ def FanInSum() -> Layer:
 
     def init(
         key: Key,
-        input_shape: list[Shape],
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -150,7 +150,7 @@ def FanInConcat(axis: int = 1) -> Layer:
 
     def init(
         key: Key,
-        input_shape: list[Shape],
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, PyTree, Shape
+from ..core import VJP, Key, Layer, Params, PyTree, Shape, Shapes
 from ..errors import FnnError, ShapeError, TreeError, describe
 from . import _checks
 
@@ -84,7 +84,7 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -102,7 +102,7 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
         y, mean, rstd = aten.native_layer_norm(x, normalized, weight, bias, eps)
         return y, VJP(layer_norm_backward, (x, weight, bias, mean, rstd, normalized))
 
-    apply.layer_name = "LayerNorm"  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name="LayerNorm")  # see fnn.core.layer_name
     return Layer(init, apply)
 
 
@@ -160,7 +160,7 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -170,7 +170,7 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
         return shape, _affine_params("BatchNorm", shape[1], dtype, device)
 
     def init_state(
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -234,8 +234,7 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
         }
         return y, VJP(batch_norm_backward, (x, weight, mean, invstd, True, eps)), new_state
 
-    apply.layer_name = "BatchNorm"  # type: ignore[attr-defined]
-    apply.init_state = init_state  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name="BatchNorm", init_state=init_state)  # see fnn.state
     return Layer(init, apply)
 
 

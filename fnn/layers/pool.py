@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape
+from ..core import VJP, Key, Layer, Params, Shape, Shapes
 from ..errors import FnnError, ShapeError
 from . import _checks
 from .conv import IntPair, out_size, pair
@@ -64,7 +64,7 @@ def pool2d(
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -97,18 +97,18 @@ def pool2d(
         stand_in = torch.empty_strided(x.shape, (0, 0, 0, 0), dtype=x.dtype, device=x.device)
         return y, VJP(backward, (saved, stand_in, y.shape, window))
 
-    apply.layer_name = name  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name=name)  # see fnn.core.layer_name
     return Layer(init, apply)
 
 
 PoolResiduals = tuple[Any, torch.Tensor, torch.Size, Window]
 
 
-def _check_dy(name: str, residuals: PoolResiduals, dy: object) -> torch.Tensor:
+def _check_dy(name: str, residuals: PoolResiduals, dy: torch.Tensor) -> torch.Tensor:
     _, x, y_shape, _ = residuals
     if not isinstance(dy, torch.Tensor) or dy.shape != y_shape or dy.dtype is not x.dtype:
         _checks.cotangent_like(name, dy, y_shape, x)
-    return dy  # type: ignore[return-value]
+    return dy
 
 
 def MaxPool(kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> Layer:
@@ -146,7 +146,8 @@ def max_pool_forward(x: torch.Tensor, window: Window) -> tuple[torch.Tensor, tor
             x.contiguous(memory_format=_CHANNELS_LAST), *window, [1, 1], False
         )
         return y.contiguous(), indices.contiguous()
-    return aten.max_pool2d_with_indices(x, *window, [1, 1], False)
+    # torch.ops.aten has no type annotations: its ops return Any
+    return aten.max_pool2d_with_indices(x, *window, [1, 1], False)  # type: ignore[no-any-return]
 
 
 _CHANNELS_LAST = torch.channels_last

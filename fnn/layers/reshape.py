@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape
+from ..core import VJP, Key, Layer, Params, Shape, Shapes
 from ..errors import ShapeError
 from . import _checks
 
@@ -25,7 +25,7 @@ def Flatten() -> Layer:
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -62,7 +62,7 @@ def Reshape(shape: Sequence[int]) -> Layer:
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",

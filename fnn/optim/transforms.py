@@ -48,7 +48,9 @@ def _total_norm(leaves: list[torch.Tensor], norm_type: float) -> torch.Tensor:
     # torch.nn.utils.get_total_norm: the norm of the leaves' norms, as one 0-d tensor (no sync).
     if not leaves:
         return torch.tensor(0.0)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(leaves, norm_type)), norm_type)
+    norms = torch.stack(torch._foreach_norm(leaves, norm_type))
+    # torch.linalg's functions have no type annotations: they return Any
+    return torch.linalg.vector_norm(norms, norm_type)  # type: ignore[no-any-return]
 
 
 def global_norm(grads: PyTree, norm_type: float = 2.0) -> torch.Tensor:
