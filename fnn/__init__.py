@@ -31,7 +31,6 @@ from .combinators import parallel, serial
 from .core import (
     VJP,
     ApplyFn,
-    ApplyOutput,
     BackwardFn,
     InitFn,
     Key,
@@ -62,7 +61,6 @@ __all__ = [
     "Key",
     "InitFn",
     "ApplyFn",
-    "ApplyOutput",
     "BackwardFn",
     "FnnError",
     "serial",

@@ -10,11 +10,11 @@ pickles, replays, and keeps alive exactly what it names:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple, TypeAlias
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeAlias, overload
 
 import torch
-from typing_extensions import Protocol, Unpack
+from typing_extensions import Protocol
 
 __all__ = [
     "Layer",
@@ -26,7 +26,6 @@ __all__ = [
     "PyTree",
     "InitFn",
     "ApplyFn",
-    "ApplyOutput",
     "BackwardFn",
 ]
 
@@ -87,23 +86,27 @@ class InitFn(Protocol):
     ) -> tuple[Shapes, Params]: ...
 
 
-ApplyOutput: TypeAlias = tuple[Any, VJP, Unpack[tuple[PyTree, ...]]]
-"""What `apply` returns: `(y, vjp)`, or `(y, vjp, new_state)` when given `state=` (`fnn.state`).
-
-So `y, vjp = apply(params, x)` and `y, vjp, state = apply(params, x, state=state)`
-both type-check; `vjp` is a `VJP` either way."""
-
-
 class ApplyFn(Protocol):
     """`apply(params, x, **kwargs) -> (y, vjp)`; `x`/`y` are tensors or tuples of them.
 
     The first two parameters must be named `params` and `x` (callers may pass any
     keywords, so the names are part of the signature), and `**kwargs` must be accepted:
-    combinators pass keywords such as `key=` to every layer. A layer with running
-    statistics returns `(y, vjp, new_state)` when given `state=` (see `ApplyOutput`).
+    combinators pass keywords such as `key=` to every layer.
+
+    Given `state=` (a model with running statistics, see `fnn.state`), a model returns
+    `(y, vjp, new_state)`; the type says "a tuple" there, so that both
+    `y, vjp = apply(params, x)` and `y, vjp, state = apply(params, x, state=state)`
+    type-check. A layer whose `apply` returns that third item declares `-> tuple[Any, ...]`.
     """
 
-    def __call__(self, params: Params, x: Any, **kwargs: Any) -> ApplyOutput: ...
+    @overload
+    def __call__(
+        self, params: Params, x: Any, *, state: Mapping[str, Any], **kwargs: Any
+    ) -> tuple[Any, ...]: ...
+    @overload
+    def __call__(
+        self, params: Params, x: Any, *, state: None = ..., **kwargs: Any
+    ) -> tuple[Any, VJP]: ...
 
 
 class Layer(NamedTuple):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -77,7 +76,7 @@ def is_checking_finite() -> bool:
     return CHECK_FINITE
 
 
-def checked(applies: tuple[ApplyFn, ...]) -> tuple[Callable[..., tuple[Any, VJP]], ...]:
+def checked(applies: tuple[ApplyFn, ...]) -> tuple[ApplyFn, ...]:
     """The children's `apply` functions wrapped with finiteness checks (used by combinators)."""
     return tuple(functools.partial(checked_apply, layer_name(a), a) for a in applies)
 

@@ -140,7 +140,7 @@ def split(tree: Mapping[str, Any], like: PyTree) -> tuple[Params, PyTree]:
     return params, state
 
 
-def bind(layer: Layer, state: PyTree, **kwargs: Any) -> Layer:
+def bind(layer: Layer, state: Mapping[str, Any], **kwargs: Any) -> Layer:
     """`layer` with its state (and keywords such as `train=`) fixed: a stateless layer.
 
     Its `apply(params, x)` returns `(y, vjp)` and drops the new state. For

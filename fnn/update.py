@@ -6,7 +6,7 @@ import torch
 
 from . import tree
 from .core import PyTree
-from .errors import FnnError, FnnTypeError, describe
+from .errors import FnnError, FnnTypeError, TreeError, describe
 
 __all__ = ["update", "flat_pair"]
 
@@ -70,7 +70,7 @@ def _diagnose(params: PyTree, grads: PyTree, where: str) -> None:
             raise FnnError(
                 f"{where}: the gradient of params{path} is on {g.device}, the param on {p.device}"
             )
-    raise tree.TreeError(f"{where}: grads tree does not match the params tree")
+    raise TreeError(f"{where}: grads tree does not match the params tree")
 
 
 def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..core import Shape
+from ..core import Params, Shape
 from ..errors import FnnError, FnnTypeError, ShapeError, TreeError, describe
 
 __all__ = ["FnnError", "ShapeError", "describe"]
@@ -155,14 +155,14 @@ def number(name: str, what: str, value: object) -> float:
     return value
 
 
-def init_dtype(name: str, dtype: object, device: object) -> None:
+def init_dtype(name: str, dtype: torch.dtype, device: torch.device | str) -> None:
     """`init`'s dtype must be a floating-point `torch.dtype` and device a valid device."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise FnnTypeError(
             f"{name}: init dtype must be a floating-point torch.dtype, got {dtype!r}"
         )
     try:
-        torch.device(device)  # type: ignore[arg-type]
+        torch.device(device)
     except (RuntimeError, TypeError):
         raise FnnError(
             f"{name}: init device must be a torch.device or a name like 'cpu', got {device!r}"
@@ -170,14 +170,14 @@ def init_dtype(name: str, dtype: object, device: object) -> None:
 
 
 def weight_and_bias(
-    name: str, params: object, bias: bool
+    name: str, params: Params, bias: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(params["weight"], params["bias"] or None)` for Dense and Conv, or a clear error
     naming missing or unexpected leaves."""
     try:
-        weight = params["weight"]  # type: ignore[index]
-        b = params["bias"] if bias else None  # type: ignore[index]
-        if len(params) != (2 if bias else 1):  # type: ignore[arg-type]
+        weight = params["weight"]
+        b = params["bias"] if bias else None
+        if len(params) != (2 if bias else 1):
             raise KeyError
     except (KeyError, TypeError):
         param_leaves(name, params, ["weight"] + (["bias"] if bias else []))

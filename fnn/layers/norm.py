@@ -192,7 +192,7 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
         state: PyTree = None,
         train: bool | None = None,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, VJP, PyTree]:
+    ) -> tuple[Any, ...]:  # (y, vjp, new_state): the Layer contract's form for state= (ApplyFn)
         del kwargs
         if state is None or train is None:
             _missing(state, train)

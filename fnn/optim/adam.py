@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from ..core import PyTree
+from ..tree import TreeDef
 from .base import (
     LearningRate,
     Mask,
     MaskResolver,
     Optimizer,
+    TensorList,
     add_weight_decay,
     build_optimizer,
     check_betas,
@@ -106,7 +111,14 @@ def _adam(
     check_hyper(name, "weight_decay", weight_decay)
     decay_indices = MaskResolver(name, mask)
 
-    def adam_step(params, treedef, leaves, g, buffers, step):
+    def adam_step(
+        params: PyTree,
+        treedef: TreeDef,
+        leaves: TensorList,
+        g: TensorList,
+        buffers: Sequence[TensorList],
+        step: int,
+    ) -> tuple[TensorList, Sequence[TensorList]]:
         eta = learning_rate(name, lr, step)
         t = step + 1
         if maximize:

@@ -16,7 +16,7 @@ a Python int: schedules and bias corrections read it without a device sync.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "Schedule",
     "LearningRate",
     "Mask",
+    "TensorList",
     "StepFn",
     "build_optimizer",
     "learning_rate",
@@ -50,6 +51,8 @@ LearningRate: TypeAlias = float | Schedule
 Mask: TypeAlias = PyTree | Callable[[PyTree], PyTree] | None
 """Which leaves get weight decay: a tree of bools shaped like params, or a function
 `params -> tree of bools` (e.g. `fnn.optim.decay_mask`); `None` means all leaves."""
+TensorList: TypeAlias = list[torch.Tensor] | tuple[torch.Tensor, ...]
+"""Tensors in the params' leaf order: what torch's `_foreach_*` ops take (they return tuples)."""
 
 
 class InitFn(Protocol):
@@ -157,12 +160,12 @@ class StepFn(Protocol):
         self,
         params: PyTree,
         treedef: tree.TreeDef,
-        leaves: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        buffers: list[list[torch.Tensor]],
+        leaves: TensorList,
+        grads: TensorList,
+        buffers: Sequence[TensorList],
         step: int,
         /,
-    ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]: ...
+    ) -> tuple[TensorList, Sequence[TensorList]]: ...
 
 
 def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Optimizer:
@@ -284,11 +287,11 @@ class MaskResolver:
 
 
 def add_weight_decay(
-    grads: list[torch.Tensor],
-    leaves: list[torch.Tensor],
+    grads: TensorList,
+    leaves: TensorList,
     weight_decay: float,
     indices: list[int] | None,
-) -> list[torch.Tensor]:
+) -> TensorList:
     """`g + λ θ` on the selected leaves (torch's `grad.add(param, alpha=weight_decay)`)."""
     if indices is None:
         return torch._foreach_add(grads, leaves, alpha=weight_decay)
@@ -303,9 +306,7 @@ def add_weight_decay(
     return grads
 
 
-def scale_leaves(
-    leaves: list[torch.Tensor], factor: float, indices: list[int] | None
-) -> list[torch.Tensor]:
+def scale_leaves(leaves: TensorList, factor: float, indices: list[int] | None) -> TensorList:
     """`factor · θ` on the selected leaves, the others as they are (decoupled weight decay)."""
     if indices is None:
         return torch._foreach_mul(leaves, factor)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from ..core import PyTree
+from ..tree import TreeDef
 from .base import (
     LearningRate,
     Mask,
     MaskResolver,
     Optimizer,
+    TensorList,
     add_weight_decay,
     build_optimizer,
     check_hyper,
@@ -62,7 +67,14 @@ def rmsprop(
     check_hyper("rmsprop", "momentum", momentum)
     decay_indices = MaskResolver("rmsprop", mask)
 
-    def rmsprop_step(params, treedef, leaves, g, buffers, step):
+    def rmsprop_step(
+        params: PyTree,
+        treedef: TreeDef,
+        leaves: TensorList,
+        g: TensorList,
+        buffers: Sequence[TensorList],
+        step: int,
+    ) -> tuple[TensorList, Sequence[TensorList]]:
         eta = learning_rate("rmsprop", lr, step)
         if maximize:
             g = torch._foreach_neg(g)

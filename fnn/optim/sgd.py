@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from ..core import PyTree
 from ..errors import FnnError
+from ..tree import TreeDef
 from .base import (
     LearningRate,
     Mask,
     MaskResolver,
     Optimizer,
+    TensorList,
     add_weight_decay,
     build_optimizer,
     check_hyper,
@@ -64,7 +69,14 @@ def sgd(
         raise FnnError("sgd: nesterov momentum requires momentum > 0 and dampening = 0")
     decay_indices = MaskResolver("sgd", mask)
 
-    def sgd_step(params, treedef, leaves, g, buffers, step):
+    def sgd_step(
+        params: PyTree,
+        treedef: TreeDef,
+        leaves: TensorList,
+        g: TensorList,
+        buffers: Sequence[TensorList],
+        step: int,
+    ) -> tuple[TensorList, Sequence[TensorList]]:
         eta = learning_rate("sgd", lr, step)
         if maximize:
             g = torch._foreach_neg(g)
