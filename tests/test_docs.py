@@ -1,4 +1,7 @@
-"""Every Python code block in README.md and docs/*.md runs, in order, per file."""
+"""Every Python code block in README.md and docs/*.md runs, in order, per file.
+
+Blocks fenced ```py (the JAX snippets in docs/jax-users.md) are illustrative and not run.
+"""
 
 import pathlib
 import re
