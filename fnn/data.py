@@ -18,14 +18,26 @@ DISK_RADIUS = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def disk(key: Key, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The disk task: `x` float32 `(n, 2)` uniform in [0, 1]², `labels` int64 `(n,)`.
+    """The disk task: `n` points uniform in the unit square, labelled inside/outside a disk.
 
-    A label is 1 inside the disk of centre (0.5, 0.5) and radius 1/√(2π), else 0.
+    A label is 1 inside the disk of centre (0.5, 0.5) and radius 1/√(2π) (`DISK_RADIUS`,
+    half the square's area), else 0.
+
+    Args:
+        key: an `fnn.random` key; the same key gives the same points.
+        n: number of points, ≥ 0.
+
+    Returns:
+        `(x, labels)`: `x` float32 of shape `(n, 2)`, uniform in [0, 1]²; `labels` int64 of
+        shape `(n,)`, each 0 or 1.
+
+    Raises:
+        FnnError: `n` is not a non-negative int.
 
     Example:
         >>> x, labels = disk(fnn.random.key(0), 5)
-        >>> x.shape, labels.dtype
-        (torch.Size([5, 2]), torch.int64)
+        >>> x.shape, labels.shape, labels.dtype
+        (torch.Size([5, 2]), torch.Size([5]), torch.int64)
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise FnnError(f"disk: n must be a non-negative int, got {n!r}")
@@ -37,7 +49,19 @@ def disk(key: Key, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def one_hot(
     labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """`(N,)` integer labels to `(N, num_classes)` rows of zeros with a one at each label.
+    """One-hot rows: zeros with a one at each label's index.
+
+    Args:
+        labels: int64 labels of shape `(N,)` (or any shape `(...)`), each in `[0, num_classes)`.
+        num_classes: length of each row.
+        dtype: dtype of the result.
+
+    Returns:
+        A tensor of shape `(N, num_classes)` (`(..., num_classes)`), on `labels`' device.
+
+    Raises:
+        FnnTypeError: `labels` is not an int64 tensor.
+        FnnError: a label is outside `[0, num_classes)`.
 
     Example:
         >>> one_hot(torch.tensor([1, 0]), 2)
@@ -58,7 +82,21 @@ def one_hot(
 def batches(
     key: Key | None, *arrays: torch.Tensor, batch_size: int, drop_last: bool = False
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yield `(x_batch, y_batch, …)` over the first axis, shuffled by `key` (`None`: in order).
+    """Mini-batches over the first axis of one or more tensors, shuffled by `key`.
+
+    Args:
+        key: an `fnn.random` key for the shuffle, or `None` to keep the order.
+        *arrays: tensors of shapes `(N, ...)`, with the same `N`.
+        batch_size: number of rows per batch; the last batch may be smaller.
+        drop_last: drop the last batch when it has fewer than `batch_size` rows.
+
+    Yields:
+        Tuples `(a_batch, b_batch, ...)`: one slice `(batch_size, ...)` of each tensor, the
+        same rows in each.
+
+    Raises:
+        FnnError: no tensor, or `batch_size` is not a positive int.
+        ShapeError: the tensors' first dimensions differ.
 
     Example:
         >>> x, y = torch.arange(5.0), torch.arange(5)

@@ -45,6 +45,9 @@ class NonFiniteError(FnnError):
 class check_finite(contextlib.ContextDecorator):
     """Context manager (or decorator) that turns NaN/Inf checking on (or off) inside it.
 
+    While it is on, the first non-finite input, output, cotangent or gradient of a layer run
+    by `serial` or `parallel` raises `NonFiniteError` naming the layer.
+
     Args:
         enabled: `True` (default) to check, `False` to switch checking off inside.
 
@@ -72,7 +75,15 @@ class check_finite(contextlib.ContextDecorator):
 
 
 def is_checking_finite() -> bool:
-    """Whether `check_finite` mode is on."""
+    """Whether `check_finite` mode is on.
+
+    Returns:
+        `True` inside `with check_finite():`, else `False`.
+
+    Example:
+        >>> fnn.debug.is_checking_finite()
+        False
+    """
     return CHECK_FINITE
 
 

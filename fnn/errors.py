@@ -41,7 +41,19 @@ class KeyArrayError(FnnTypeError):
 
 
 def with_context(error: FnnError, where: str) -> FnnError:
-    """Return `error` with `where` prefixed to its message (used by combinators)."""
+    """Prefix `where` to an error's message, as combinators do on the way out.
+
+    Args:
+        error: the error to update (its `args` are changed in place).
+        where: the location to prefix, e.g. `"serial[2]"`.
+
+    Returns:
+        The same `error`, for `raise with_context(error, where) from None`.
+
+    Example:
+        >>> with_context(ShapeError("Dense: expected (..., 3)"), "serial[2]")
+        ShapeError('serial[2] Dense: expected (..., 3)')
+    """
     message = error.args[0] if error.args else ""
     error.args = (f"{where} {message}",) + tuple(error.args[1:])
     return error

@@ -43,7 +43,7 @@ __all__ = [
 
 
 class Initializer(Protocol):
-    """`init(key, shape, dtype, device) -> tensor of that shape`."""
+    """`init(key, shape, dtype, device) -> tensor of that shape`, as `Dense` takes."""
 
     def __call__(
         self, key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
@@ -51,7 +51,21 @@ class Initializer(Protocol):
 
 
 def fans(shape: Sequence[int]) -> tuple[int, int]:
-    """`(fan_in, fan_out)` of a weight shape `(out, in, *kernel)`, as in torch."""
+    """`(fan_in, fan_out)` of a weight shape, as in torch.
+
+    Args:
+        shape: a weight shape `(out, in, *kernel)`.
+
+    Returns:
+        `(in · prod(kernel), out · prod(kernel))`.
+
+    Raises:
+        FnnError: `shape` has fewer than 2 dimensions.
+
+    Example:
+        >>> fans((16, 3, 5, 5))
+        (75, 400)
+    """
     if len(shape) < 2:
         raise FnnError(
             f"fan-based initialisers need a weight with at least 2 dimensions, got shape {tuple(shape)}"
@@ -61,7 +75,21 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
 
 
 def uniform(low: float = 0.0, high: float = 1.0) -> Initializer:
-    """Uniform on `[low, high)`."""
+    """Uniform on `[low, high)`.
+
+    Args:
+        low: lower bound (included).
+        high: upper bound (excluded).
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`.
+
+    Example:
+        >>> init = uniform(-1.0, 1.0)
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[-0.0792, -0.3095,  0.9162],
+                [ 0.1155,  0.9057, -0.7706]])
+    """
 
     def init(
         key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
@@ -72,7 +100,21 @@ def uniform(low: float = 0.0, high: float = 1.0) -> Initializer:
 
 
 def normal(std: float = 1.0, mean: float = 0.0) -> Initializer:
-    """Normal with the given standard deviation and mean."""
+    """Normal with the given standard deviation and mean.
+
+    Args:
+        std: standard deviation.
+        mean: mean.
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`.
+
+    Example:
+        >>> init = normal(std=0.1)
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[-0.0604, -0.1350, -0.1437],
+                [-0.1397,  0.0670,  0.0188]])
+    """
 
     def init(
         key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
@@ -83,7 +125,20 @@ def normal(std: float = 1.0, mean: float = 0.0) -> Initializer:
 
 
 def constant(value: float) -> Initializer:
-    """Every element equal to `value`."""
+    """Every element equal to `value`; the key is not used.
+
+    Args:
+        value: the value of every element.
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`.
+
+    Example:
+        >>> init = constant(0.5)
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[0.5000, 0.5000, 0.5000],
+                [0.5000, 0.5000, 0.5000]])
+    """
 
     def init(
         key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
@@ -95,12 +150,32 @@ def constant(value: float) -> Initializer:
 
 
 def zeros() -> Initializer:
-    """All zeros."""
+    """All zeros; the key is not used.
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`.
+
+    Example:
+        >>> init = zeros()
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[0., 0., 0.],
+                [0., 0., 0.]])
+    """
     return constant(0.0)
 
 
 def ones() -> Initializer:
-    """All ones."""
+    """All ones; the key is not used.
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`.
+
+    Example:
+        >>> init = ones()
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
     return constant(1.0)
 
 
@@ -125,12 +200,44 @@ def _fan_normal(std_of_fans: Callable[[int, int], float]) -> Initializer:
 
 
 def xavier_uniform(gain: float = 1.0) -> Initializer:
-    """U(−a, a) with a = gain·√(6 / (fan_in + fan_out)) (`torch.nn.init.xavier_uniform_`)."""
+    """U(−a, a) with a = gain·√(6 / (fan_in + fan_out)) (`torch.nn.init.xavier_uniform_`).
+
+    Also available as `glorot_uniform`.
+
+    Args:
+        gain: scale factor (`torch.nn.init.calculate_gain` gives the usual ones).
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
+        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+
+    Example:
+        >>> init = xavier_uniform()
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[-0.0868, -0.3390,  1.0037],
+                [ 0.1265,  0.9921, -0.8441]])
+    """
     return _fan_uniform(lambda fan_in, fan_out: gain * math.sqrt(6.0 / (fan_in + fan_out)))
 
 
 def xavier_normal(gain: float = 1.0) -> Initializer:
-    """N(0, σ²) with σ = gain·√(2 / (fan_in + fan_out)) (`torch.nn.init.xavier_normal_`)."""
+    """N(0, σ²) with σ = gain·√(2 / (fan_in + fan_out)) (`torch.nn.init.xavier_normal_`).
+
+    Also available as `glorot_normal`.
+
+    Args:
+        gain: scale factor (`torch.nn.init.calculate_gain` gives the usual ones).
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
+        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+
+    Example:
+        >>> init = xavier_normal()
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[-0.3818, -0.8536, -0.9090],
+                [-0.8834,  0.4237,  0.1186]])
+    """
     return _fan_normal(lambda fan_in, fan_out: gain * math.sqrt(2.0 / (fan_in + fan_out)))
 
 
@@ -152,7 +259,26 @@ def _kaiming_std(a: float, mode: str, nonlinearity: str) -> Callable[[int, int],
 def kaiming_uniform(
     a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
 ) -> Initializer:
-    """U(−b, b) with b = √3 · gain / √fan (`torch.nn.init.kaiming_uniform_`)."""
+    """U(−b, b) with b = √3 · gain / √fan (`torch.nn.init.kaiming_uniform_`).
+
+    Args:
+        a: negative slope of the rectifier after this layer (for `"leaky_relu"`).
+        mode: `"fan_in"` (keeps the forward variance) or `"fan_out"` (the backward one).
+        nonlinearity: the `torch.nn.init.calculate_gain` name giving `gain`.
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
+        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+
+    Raises:
+        FnnError: `mode` is neither `"fan_in"` nor `"fan_out"`.
+
+    Example:
+        >>> init = kaiming_uniform()
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[-0.1121, -0.4377,  1.2957],
+                [ 0.1633,  1.2808, -1.0898]])
+    """
     std = _kaiming_std(a, mode, nonlinearity)
     return _fan_uniform(lambda fan_in, fan_out: math.sqrt(3.0) * std(fan_in, fan_out))
 
@@ -160,12 +286,42 @@ def kaiming_uniform(
 def kaiming_normal(
     a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
 ) -> Initializer:
-    """N(0, σ²) with σ = gain / √fan (`torch.nn.init.kaiming_normal_`)."""
+    """N(0, σ²) with σ = gain / √fan (`torch.nn.init.kaiming_normal_`).
+
+    Args:
+        a: negative slope of the rectifier after this layer (for `"leaky_relu"`).
+        mode: `"fan_in"` (keeps the forward variance) or `"fan_out"` (the backward one).
+        nonlinearity: the `torch.nn.init.calculate_gain` name giving `gain`.
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
+        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+
+    Raises:
+        FnnError: `mode` is neither `"fan_in"` nor `"fan_out"`.
+
+    Example:
+        >>> init = kaiming_normal()
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[-0.4929, -1.1021, -1.1736],
+                [-1.1405,  0.5470,  0.1532]])
+    """
     return _fan_normal(_kaiming_std(a, mode, nonlinearity))
 
 
 def torch_default() -> Initializer:
-    """The default weight init of `torch.nn.Linear`/`Conv2d`: U(±1/√fan_in)."""
+    """The default weight init of `torch.nn.Linear`/`Conv2d`: U(±1/√fan_in).
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
+        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+
+    Example:
+        >>> init = torch_default()
+        >>> init(fnn.random.key(0), (2, 3), torch.float32, "cpu")
+        tensor([[-0.0457, -0.1787,  0.5290],
+                [ 0.0667,  0.5229, -0.4449]])
+    """
     return kaiming_uniform(a=math.sqrt(5.0))
 
 

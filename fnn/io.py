@@ -86,7 +86,7 @@ class CheckpointError(FnnError):
 
 
 def save(path: str | os.PathLike[str], tree: PyTree) -> None:
-    """Write `tree` to `path` atomically (temp file in the same folder, fsync, `os.replace`).
+    """Write `tree` to `path` atomically: `path` holds the old or the new checkpoint, never a mix.
 
     Args:
         path: the checkpoint file; its folder must exist. An existing file is
@@ -94,8 +94,9 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
         tree: nested `dict` (str keys), `list`, `tuple` (NamedTuples too) of tensors
             on any device and plain `int`/`float`/`bool`/`str`/`None` values.
 
-    Raises `FnnTypeError` naming the leaf for anything else (a function, an object,
-    a sparse tensor); nothing is written then.
+    Raises:
+        FnnTypeError: a leaf of another kind (a function, an object, a sparse tensor),
+            named by its path; nothing is written then.
 
     Example:
         >>> import tempfile, os
@@ -229,17 +230,23 @@ def _fsync_folder(folder: str) -> None:
 
 
 def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
-    """Read a checkpoint written by `save`; tensors come back on the CPU.
+    """Read a checkpoint written by `save`; no code from the file is ever executed.
 
-    With `like=` (a tree of the expected structure, e.g. freshly initialised params
-    and optimizer state), the loaded tree must have the same structure, the same
-    tensor shapes and dtypes and the same kinds of plain values; the first
-    mismatching leaf is named in a `CheckpointError`. Tensors are then moved to the
-    device of the matching `like` tensor and NamedTuples get `like`'s type back.
+    Args:
+        path: the checkpoint file.
+        like: optional tree of the expected structure (e.g. freshly initialised params and
+            optimizer state). The loaded tree must then have the same structure, tensor
+            shapes and dtypes, and kinds of plain values; its tensors go to the device of
+            the matching `like` tensor, and NamedTuples get `like`'s type back.
 
-    Raises `CheckpointError` (a `ValueError`) naming the file if it is not a
-    complete fnn checkpoint, and `FileNotFoundError` if it does not exist.
-    No code from the file is ever executed.
+    Returns:
+        The saved tree, each tensor with its saved shape and dtype, on the CPU unless
+        `like` says otherwise.
+
+    Raises:
+        CheckpointError: the file is not a complete fnn checkpoint (truncated, corrupt,
+            foreign), or it does not match `like` (naming the first mismatching leaf).
+        FileNotFoundError: `path` does not exist.
 
     Example:
         >>> import tempfile, os

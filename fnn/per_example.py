@@ -56,9 +56,17 @@ _CHILD_VJPS: dict[BackwardFn, Callable[[Any], tuple[VJP, ...]]] = {}
 def register_per_example(backward: BackwardFn, rule: PerExampleRule | None = None) -> None:
     """Give the layer whose VJP uses `backward` a per-example rule (see `PerExampleRule`).
 
-    With `rule=None` the layer is declared parameter-free and example-wise (output
-    row n depends on input row n only), so its ordinary VJP is already right.
     Layers without a rule fall back to `torch.func.vmap`, which is exact but slower.
+
+    Args:
+        backward: the module-level backward function of the layer's `fnn.VJP`.
+        rule: `rule(residuals, dy, need_dx) -> (dparams, dx)` with a leading batch axis `N`
+            on every `dparams` leaf; `None` declares the layer parameter-free and
+            example-wise (output row n depends on input row n only), so its ordinary VJP
+            is already right.
+
+    Raises:
+        FnnTypeError: `backward` (or a given `rule`) is not callable.
 
     Example:
         >>> def double_backward(residuals, dy):       # y = 2x  ⇒  dx = 2 dy
@@ -94,17 +102,28 @@ def per_example_grads(
 ) -> Callable[..., tuple[Any, Params]]:
     """Turn `apply` and `loss` into `f(params, x, target, **kwargs) -> (losses, grads)`.
 
-    `x` (or each tensor of a tuple input) and `target` have a leading batch axis of
-    size N. `losses` has shape `(N,)`: `losses[n]` is example n's own loss, the loss of
-    `x[n:n+1]` as a batch of one with `reduction="mean"` (for `mse`, the mean over the
-    example's elements; for `cross_entropy`, its negative log-likelihood). `grads`
-    mirrors `params` with a leading batch axis: `grads[...][n]` is the gradient of
-    `losses[n]`, so `grads[...].mean(0)` is `fnn.value_and_grad`'s gradient. With
-    `has_aux=True`, `f` returns `((losses, y), grads)`. Keywords (`key=`) go to `apply`.
+    `losses[n]` is example n's own loss: the loss of `x[n:n+1]` as a batch of one with
+    `reduction="mean"` (for `mse`, the mean over the example's elements; for
+    `cross_entropy`, its negative log-likelihood). So `losses.mean()` is the batch loss
+    and `grads[...].mean(0)` is `fnn.value_and_grad`'s gradient.
 
-    A loss with a `reduction` keyword (fnn's losses) is called once with
-    `reduction="none"`, whose output must have the batch axis first; any other loss is
-    run per example under `torch.func.vmap`.
+    Args:
+        apply: a model's `apply(params, x, **kwargs) -> (y, vjp)`; its output must not
+            mix examples (no BatchNorm with batch statistics).
+        loss: `loss(pred, target) -> (value, vjp)`, e.g. `fnn.losses.cross_entropy`. With a
+            `reduction` keyword (fnn's losses), `reduction="none"` must keep the batch axis
+            first; any other loss is run per example under `torch.func.vmap`.
+        has_aux: also return the model's output `y`.
+
+    Returns:
+        `f(params, x, target, **kwargs)`, with `x` (or each tensor of a tuple input) and
+        `target` of leading batch size `N` and keywords (`key=`) given to `apply`. It returns
+        `(losses, grads)`, or `((losses, y), grads)` with `has_aux=True`: `losses` of shape
+        `(N,)`, `grads` mirroring `params` with a leading batch axis on every leaf, shape
+        `(N, *param.shape)`, `grads[...][n]` the gradient of `losses[n]`.
+
+    Raises:
+        FnnTypeError: `apply` or `loss` is not a function (e.g. a layer instead of its apply).
 
     Example:
         >>> init, apply = fnn.serial(L.Dense(3), L.Relu(), L.Dense(2))

@@ -60,14 +60,46 @@ def _from_int(z: int) -> Key:
 
 
 def key(seed: int) -> Key:
-    """A key made from an integer seed: `(2,)` int64 tensor."""
+    """A key made from an integer seed.
+
+    Args:
+        seed: any Python int (negative and large ones too); equal seeds give equal keys.
+
+    Returns:
+        The key: a CPU int64 tensor of shape `(2,)`.
+
+    Raises:
+        KeyArrayError: `seed` is not an int.
+
+    Example:
+        >>> k = key(0)
+        >>> k.shape, k.dtype, torch.equal(k, key(0))
+        (torch.Size([2]), torch.int64, True)
+    """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise KeyArrayError(f"fnn.random.key: seed must be an int, got {type(seed).__name__}")
     return _from_int(_mix64(seed & _MASK64))
 
 
 def split(k: Key, num: int = 2) -> Key:
-    """`num` new independent keys from `k`, as a `(num, 2)` tensor: `a, b = split(k)`."""
+    """`num` new independent keys from `k`; use each new key once, and `k` no more.
+
+    Args:
+        k: a key, shape `(2,)`.
+        num: how many keys to make.
+
+    Returns:
+        The keys stacked as an int64 tensor of shape `(num, 2)`, so `a, b = split(k)` works.
+
+    Raises:
+        KeyArrayError: `k` is not a key.
+        FnnError: `num` is not a positive int.
+
+    Example:
+        >>> a, b = split(key(0))
+        >>> split(key(0), 3).shape, torch.equal(a, b)
+        (torch.Size([3, 2]), False)
+    """
     if not isinstance(num, int) or num < 1:
         raise FnnError(f"fnn.random.split: num must be a positive int, got {num!r}")
     hi, lo = _words(k)
@@ -77,7 +109,23 @@ def split(k: Key, num: int = 2) -> Key:
 
 
 def fold_in(k: Key, data: int) -> Key:
-    """A new key from `k` and an integer (a step count, a rank, ...)."""
+    """A new key from `k` and an integer (a step count, a rank, ...).
+
+    Args:
+        k: a key, shape `(2,)`.
+        data: the integer to fold in; different integers give independent keys.
+
+    Returns:
+        A key of shape `(2,)`.
+
+    Raises:
+        KeyArrayError: `k` is not a key.
+
+    Example:
+        >>> k = key(0)
+        >>> torch.equal(fold_in(k, 1), fold_in(k, 1)), torch.equal(fold_in(k, 1), fold_in(k, 2))
+        (True, False)
+    """
     hi, lo = _words(k)
     return _from_int(_mix64(_mix64((hi << 32) | lo) ^ _mix64(int(data) & _MASK64) ^ 0x5BD1E995))
 
@@ -111,7 +159,28 @@ def uniform(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Samples uniform in `[low, high)` with the given shape."""
+    """Samples uniform in `[low, high)`.
+
+    Args:
+        k: a key, shape `(2,)`.
+        shape: shape of the result (an int for 1-d).
+        low: lower bound (included).
+        high: upper bound (excluded).
+        dtype: a floating dtype.
+        device: where to draw the numbers.
+
+    Returns:
+        A tensor of shape `shape`.
+
+    Raises:
+        KeyArrayError: `k` is not a key.
+        FnnError: a negative dimension, or a device without a random generator.
+
+    Example:
+        >>> uniform(key(0), (2, 3))
+        tensor([[0.4604, 0.3453, 0.9581],
+                [0.5577, 0.9528, 0.1147]])
+    """
     g = generator(k, device)
     u = torch.rand(_shape(shape), generator=g, dtype=dtype, device=device)
     if low != 0.0 or high != 1.0:
@@ -128,7 +197,27 @@ def normal(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Samples from N(mean, std²) with the given shape."""
+    """Samples from the normal distribution N(mean, std²).
+
+    Args:
+        k: a key, shape `(2,)`.
+        shape: shape of the result (an int for 1-d).
+        mean: mean of the distribution.
+        std: standard deviation.
+        dtype: a floating dtype.
+        device: where to draw the numbers.
+
+    Returns:
+        A tensor of shape `shape`.
+
+    Raises:
+        KeyArrayError: `k` is not a key.
+        FnnError: a negative dimension, or a device without a random generator.
+
+    Example:
+        >>> normal(key(0), 2)
+        tensor([-0.6037, -1.3497])
+    """
     g = generator(k, device)
     z = torch.randn(_shape(shape), generator=g, dtype=dtype, device=device)
     if mean != 0.0 or std != 1.0:
@@ -145,7 +234,23 @@ def bernoulli(
 ) -> torch.Tensor:
     """A bool tensor, each element True with probability `p`.
 
-    `shape` defaults to `p`'s shape when `p` is a tensor."""
+    Args:
+        k: a key, shape `(2,)`.
+        p: a probability in [0, 1], or a tensor of them (broadcast against `shape`).
+        shape: shape of the result; defaults to `p`'s shape (and device) when `p` is a tensor.
+        device: where to draw the numbers when `p` is a number.
+
+    Returns:
+        A bool tensor of shape `shape`.
+
+    Raises:
+        KeyArrayError: `k` is not a key.
+        FnnError: `p` is a number outside [0, 1], or no `shape` is given for a number `p`.
+
+    Example:
+        >>> bernoulli(key(0), 0.5, (4,))
+        tensor([ True,  True, False, False])
+    """
     if not isinstance(p, torch.Tensor) and not (isinstance(p, int | float) and 0 <= p <= 1):
         raise FnnError(
             f"fnn.random.bernoulli: p must be a probability in [0, 1] or a tensor, got {p!r}"
@@ -160,7 +265,24 @@ def bernoulli(
 
 
 def permutation(k: Key, n: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A random permutation of `range(n)` as an int64 tensor."""
+    """A random permutation of `range(n)`.
+
+    Args:
+        k: a key, shape `(2,)`.
+        n: number of elements, ≥ 0.
+        device: where to draw the numbers.
+
+    Returns:
+        An int64 tensor of shape `(n,)`.
+
+    Raises:
+        KeyArrayError: `k` is not a key.
+        FnnError: `n` is not a non-negative int.
+
+    Example:
+        >>> permutation(key(0), 5)
+        tensor([0, 4, 3, 2, 1])
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise FnnError(f"fnn.random.permutation: n must be a non-negative int, got {n!r}")
     g = generator(k, device)
@@ -175,6 +297,25 @@ def randint(
     *,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Integers uniform in `[low, high)` as an int64 tensor."""
+    """Integers uniform in `[low, high)`.
+
+    Args:
+        k: a key, shape `(2,)`.
+        shape: shape of the result (an int for 1-d).
+        low: lowest integer (included).
+        high: one above the highest integer.
+        device: where to draw the numbers.
+
+    Returns:
+        An int64 tensor of shape `shape`.
+
+    Raises:
+        KeyArrayError: `k` is not a key.
+        FnnError: a negative dimension.
+
+    Example:
+        >>> randint(key(0), 5, 0, 10)
+        tensor([5, 1, 4, 4, 2])
+    """
     g = generator(k, device)
     return torch.randint(low, high, _shape(shape), generator=g, device=device)

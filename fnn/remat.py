@@ -24,12 +24,21 @@ _APPLIES: list[ApplyFn] = []
 def remat(layer: Layer) -> Layer:
     """`layer` with a VJP that keeps only `(params, x)` and recomputes the forward pass.
 
-    The forward output, the params and the gradients are the plain layer's (the
-    forward runs twice, so keyword arguments such as `key=` are kept and given
-    again, and a random layer draws the same numbers). What the VJP keeps alive is
-    the input and the params instead of the layer's residuals: for
-    `serial(Dense(256), Relu(), Dense(256), Relu())` that is the input alone instead
-    of every hidden activation (`fnn.summary` shows the difference).
+    The forward output, the params and the gradients are the plain layer's (keyword
+    arguments such as `key=` are kept and given again, so a random layer draws the same
+    numbers). What the VJP keeps alive is the input and the params instead of the layer's
+    residuals: for `serial(Dense(256), Relu(), Dense(256), Relu())` that is the input alone
+    instead of every hidden activation (`fnn.summary` shows the difference).
+
+    Args:
+        layer: any `Layer`.
+
+    Returns:
+        A `Layer(init, apply)` with `layer`'s `init`, params and shapes: `apply(params, x)`
+        returns `layer`'s `y` and a `vjp` whose `vjp(dy)` gives `layer`'s `(dparams, dx)`.
+
+    Raises:
+        FnnTypeError: `layer` is not a `Layer` (e.g. `Relu` instead of `Relu()`).
 
     Example:
         >>> layer = fnn.remat(fnn.serial(L.Dense(8), L.Relu(), L.Dense(2)))

@@ -35,8 +35,19 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
 
     The forward pass, the params and the residuals are the layer's own: `backward`
     receives exactly the residuals the original VJP holds (for `Dense`,
-    `(x, weight, has_bias)`). The new VJP is `fnn.VJP(backward, residuals)`, so it
-    pickles when `backward` is a module-level function.
+    `(x, weight, has_bias)`). The new VJP pickles when `backward` is a module-level function.
+
+    Args:
+        layer: any `Layer`.
+        backward: `backward(residuals, dy) -> (dparams, dx)`, with `dy` of `y`'s shape,
+            `dparams` mirroring the params and `dx` of `x`'s shape.
+
+    Returns:
+        A `Layer(init, apply)` with `layer`'s `init` and shapes; `apply(params, x)` returns
+        `layer`'s `y` and `fnn.VJP(backward, residuals)`.
+
+    Raises:
+        FnnTypeError: `layer` is not a `Layer`, or `backward` is not callable.
 
     Example:
         >>> def zero_dx_backward(residuals, dy):   # dW, db as Dense; dx = 0
@@ -78,6 +89,16 @@ def feedback_alignment(
     Args:
         layer_or_out_features: a `Dense(...)` layer, or its `out_features`.
         key: an `fnn.random` key for `B`; give each layer its own.
+        scale: half-width of `B`'s uniform range; default `1/√in`.
+
+    Returns:
+        A `Layer(init, apply)` with `Dense`'s `init`, params `{"weight": (out, in),
+        "bias": (out,)}` and forward: `x` of shape `(..., in)` gives `y` of shape
+        `(..., out)`; `vjp(dy)` gives `(dparams, dx)` with `dx = dy B` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: neither a layer nor an int, or `key` is not a key.
+        FnnError: (from `apply`) the layer is not a `Dense`.
 
     Example:
         >>> layer = fnn.rules.feedback_alignment(3, fnn.random.key(7))
@@ -136,6 +157,11 @@ def Sign() -> Layer:
 
     Train through it with `straight_through(Sign())`.
 
+    Returns:
+        A parameter-free `Layer(init, apply)`: `init` gives the input shape back and `{}`;
+        `apply({}, x)` gives `y` of `x`'s shape, and `vjp(dy)` gives `({}, dx)` with `dx`
+        zeros of `x`'s shape.
+
     Example:
         >>> y, vjp = fnn.rules.Sign().apply({}, torch.tensor([-2.0, 0.5]))
         >>> y, vjp(torch.ones(2))
@@ -155,6 +181,13 @@ def straight_through(layer: Layer | None = None) -> Layer:
     """`Sign()` (or `layer`, whose residual is its input) with the straight-through backward.
 
     Forward `sign(x)`; backward `dx = dy · 1{|x| ≤ 1}` (the hard-tanh gradient).
+
+    Args:
+        layer: a parameter-free layer whose VJP's residual is its input; default `Sign()`.
+
+    Returns:
+        A parameter-free `Layer(init, apply)`: `y` has `x`'s shape, and `vjp(dy)` gives
+        `({}, dx)` with `dx` of `x`'s shape.
 
     Example:
         >>> y, vjp = fnn.rules.straight_through().apply({}, torch.tensor([-2.0, 0.5]))

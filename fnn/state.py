@@ -62,8 +62,21 @@ def init_state(
 ) -> PyTree:
     """The initial state of `layer` for inputs of `input_shape`: a dict nested like its params.
 
-    Only layers with state (BatchNorm) have an entry; a stateless model gets
-    `{}`. Other layers' `init` runs once, with a fixed key, to learn the shapes.
+    Args:
+        layer: any `Layer`, e.g. a `serial` model.
+        input_shape: the model's input shape, e.g. `(-1, channels, height, width)`, or a list
+            of shapes for several inputs.
+        dtype: floating dtype of the state's statistics.
+        device: device of the state's tensors.
+
+    Returns:
+        The state: only layers with state (BatchNorm) have an entry, nested under the same
+        `"0"`, `"1"`, … keys as the params (BatchNorm's: `running_mean` and `running_var`
+        of shape `(features,)`, `num_batches_tracked` 0-d int64); `{}` for a stateless model.
+
+    Raises:
+        FnnTypeError: `layer` is not a `Layer`.
+        FnnError: an input shape a layer does not accept (named by its path in the model).
 
     Example:
         >>> model = fnn.serial(L.Dense(3), L.BatchNorm())
@@ -109,9 +122,18 @@ def _init_state(
 
 
 def split(tree: Mapping[str, Any], like: PyTree) -> tuple[Params, PyTree]:
-    """`(params, state)` from a tree holding both; `like` (e.g. `init_state(...)`) names the state leaves.
+    """Separate a tree holding params and state (a torch `state_dict` with buffers) in two.
 
-    Use it to load a torch model whose `state_dict()` holds buffers too.
+    Args:
+        tree: nested dicts holding both, e.g. `fnn.tree.from_state_dict(model.state_dict())`.
+        like: a state tree whose keys name the state leaves, e.g. `init_state(...)`.
+
+    Returns:
+        `(params, state)`: the leaves of `tree` that are not in `like`, and those that are,
+        each nested as in `tree` (tensors unchanged).
+
+    Raises:
+        TreeError: `tree` or `like` is not a dict, or `tree` lacks a key of `like`.
 
     Example:
         >>> torch_model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
@@ -143,8 +165,16 @@ def split(tree: Mapping[str, Any], like: PyTree) -> tuple[Params, PyTree]:
 def bind(layer: Layer, state: Mapping[str, Any], **kwargs: Any) -> Layer:
     """`layer` with its state (and keywords such as `train=`) fixed: a stateless layer.
 
-    Its `apply(params, x)` returns `(y, vjp)` and drops the new state. For
-    inference (`train=False`) and for `fnn.testing.check_vjp`.
+    For inference (`train=False`) and for `fnn.testing.check_vjp`.
+
+    Args:
+        layer: a `Layer` with state (or a model holding one), e.g. `BatchNorm()`.
+        state: its state, as `init_state` gives it.
+        **kwargs: keywords given to every `apply` call, e.g. `train=False`.
+
+    Returns:
+        A `Layer(init, apply)` with `layer`'s `init`; `apply(params, x)` returns `(y, vjp)`
+        as `layer` does with `state=state` (shapes unchanged), and drops the new state.
 
     Example:
         >>> bn = L.BatchNorm()

@@ -38,6 +38,15 @@ def _children(layer: Layer) -> tuple[Layer, ...] | None:
 def graph_repr(layer: Layer) -> str:
     """An indented tree of a composite model: one line per layer, children below their combinator.
 
+    Args:
+        layer: any `Layer`; `serial` and `parallel` show their children.
+
+    Returns:
+        The tree as a string, one line per layer (`[i] Name`); `print` it.
+
+    Raises:
+        FnnTypeError: `layer` is not a `Layer`.
+
     Example:
         >>> block = fnn.serial(L.FanOut(2), fnn.parallel(L.Dense(4), L.Identity()), L.FanInSum())
         >>> print(fnn.graph_repr(fnn.serial(L.Dense(4), block, L.Relu())))
@@ -167,21 +176,26 @@ def _residual_bytes(
 def summary(layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.float32) -> str:
     """A table of each layer's path, type, output shape, parameter count and residual bytes.
 
-    The model is initialised (key 0) and applied to random batches of 2 and 3
-    examples built from `input_shape` (`-1` replaced by the batch size).
-    "residual B/example" is what the layer's VJP keeps alive per example: the
-    bytes of the distinct tensor storages in its residuals at batch 3 minus those
-    at batch 2, so tensors of fixed size (a feedback matrix) do not count. A
-    storage is counted once however many views of it are kept; parameter tensors
-    are not counted (they are alive anyway); a layer's input is counted when its
-    VJP keeps it (Dense keeps `x`), so the model's input may appear too. A
-    combinator's row covers its children (each storage once: Relu's output,
-    kept by Relu and by the next Dense, counts once), and the total row is the
-    model's. Rows of children may thus add up to more than their parent. Paths
+    The model is initialised with key 0 and run on small random batches; nothing is
+    changed. "residual B/example" is the bytes the layer's VJP keeps alive per example:
+    distinct tensor storages, each counted once however many views of it are kept,
+    without parameters and tensors of fixed size (a feedback matrix); a layer's input
+    counts when its VJP keeps it (Dense keeps `x`). A combinator's row covers its children,
+    each storage once, so children's rows may add up to more than their parent's. Paths
     name each layer by its parents: `serial[1].parallel[0]`.
 
+    Args:
+        layer: any `Layer`.
+        input_shape: the model's input shape, e.g. `(-1, in_features)` (`-1`: any batch
+            size), or a list of shapes for several inputs.
+        dtype: floating dtype of the params and inputs.
+
     Returns:
-        the table as a string; `print` it.
+        The table as a string, with a `(model)` row, one row per layer, and a total; `print` it.
+
+    Raises:
+        FnnTypeError: `layer` is not a `Layer`, or `dtype` is not a floating dtype.
+        ShapeError: `input_shape` is not a tuple of ints (or a list of them).
 
     Example:
         >>> print(fnn.summary(fnn.serial(L.Dense(25), L.Relu(), L.Dense(2)), (-1, 2)))

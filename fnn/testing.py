@@ -44,19 +44,27 @@ def check_vjp(
     seed: int = 0,
     **apply_kwargs: Any,
 ) -> None:
-    """Check `layer`'s VJP against central differences in float64; raise `AssertionError` if off.
+    """Check `layer`'s VJP against central finite differences in float64.
+
+    For a random cotangent `dy` of `y`'s shape, `vjp(dy)` must equal the numerical gradient
+    of `⟨dy, apply(params, x)⟩` with respect to every element of `params` and `x`. The VJP
+    must also pickle, give `dparams` with the tree structure of `params` and `dx` with the
+    shape of `x`. It costs two forward passes per element: keep shapes small.
 
     Args:
         layer: a `Layer` (or just its `apply`).
         params: its params (converted to float64 here).
-        x: the input: a tensor or a tuple of tensors (converted to float64).
-        eps: finite-difference step; atol, rtol: tolerances on each gradient element.
+        x: the input, e.g. of shape `(batch, in_features)`: a tensor or a tuple of tensors
+            (converted to float64).
+        eps: finite-difference step.
+        atol: absolute tolerance on each gradient element.
+        rtol: relative tolerance on each gradient element.
         seed: seed of the random cotangent `dy`.
-        apply_kwargs: passed to `apply` (e.g. `key=` for Dropout).
+        **apply_kwargs: passed to `apply` (e.g. `key=` for Dropout).
 
-    The failure message names the leaf (`params["2"]["weight"]`, `x`, `x[1]`) and the
-    max error. The VJP must also pickle, have `dparams` mirroring `params` and
-    `dx` of `x`'s shape. Costs two forward passes per checked element: keep shapes small.
+    Raises:
+        AssertionError: a gradient is off (naming the leaf, `params["2"]["weight"]`, `x` or
+            `x[1]`, and the max error), or the VJP does not pickle or has the wrong structure.
 
     Example:
         >>> layer = fnn.layers.Dense(3)
