@@ -29,7 +29,7 @@ def disk(key: Key, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns:
         `(x, labels)`: `x` float32 of shape `(n, 2)`, uniform in [0, 1]²; `labels` int64 of
-        shape `(n,)`, each 0 or 1.
+            shape `(n,)`, each 0 or 1.
 
     Raises:
         FnnError: `n` is not a non-negative int.
@@ -92,7 +92,7 @@ def batches(
 
     Yields:
         Tuples `(a_batch, b_batch, ...)`: one slice `(batch_size, ...)` of each tensor, the
-        same rows in each.
+            same rows in each.
 
     Raises:
         FnnError: no tensor, or `batch_size` is not a positive int.

@@ -58,7 +58,16 @@ class CollectiveError(RuntimeError):
 
 
 def is_initialized() -> bool:
-    """True when a default `torch.distributed` process group exists."""
+    """Whether a default `torch.distributed` process group exists.
+
+    Returns:
+        `True` once `torch.distributed.init_process_group` has run (and until the group is
+            destroyed), else `False`.
+
+    Example:
+        >>> fnn.distributed.is_initialized()
+        False
+    """
     return dist.is_available() and dist.is_initialized()
 
 
@@ -72,13 +81,49 @@ def _require(where: str) -> None:
 
 
 def rank(group: ProcessGroup = None) -> int:
-    """This process's rank in `group` (default: the world), from 0 to `world_size() - 1`."""
+    """This process's rank in `group`.
+
+    Args:
+        group: a `torch.distributed` process group; `None` for the world.
+
+    Returns:
+        The rank, from 0 to `world_size(group) - 1`.
+
+    Raises:
+        FnnError: no process group is initialised.
+
+    Example:
+        A single-process group (a real job starts one per process, under `torchrun`):
+
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> fnn.distributed.rank(), fnn.distributed.world_size()
+        (0, 1)
+        >>> dist.destroy_process_group()
+    """
     _require("rank")
     return dist.get_rank(group)
 
 
 def world_size(group: ProcessGroup = None) -> int:
-    """The number of processes in `group` (default: the world)."""
+    """The number of processes in `group`.
+
+    Args:
+        group: a `torch.distributed` process group; `None` for the world.
+
+    Returns:
+        The number of processes, ≥ 1.
+
+    Raises:
+        FnnError: no process group is initialised.
+
+    Example:
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> fnn.distributed.world_size()
+        1
+        >>> dist.destroy_process_group()
+    """
     _require("world_size")
     return dist.get_world_size(group)
 
@@ -166,21 +211,35 @@ def all_reduce_mean(
 ) -> PyTree:
     """The mean over all ranks of a pytree of floating-point tensors (a gradient), on every rank.
 
-    The leaves are concatenated into a few contiguous buckets, one `(dtype, device)`
-    at a time and at most `bucket_mb` MiB each (25, as torch's DDP), and each bucket
-    is one `torch.distributed.all_reduce` (sum, then divided by the world size);
-    the buckets are reduced asynchronously, so packing one overlaps sending another.
-    Every rank must call it with the same tree structure, shapes and dtypes, and
-    the same number of times. The result mirrors `grads` (its leaves are views of
-    the reduced buckets); `grads` itself is not changed. Any pytree works, so a
-    loss value can ride along: `grads, loss = all_reduce_mean((grads, loss))`.
+    Every rank must call it with the same tree structure, shapes and dtypes, and the same
+    number of times. Any pytree works, so a loss value can ride along:
+    `grads, loss = all_reduce_mean((grads, loss))`. In a 2-process job,
+    `all_reduce_mean({"w": torch.full((3,), float(rank()))})` gives
+    `{"w": tensor([0.5, 0.5, 0.5])}` on both ranks.
 
-    Raises `FnnError` without a process group, `FnnTypeError` for a non-float leaf,
-    and `CollectiveError` when the collective fails (a rank died or timed out).
+    Args:
+        grads: a pytree of floating-point tensors of any shapes, on the group's devices.
+        bucket_mb: leaves travel concatenated in buckets of at most this many MiB (25, as
+            torch's DDP).
+        group: a `torch.distributed` process group; `None` for the world.
 
-    Example (in every rank of a 2-process job):
-        grads = {"w": torch.full((3,), float(rank()))}   # rank 0: 0s, rank 1: 1s
-        all_reduce_mean(grads)                          # {"w": tensor([0.5, 0.5, 0.5])} on both
+    Returns:
+        A tree mirroring `grads`, each leaf of its shape and dtype (views of the reduced
+            buckets); `grads` itself is not changed.
+
+    Raises:
+        FnnError: no process group is initialised, or a bad `bucket_mb`.
+        FnnTypeError: a leaf that is not a floating-point tensor (named by its path).
+        CollectiveError: the collective failed (a rank died or timed out).
+
+    Example:
+        With one process, the mean is the tree itself:
+
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> fnn.distributed.all_reduce_mean({"w": torch.ones(3)})
+        {'w': tensor([1., 1., 1.])}
+        >>> dist.destroy_process_group()
     """
     _require("all_reduce_mean")
     cap = _cap_bytes("all_reduce_mean", bucket_mb)
@@ -253,18 +312,33 @@ def broadcast(
 ) -> PyTree:
     """Rank `src`'s copy of a pytree (params, optimizer state), returned on every rank.
 
-    Every rank passes its own tree of the same structure, shapes and dtypes (for
-    example freshly initialised params, or `opt.init(params)`); ranks other than
-    `src` receive `src`'s tensor values into new tensors on their own leaves'
-    devices, and take `src`'s non-tensor leaves (a step count) as they are.
-    Tensors travel in buckets as in `all_reduce_mean`; `src` is a rank in `group`,
-    and gets its own leaves back. A tree that does not match `src`'s raises
-    `FnnError` on every rank (none is left waiting), naming the first difference
-    on the rank that has it; a failed collective raises `CollectiveError`.
+    Every rank passes its own tree of the same structure, shapes and dtypes, e.g. freshly
+    initialised params (`params = broadcast(params)`: rank 0's initial weights everywhere)
+    or `opt.init(params)`.
 
-    Example (in every rank):
-        params = broadcast(params)                  # rank 0's initial weights everywhere
-        state = broadcast(opt.init(params))
+    Args:
+        tree_: a pytree of tensors and plain values (a step count).
+        src: the rank in `group` whose tree is sent.
+        bucket_mb: tensors travel concatenated in buckets of at most this many MiB.
+        group: a `torch.distributed` process group; `None` for the world.
+
+    Returns:
+        `src`'s tree, mirroring `tree_`: on other ranks new tensors of the same shapes on
+            their own leaves' devices, and `src`'s non-tensor leaves; `src` gets its own
+            leaves back.
+
+    Raises:
+        FnnError: no process group is initialised, a bad `src` or `bucket_mb`, or a tree
+            that does not match `src`'s (raised on every rank, none left waiting; the rank
+            that differs names the first difference).
+        CollectiveError: the collective failed (a rank died or timed out).
+
+    Example:
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> fnn.distributed.broadcast({"w": torch.ones(2), "step": 3})
+        {'w': tensor([1., 1.]), 'step': 3}
+        >>> dist.destroy_process_group()
     """
     _require("broadcast")
     cap = _cap_bytes("broadcast", bucket_mb)
@@ -387,13 +461,31 @@ def batches(
     Every rank yields the same number of equal-sized parts, so the mean of the
     ranks' mean-loss gradients is the global batch's gradient. A last, short
     batch of m examples gives each rank m // world_size of them (the at most
-    world_size − 1 left over are skipped this epoch); `drop_last=True` skips it.
-    `batch_size` must be a multiple of the world size. `rank` and `world_size`
-    default to the process group's.
+    world_size − 1 left over are skipped this epoch).
+
+    Args:
+        key: an `fnn.random` key for the shuffle, the same on every rank; `None` keeps
+            the order.
+        *arrays: tensors of shapes `(N, ...)`, with the same `N`, the same on every rank.
+        batch_size: size of the global batch, a multiple of the world size.
+        drop_last: skip the last global batch when it is short.
+        rank: this rank; default the process group's (give both or neither).
+        world_size: the number of ranks; default the process group's.
+
+    Yields:
+        Tuples `(x_part, y_part, ...)`: this rank's slice `(batch_size // world_size, ...)`
+            of each tensor's global batch, the same rows in each.
+
+    Raises:
+        FnnError: no process group and no `rank=`/`world_size=`, a rank out of range, no
+            tensor, or a `batch_size` that is not a positive multiple of the world size.
+        FnnTypeError: `rank` or `world_size` not an int, or an array without a batch axis.
+        ShapeError: the tensors' first dimensions differ.
 
     Example:
         >>> x, y = torch.arange(8.0), torch.arange(8)
-        >>> [b[1].tolist() for b in fnn.distributed.batches(None, x, y, batch_size=4, rank=1, world_size=2)]
+        >>> parts = fnn.distributed.batches(None, x, y, batch_size=4, rank=1, world_size=2)
+        >>> [b[1].tolist() for b in parts]
         [[2, 3], [6, 7]]
     """
     r, size = _rank_and_size("batches", rank, world_size)
@@ -434,10 +526,19 @@ def batches(
 
 
 def rank_key(key: Key, rank: int | None = None) -> Key:
-    """A key of this rank's own, `fnn.random.fold_in(key, rank)`: for randomness that must
-    differ between ranks (dropout masks, data generated per rank), reproducibly.
+    """A key of this rank's own, for randomness that must differ between ranks (dropout masks).
 
     Keys that must agree on every rank (init, shuffles for `batches`) are used as they are.
+
+    Args:
+        key: an `fnn.random` key, the same on every rank.
+        rank: the rank to make the key for; default this process's rank in the world.
+
+    Returns:
+        `fnn.random.fold_in(key, rank)`, a key of shape `(2,)`.
+
+    Raises:
+        FnnError: `rank` is not a non-negative int, or `None` without a process group.
 
     Example:
         >>> k = fnn.random.key(0)
@@ -456,6 +557,11 @@ def log(*values: Any, group: ProcessGroup = None, **print_kwargs: Any) -> None:
     """`print(*values)` on rank 0 of `group` only (flushed); other ranks print nothing.
 
     Without a process group it just prints, so single-process runs log as usual.
+
+    Args:
+        *values: what to print, as `print` takes it.
+        group: a `torch.distributed` process group; `None` for the world.
+        **print_kwargs: passed to `print` (`sep=`, `end=`, `file=`); `flush` defaults to True.
 
     Example:
         >>> fnn.distributed.log("epoch", 1)

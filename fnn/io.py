@@ -241,7 +241,7 @@ def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
 
     Returns:
         The saved tree, each tensor with its saved shape and dtype, on the CPU unless
-        `like` says otherwise.
+            `like` says otherwise.
 
     Raises:
         CheckpointError: the file is not a complete fnn checkpoint (truncated, corrupt,

@@ -117,10 +117,10 @@ def per_example_grads(
 
     Returns:
         `f(params, x, target, **kwargs)`, with `x` (or each tensor of a tuple input) and
-        `target` of leading batch size `N` and keywords (`key=`) given to `apply`. It returns
-        `(losses, grads)`, or `((losses, y), grads)` with `has_aux=True`: `losses` of shape
-        `(N,)`, `grads` mirroring `params` with a leading batch axis on every leaf, shape
-        `(N, *param.shape)`, `grads[...][n]` the gradient of `losses[n]`.
+            `target` of leading batch size `N` and keywords (`key=`) given to `apply`. It returns
+            `(losses, grads)`, or `((losses, y), grads)` with `has_aux=True`: `losses` of shape
+            `(N,)`, `grads` mirroring `params` with a leading batch axis on every leaf, shape
+            `(N, *param.shape)`, `grads[...][n]` the gradient of `losses[n]`.
 
     Raises:
         FnnTypeError: `apply` or `loss` is not a function (e.g. a layer instead of its apply).

@@ -35,7 +35,7 @@ def remat(layer: Layer) -> Layer:
 
     Returns:
         A `Layer(init, apply)` with `layer`'s `init`, params and shapes: `apply(params, x)`
-        returns `layer`'s `y` and a `vjp` whose `vjp(dy)` gives `layer`'s `(dparams, dx)`.
+            returns `layer`'s `y` and a `vjp` whose `vjp(dy)` gives `layer`'s `(dparams, dx)`.
 
     Raises:
         FnnTypeError: `layer` is not a `Layer` (e.g. `Relu` instead of `Relu()`).

@@ -44,7 +44,7 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
 
     Returns:
         A `Layer(init, apply)` with `layer`'s `init` and shapes; `apply(params, x)` returns
-        `layer`'s `y` and `fnn.VJP(backward, residuals)`.
+            `layer`'s `y` and `fnn.VJP(backward, residuals)`.
 
     Raises:
         FnnTypeError: `layer` is not a `Layer`, or `backward` is not callable.
@@ -93,8 +93,8 @@ def feedback_alignment(
 
     Returns:
         A `Layer(init, apply)` with `Dense`'s `init`, params `{"weight": (out, in),
-        "bias": (out,)}` and forward: `x` of shape `(..., in)` gives `y` of shape
-        `(..., out)`; `vjp(dy)` gives `(dparams, dx)` with `dx = dy B` of `x`'s shape.
+            "bias": (out,)}` and forward: `x` of shape `(..., in)` gives `y` of shape
+            `(..., out)`; `vjp(dy)` gives `(dparams, dx)` with `dx = dy B` of `x`'s shape.
 
     Raises:
         FnnTypeError: neither a layer nor an int, or `key` is not a key.
@@ -159,8 +159,8 @@ def Sign() -> Layer:
 
     Returns:
         A parameter-free `Layer(init, apply)`: `init` gives the input shape back and `{}`;
-        `apply({}, x)` gives `y` of `x`'s shape, and `vjp(dy)` gives `({}, dx)` with `dx`
-        zeros of `x`'s shape.
+            `apply({}, x)` gives `y` of `x`'s shape, and `vjp(dy)` gives `({}, dx)` with `dx`
+            zeros of `x`'s shape.
 
     Example:
         >>> y, vjp = fnn.rules.Sign().apply({}, torch.tensor([-2.0, 0.5]))
@@ -187,7 +187,7 @@ def straight_through(layer: Layer | None = None) -> Layer:
 
     Returns:
         A parameter-free `Layer(init, apply)`: `y` has `x`'s shape, and `vjp(dy)` gives
-        `({}, dx)` with `dx` of `x`'s shape.
+            `({}, dx)` with `dx` of `x`'s shape.
 
     Example:
         >>> y, vjp = fnn.rules.straight_through().apply({}, torch.tensor([-2.0, 0.5]))

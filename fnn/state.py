@@ -71,8 +71,8 @@ def init_state(
 
     Returns:
         The state: only layers with state (BatchNorm) have an entry, nested under the same
-        `"0"`, `"1"`, … keys as the params (BatchNorm's: `running_mean` and `running_var`
-        of shape `(features,)`, `num_batches_tracked` 0-d int64); `{}` for a stateless model.
+            `"0"`, `"1"`, … keys as the params (BatchNorm's: `running_mean` and `running_var`
+            of shape `(features,)`, `num_batches_tracked` 0-d int64); `{}` for a stateless model.
 
     Raises:
         FnnTypeError: `layer` is not a `Layer`.
@@ -130,7 +130,7 @@ def split(tree: Mapping[str, Any], like: PyTree) -> tuple[Params, PyTree]:
 
     Returns:
         `(params, state)`: the leaves of `tree` that are not in `like`, and those that are,
-        each nested as in `tree` (tensors unchanged).
+            each nested as in `tree` (tensors unchanged).
 
     Raises:
         TreeError: `tree` or `like` is not a dict, or `tree` lacks a key of `like`.
@@ -174,12 +174,13 @@ def bind(layer: Layer, state: Mapping[str, Any], **kwargs: Any) -> Layer:
 
     Returns:
         A `Layer(init, apply)` with `layer`'s `init`; `apply(params, x)` returns `(y, vjp)`
-        as `layer` does with `state=state` (shapes unchanged), and drops the new state.
+            as `layer` does with `state=state` (shapes unchanged), and drops the new state.
 
     Example:
         >>> bn = L.BatchNorm()
         >>> _, params = bn.init(fnn.random.key(0), (-1, 3))
-        >>> frozen = fnn.state.bind(bn, fnn.init_state(bn, (-1, 3), dtype=torch.float64), train=True)
+        >>> state = fnn.init_state(bn, (-1, 3), dtype=torch.float64)
+        >>> frozen = fnn.state.bind(bn, state, train=True)
         >>> fnn.testing.check_vjp(frozen, params, torch.randn(4, 3))
     """
     init, apply = layer

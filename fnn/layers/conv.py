@@ -66,14 +66,36 @@ def Conv(
 ) -> Layer:
     """A 2-D convolution over NCHW images: `y = x ⋆ W + b`, as `torch.nn.Conv2d`.
 
-    Params: `{"weight": (out_channels, in_channels / groups, kh, kw), "bias":
-    (out_channels,)}` (no `"bias"` when `bias=False`). Input `(N, C, H, W)`,
-    output `(N, out_channels, H', W')` with
-    `H' = ⌊(H + 2·ph − dh·(kh − 1) − 1) / sh⌋ + 1`. `padding` is an int, a pair,
-    `"valid"` (none) or `"same"` (output as large as the input; stride 1 only;
-    the odd extra row or column goes at the bottom/right, as in torch). Default
-    init is `torch.nn.Conv2d`'s: weight and bias uniform in ±1/√fan_in with
+    The output height is `H' = ⌊(H + 2·ph − dh·(kh − 1) − 1) / sh⌋ + 1`, and likewise the
+    width. Default init is `torch.nn.Conv2d`'s: weight and bias uniform in ±1/√fan_in with
     `fan_in = in_channels / groups · kh · kw`.
+
+    Args:
+        out_channels: number of output channels, a multiple of `groups`.
+        kernel_size: window size `k` or `(kh, kw)`.
+        stride: step `s` or `(sh, sw)` between windows.
+        padding: zeros added on each side, `p` or `(ph, pw)`; or `"valid"` (none) or
+            `"same"` (output as large as the input; stride 1 only; an odd extra row or
+            column goes at the bottom/right, as in torch).
+        dilation: spacing `d` or `(dh, dw)` between kernel elements.
+        groups: number of channel groups, dividing `in_channels` and `out_channels`.
+        bias: whether to add a bias; without it params have no `"bias"`.
+        weight_init: initializer of `weight`; default `torch.nn.Conv2d`'s.
+        bias_init: initializer of `bias`; default uniform in ±1/√fan_in.
+
+    Returns:
+        `Layer(init, apply)`. `init(key, (N, C, H, W))` gives `(N, out_channels, H', W')`
+            and params `{"weight": (out_channels, C / groups, kh, kw), "bias":
+            (out_channels,)}`; `apply(params, x)`, `x` of shape `(N, C, H, W)`, gives
+            `(y, vjp)` with `y` of shape `(N, out_channels, H', W')`; `vjp(dy)`, `dy` of `y`'s
+            shape, gives `(dparams, dx)` shaped as `(params, x)`.
+
+    Raises:
+        FnnTypeError: a size that is not an int or a pair of ints.
+        FnnError: a size out of range, `out_channels` not a multiple of `groups`, or
+            `"same"` padding with a stride.
+        ShapeError: (from `init` and `apply`) an input that is not `(N, C, H, W)` with `C`
+            a multiple of `groups`, or smaller than the kernel.
 
     Example:
         >>> init, apply = Conv(8, 3, padding=1)

@@ -50,9 +50,27 @@ def _same_dtype(name: str, xs: tuple[torch.Tensor, ...]) -> None:
 def FanOut(num: int) -> Layer:
     """Copy the input to `num` outputs: `x ↦ (x, x, …)`.
 
+    Args:
+        num: number of outputs, ≥ 1.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives a list of `num` copies
+            of `shape` and `{}`; `apply({}, x)` gives `(ys, vjp)` with `ys` a tuple of `num`
+            tensors of `x`'s shape; `vjp(dys)`, a tuple of `num` cotangents of `x`'s shape,
+            gives `({}, dx)` with `dx` their sum.
+
+    Raises:
+        FnnError: `num` is not a positive int.
+        ShapeError: (from `apply` and its VJP) an input that is not a tensor, or cotangents
+            of the wrong number or shape.
+
     Example:
-        >>> FanOut(2).init(fnn.random.key(0), (-1, 3))[0]
+        >>> init, apply = FanOut(2)
+        >>> init(fnn.random.key(0), (-1, 3))[0]
         [(-1, 3), (-1, 3)]
+        >>> ys, vjp = apply({}, torch.ones(1, 3))
+        >>> vjp((torch.ones(1, 3), torch.ones(1, 3)))
+        ({}, tensor([[2., 2., 2.]]))
     """
     _checks.positive_int("FanOut", "num", num)
 
@@ -96,9 +114,23 @@ def fan_out_backward(
 def FanInSum() -> Layer:
     """Add the inputs: `(x₁, x₂, …) ↦ x₁ + x₂ + …` (all of one shape).
 
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, [shape, shape, …])` gives `shape`
+            and `{}`; `apply({}, xs)`, a tuple of tensors of one shape, gives `(y, vjp)` with
+            `y` of that shape; `vjp(dy)` gives `({}, dxs)` with `dxs` a tuple holding `dy`
+            once per input.
+
+    Raises:
+        ShapeError: (from `init` and `apply`) inputs that are not a list of shapes (a tuple
+            of tensors) of one shape.
+
     Example:
-        >>> FanInSum().init(fnn.random.key(0), [(-1, 3), (-1, 3)])[0]
+        >>> init, apply = FanInSum()
+        >>> init(fnn.random.key(0), [(-1, 3), (-1, 3)])[0]
         (-1, 3)
+        >>> y, vjp = apply({}, (torch.ones(1, 3), torch.ones(1, 3)))
+        >>> y, len(vjp(y)[1])
+        (tensor([[2., 2., 2.]]), 2)
     """
 
     def init(
@@ -141,11 +173,28 @@ def fan_in_sum_backward(
 
 
 def FanInConcat(axis: int = 1) -> Layer:
-    """Concatenate the inputs along `axis` (default 1: features or channels).
+    """Concatenate the inputs along `axis`, as `torch.cat`.
+
+    Args:
+        axis: the axis to join along; default 1, features or channels.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, [shape₁, shape₂, …])`, shapes equal
+            except on `axis`, gives the joined shape and `{}`; `apply({}, xs)`, a tuple of
+            such tensors, gives `(y, vjp)`; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dxs)`
+            with `dxs` a tuple of tensors of the inputs' shapes.
+
+    Raises:
+        ShapeError: (from `init` and `apply`) inputs that do not agree except on `axis`.
+        FnnError: (from `apply`) inputs of different dtypes or devices.
 
     Example:
-        >>> FanInConcat().init(fnn.random.key(0), [(-1, 3), (-1, 2)])[0]
+        >>> init, apply = FanInConcat()
+        >>> init(fnn.random.key(0), [(-1, 3), (-1, 2)])[0]
         (-1, 5)
+        >>> y, vjp = apply({}, (torch.ones(4, 3), torch.ones(4, 2)))
+        >>> y.shape, [dx.shape for dx in vjp(y)[1]]
+        (torch.Size([4, 5]), [torch.Size([4, 3]), torch.Size([4, 2])])
     """
 
     def init(

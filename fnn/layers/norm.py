@@ -66,11 +66,24 @@ def _affine_leaves(
 
 
 def LayerNorm(eps: float = 1e-5) -> Layer:
-    """Normalise over the last axis, then scale and shift: `y = (x − μ) / √(σ² + eps) · weight + bias`.
+    """Normalise over the last axis, then scale and shift, as `torch.nn.LayerNorm(features)`.
 
-    μ and σ² (biased) are each row's mean and variance over the last axis, as
-    `torch.nn.LayerNorm(features)`. Params: `{"weight": (features,), "bias":
-    (features,)}`, initially ones and zeros. Input `(..., features)`, output the same shape.
+    `y = (x − μ) / √(σ² + eps) · weight + bias`, with μ and σ² (biased) each row's mean and
+    variance over the last axis.
+
+    Args:
+        eps: added to the variance, for numerical stability.
+
+    Returns:
+        `Layer(init, apply)`. `init(key, (..., features))` gives the same shape and params
+            `{"weight": (features,), "bias": (features,)}`, ones and zeros; `apply(params, x)`,
+            `x` of shape `(..., features)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `(dparams, dx)` shaped as `(params, x)`.
+
+    Raises:
+        FnnTypeError: `eps` is not a number.
+        ShapeError: (from `init` and `apply`) an input whose last axis does not match the
+            params.
 
     Example:
         >>> init, apply = LayerNorm()
@@ -126,21 +139,32 @@ STATE_LEAVES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
-    """Normalise each channel (axis 1) over the batch and spatial axes, as `torch.nn.BatchNorm1d/2d`.
+    """Normalise each channel (axis 1) over the batch and spatial axes, as `torch.nn.BatchNorm2d`.
 
-    `y = (x − μ) / √(σ² + eps) · weight + bias`. Input `(N, C)` or
-    `(N, C, *spatial)`, output the same shape. Params: `{"weight": (C,),
-    "bias": (C,)}` (ones and zeros). State (from `fnn.init_state`, never
-    differentiated): `{"running_mean": (C,) zeros, "running_var": (C,) ones,
-    "num_batches_tracked": 0-d int64}` — torch's buffer names.
+    `y = (x − μ) / √(σ² + eps) · weight + bias`. The state (from `fnn.init_state`, never
+    differentiated) is `{"running_mean": (C,) zeros, "running_var": (C,) ones,
+    "num_batches_tracked": 0-d int64}`, torch's buffer names. `train=True` normalises with
+    the batch's μ and (biased) σ² and moves the running statistics toward them:
+    `running ← (1 − momentum)·running + momentum·batch`, with the unbiased variance, and
+    `num_batches_tracked + 1`. `train=False` normalises with the running statistics and
+    returns the state unchanged.
 
-    `apply(params, x, state=state, train=...)` returns `(y, vjp, new_state)`;
-    both keywords are required. `train=True` normalises with the batch's μ and
-    (biased) σ² and returns the running statistics moved toward them:
-    `running ← (1 − momentum)·running + momentum·batch`, with the unbiased
-    variance, and `num_batches_tracked + 1` (`momentum=None`: a cumulative
-    average, as in torch). `train=False` normalises with the running
-    statistics and returns the state unchanged.
+    Args:
+        momentum: weight of the batch statistics in the running ones; `None` for a
+            cumulative average, as in torch.
+        eps: added to the variance, for numerical stability.
+
+    Returns:
+        `Layer(init, apply)`. `init(key, (N, C, *spatial))` gives the same shape and params
+            `{"weight": (C,), "bias": (C,)}`, ones and zeros (`(N, C)` inputs too);
+            `apply(params, x, state=state, train=...)`, both keywords required, gives
+            `(y, vjp, new_state)` with `y` of `x`'s shape; `vjp(dy)`, `dy` of `y`'s shape,
+            gives `(dparams, dx)` shaped as `(params, x)`.
+
+    Raises:
+        FnnTypeError: `momentum` or `eps` is not a number.
+        ShapeError: (from `init` and `apply`) an input that is not `(N, C, *spatial)` with
+            `C` the params' length.
 
     Example:
         >>> bn = BatchNorm()

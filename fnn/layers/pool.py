@@ -114,10 +114,26 @@ def _check_dy(name: str, residuals: PoolResiduals, dy: torch.Tensor) -> torch.Te
 def MaxPool(kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> Layer:
     """The maximum over each `kernel_size` window, as `torch.nn.MaxPool2d`.
 
-    Input `(N, C, H, W)`, output `(N, C, H', W')` with
-    `H' = ⌊(H + 2·ph − kh) / sh⌋ + 1`; `stride` defaults to `kernel_size`;
-    padding (≤ half the kernel) counts as −∞. No params. Of tied maxima, the
-    first in the window gets the gradient, as in torch.
+    The output height is `H' = ⌊(H + 2·ph − kh) / sh⌋ + 1`, and likewise the width. Of tied
+    maxima, the first in the window gets the gradient, as in torch.
+
+    Args:
+        kernel_size: window size `k` or `(kh, kw)`.
+        stride: step `s` or `(sh, sw)` between windows; default `kernel_size`.
+        padding: `p` or `(ph, pw)` added on each side, at most half the kernel; it counts
+            as −∞.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, (N, C, H, W))` gives
+            `(N, C, H', W')` and `{}`; `apply({}, x)`, `x` of shape `(N, C, H, W)`, gives
+            `(y, vjp)` with `y` of shape `(N, C, H', W')`; `vjp(dy)`, `dy` of `y`'s shape, gives
+            `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: a size that is not an int or a pair of ints.
+        FnnError: a size out of range, or padding over half the kernel.
+        ShapeError: (from `init` and `apply`) an input that is not `(N, C, H, W)`, or
+            smaller than the window.
 
     Example:
         >>> init, apply = MaxPool(2)
@@ -163,10 +179,25 @@ def max_pool_backward(residuals: PoolResiduals, dy: torch.Tensor) -> tuple[Param
 def AvgPool(kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> Layer:
     """The mean over each `kernel_size` window, as `torch.nn.AvgPool2d`.
 
-    Input `(N, C, H, W)`, output `(N, C, H', W')` with
-    `H' = ⌊(H + 2·ph − kh) / sh⌋ + 1`; `stride` defaults to `kernel_size`;
-    zero padding (≤ half the kernel) is counted in the mean (torch's
-    `count_include_pad=True`). No params.
+    The output height is `H' = ⌊(H + 2·ph − kh) / sh⌋ + 1`, and likewise the width.
+
+    Args:
+        kernel_size: window size `k` or `(kh, kw)`.
+        stride: step `s` or `(sh, sw)` between windows; default `kernel_size`.
+        padding: `p` or `(ph, pw)` zeros added on each side, at most half the kernel;
+            counted in the mean (torch's `count_include_pad=True`).
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, (N, C, H, W))` gives
+            `(N, C, H', W')` and `{}`; `apply({}, x)`, `x` of shape `(N, C, H, W)`, gives
+            `(y, vjp)` with `y` of shape `(N, C, H', W')`; `vjp(dy)`, `dy` of `y`'s shape, gives
+            `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: a size that is not an int or a pair of ints.
+        FnnError: a size out of range, or padding over half the kernel.
+        ShapeError: (from `init` and `apply`) an input that is not `(N, C, H, W)`, or
+            smaller than the window.
 
     Example:
         >>> init, apply = AvgPool(2)

@@ -18,9 +18,22 @@ __all__ = ["Flatten", "Reshape"]
 def Flatten() -> Layer:
     """`(N, d1, d2, …) → (N, d1·d2·…)`, keeping the batch axis (as `torch.nn.Flatten`).
 
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, (N, d1, d2, …))` gives
+            `(N, d1·d2·…)` and `{}`; `apply({}, x)` gives `(y, vjp)` with `y` of shape
+            `(N, d1·d2·…)`; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of
+            `x`'s shape.
+
+    Raises:
+        ShapeError: (from `init` and `apply`) an input without a batch axis.
+
     Example:
-        >>> Flatten().init(fnn.random.key(0), (-1, 3, 4, 4))[0]
+        >>> init, apply = Flatten()
+        >>> init(fnn.random.key(0), (-1, 3, 4, 4))[0]
         (-1, 48)
+        >>> y, vjp = apply({}, torch.ones(2, 3, 4, 4))
+        >>> y.shape, vjp(y)[1].shape
+        (torch.Size([2, 48]), torch.Size([2, 3, 4, 4]))
     """
 
     def init(
@@ -50,7 +63,18 @@ def Flatten() -> Layer:
 def Reshape(shape: Sequence[int]) -> Layer:
     """Reshape each example to `shape` (the batch axis is kept): `(N, …) → (N, *shape)`.
 
-    One entry of `shape` may be `-1`, inferred as in `torch.reshape`.
+    Args:
+        shape: the shape of each example, positive ints; one entry may be `-1`, inferred as
+            in `torch.reshape`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, (N, …))` gives `(N, *shape)` and
+            `{}`; `apply({}, x)` gives `(y, vjp)` with `y` of shape `(N, *shape)`; `vjp(dy)`,
+            `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        ShapeError: `shape` is not positive ints with at most one `-1`; (from `init` and
+            `apply`) examples whose size does not fit `shape`.
 
     Example:
         >>> Reshape((1, 8, 8)).init(fnn.random.key(0), (-1, 64))[0]

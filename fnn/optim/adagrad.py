@@ -41,13 +41,24 @@ def adagrad(
 
     Args:
         lr: η, a number or a schedule (a function of the step count, 0 first).
-        lr_decay, weight_decay, initial_accumulator_value, eps, maximize: δ, λ,
-            s₀, ε and the flag, with `torch.optim.Adagrad`'s meaning and defaults.
+        lr_decay: δ, decay of the learning rate per step.
+        weight_decay: λ, L2 penalty added to the gradient.
+        initial_accumulator_value: s₀, the starting value of every element of `s`.
+        eps: ε, added to the denominator.
+        maximize: maximize the objective instead of minimizing it.
         mask: the leaves weight decay applies to (a tree of bools or a function
             of params, e.g. `fnn.optim.decay_mask`); all leaves by default.
 
     Returns:
-        `Optimizer(init, update)`. The state is `{"step": int, "sum": {name: tensor}}`.
+        `Optimizer(init, update)`: `init(params)` gives the state, and
+            `update(params, grads, state)`, with `grads` mirroring `params` (each leaf of its
+            parameter's shape), gives `(params, state)`.
+            The state is `{"step": int, "sum": {name: tensor}}`, each tensor of its
+            parameter's shape.
+
+    Raises:
+        FnnTypeError: a hyperparameter that is not a number (`lr`: nor a schedule).
+        FnnError: a hyperparameter out of range.
 
     Example:
         >>> opt = fnn.optim.adagrad(lr=0.5)

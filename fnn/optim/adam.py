@@ -45,14 +45,23 @@ def adam(
     Args:
         lr: η, a number or a schedule (a function of the step count, 0 first).
         betas: (β₁, β₂), each in [0, 1).
-        eps, weight_decay, amsgrad, maximize: ε, λ and the flags, with
-            `torch.optim.Adam`'s meaning and defaults.
+        eps: ε, added to the denominator.
+        weight_decay: λ, L2 penalty added to the gradient.
+        amsgrad: use the running maximum v̂ of v (AMSGrad).
+        maximize: maximize the objective instead of minimizing it.
         mask: the leaves weight decay applies to (a tree of bools or a function
             of params, e.g. `fnn.optim.decay_mask`); all leaves by default.
 
     Returns:
-        `Optimizer(init, update)`. The state is `{"step": int, "exp_avg": {name:
-        tensor}, "exp_avg_sq": {...}}`, plus `"max_exp_avg_sq"` with amsgrad.
+        `Optimizer(init, update)`: `init(params)` gives the state, and
+            `update(params, grads, state)`, with `grads` mirroring `params` (each leaf of its
+            parameter's shape), gives `(params, state)`.
+            The state is `{"step": int, "exp_avg": {name: tensor}, "exp_avg_sq": {...}}`, plus
+            `"max_exp_avg_sq"` with amsgrad, each tensor of its parameter's shape.
+
+    Raises:
+        FnnTypeError: a hyperparameter that is not a number (`lr`: nor a schedule).
+        FnnError: a hyperparameter out of range.
 
     Example:
         >>> opt = fnn.optim.adam(lr=0.1)
@@ -79,9 +88,24 @@ def adamw(
 
         θ ← θ (1 − η λ),  then Adam's step without λ in the gradient.
 
-    Arguments, defaults (`weight_decay=1e-2`) and state are `adam`'s; `mask`
-    selects the leaves that decay (e.g. `mask=fnn.optim.decay_mask` skips
-    biases and norm parameters).
+    Args:
+        lr: η, a number or a schedule (a function of the step count, 0 first).
+        betas: (β₁, β₂), each in [0, 1).
+        eps: ε, added to the denominator.
+        weight_decay: λ, the decoupled weight decay.
+        amsgrad: use the running maximum v̂ of v (AMSGrad).
+        maximize: maximize the objective instead of minimizing it.
+        mask: the leaves that decay (a tree of bools or a function of params;
+            `fnn.optim.decay_mask` skips biases and norm parameters); all leaves by default.
+
+    Returns:
+        `Optimizer(init, update)` with `adam`'s state: `init(params)` gives the state, and
+            `update(params, grads, state)`, with `grads` mirroring `params` (each leaf of its
+            parameter's shape), gives `(params, state)`.
+
+    Raises:
+        FnnTypeError: a hyperparameter that is not a number (`lr`: nor a schedule).
+        FnnError: a hyperparameter out of range.
 
     Example:
         >>> opt = fnn.optim.adamw(lr=0.1, weight_decay=0.5)

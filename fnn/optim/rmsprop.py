@@ -43,15 +43,27 @@ def rmsprop(
 
     Args:
         lr: η, a number or a schedule (a function of the step count, 0 first).
-        alpha, eps, weight_decay, momentum, centered, maximize: α, ε, λ, μ and
-            the flags, with `torch.optim.RMSprop`'s meaning and defaults.
+        alpha: α, smoothing constant of the squared-gradient average.
+        eps: ε, added to the denominator.
+        weight_decay: λ, L2 penalty added to the gradient.
+        momentum: μ, the momentum factor (0: none).
+        centered: divide by the estimated variance of the gradient instead of its
+            second moment.
+        maximize: maximize the objective instead of minimizing it.
         mask: the leaves weight decay applies to (a tree of bools or a function
             of params, e.g. `fnn.optim.decay_mask`); all leaves by default.
 
     Returns:
-        `Optimizer(init, update)`. The state is `{"step": int, "square_avg":
-        {name: tensor}}`, plus `"momentum_buffer"` when momentum > 0 and
-        `"grad_avg"` when centered.
+        `Optimizer(init, update)`: `init(params)` gives the state, and
+            `update(params, grads, state)`, with `grads` mirroring `params` (each leaf of its
+            parameter's shape), gives `(params, state)`.
+            The state is `{"step": int, "square_avg": {name: tensor}}`, plus
+            `"momentum_buffer"` when momentum > 0 and `"grad_avg"` when centered, each tensor
+            of its parameter's shape.
+
+    Raises:
+        FnnTypeError: a hyperparameter that is not a number (`lr`: nor a schedule).
+        FnnError: a hyperparameter out of range.
 
     Example:
         >>> opt = fnn.optim.rmsprop(lr=0.01, alpha=0.9)

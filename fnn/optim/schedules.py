@@ -46,6 +46,19 @@ def constant(lr: float, factor: float = 1.0, total_iters: int = 0) -> Schedule:
     With the defaults it is the constant `lr` (torch's `ConstantLR` defaults are
     `factor=1/3, total_iters=5`).
 
+    Args:
+        lr: the base learning rate, ≥ 0.
+        factor: the multiplier of `lr` during the first steps, in [0, 1].
+        total_iters: number of steps at `lr · factor`, ≥ 0.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type.
+        FnnError: an argument out of range.
+
     Example:
         >>> [constant(0.1, factor=0.5, total_iters=2)(k) for k in range(4)]
         [0.05, 0.05, 0.1, 0.1]
@@ -65,6 +78,19 @@ def constant(lr: float, factor: float = 1.0, total_iters: int = 0) -> Schedule:
 def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """`lr · gamma^⌊step / step_size⌋`: `StepLR(step_size, gamma)`.
 
+    Args:
+        lr: the initial learning rate, ≥ 0.
+        step_size: number of steps between decays, ≥ 1.
+        gamma: the decay factor, ≥ 0.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type.
+        FnnError: an argument out of range.
+
     Example:
         >>> [step_decay(1.0, step_size=2, gamma=0.5)(k) for k in range(5)]
         [1.0, 1.0, 0.5, 0.5, 0.25]
@@ -81,6 +107,18 @@ def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
 
 def exponential_decay(lr: float, gamma: float) -> Schedule:
     """`lr · gamma^step`: `ExponentialLR(gamma)`.
+
+    Args:
+        lr: the initial learning rate, ≥ 0.
+        gamma: the decay factor per step, ≥ 0.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type.
+        FnnError: an argument out of range.
 
     Example:
         >>> [exponential_decay(1.0, gamma=0.5)(k) for k in range(4)]
@@ -102,6 +140,19 @@ def cosine_decay(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:
     there: past `T_max` the cosine climbs back to `lr` at `2 T_max` (join it with
     `constant(eta_min)` to stay at the minimum).
 
+    Args:
+        lr: the initial (maximum) learning rate, ≥ 0.
+        T_max: number of steps from `lr` down to `eta_min`, ≥ 1.
+        eta_min: the minimum learning rate, ≥ 0.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type.
+        FnnError: an argument out of range.
+
     Example:
         >>> [round(cosine_decay(1.0, T_max=4)(k), 4) for k in range(6)]
         [1.0, 0.8536, 0.5, 0.1464, 0.0, 0.1464]
@@ -119,8 +170,24 @@ def cosine_decay(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:
 def linear_warmup(
     lr: float, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5
 ) -> Schedule:
-    """`lr` times a factor going linearly from `start_factor` to `end_factor` over
-    `total_iters` steps, then staying there: `LinearLR(start_factor, end_factor, total_iters)`.
+    """`lr` times a factor going linearly from `start_factor` to `end_factor`: `LinearLR`.
+
+    The factor reaches `end_factor` after `total_iters` steps and stays there, as
+    `LinearLR(start_factor, end_factor, total_iters)`.
+
+    Args:
+        lr: the base learning rate, ≥ 0.
+        start_factor: the multiplier at step 0, in (0, 1].
+        end_factor: the multiplier from step `total_iters` on, in [0, 1].
+        total_iters: number of steps of the ramp, ≥ 1.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type.
+        FnnError: an argument out of range.
 
     Example:
         >>> [round(linear_warmup(1.0, start_factor=0.25, total_iters=3)(k), 4) for k in range(5)]
@@ -146,6 +213,19 @@ def linear_warmup(
 def piecewise_constant(lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
     """`lr · gamma^(number of milestones ≤ step)`: `MultiStepLR(milestones, gamma)`.
 
+    Args:
+        lr: the initial learning rate, ≥ 0.
+        milestones: the steps (ints ≥ 0, any order) at which the rate is multiplied by `gamma`.
+        gamma: the decay factor, ≥ 0.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type (`milestones` not a sequence).
+        FnnError: an argument out of range.
+
     Example:
         >>> [piecewise_constant(1.0, [2, 3], gamma=0.5)(k) for k in range(5)]
         [1.0, 1.0, 0.5, 0.25, 0.25]
@@ -167,15 +247,25 @@ def piecewise_constant(lr: float, milestones: Sequence[int], gamma: float = 0.1)
 
 
 def join_schedules(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
-    """Run `schedules[i]` from `milestones[i − 1]` on, each restarted at its step 0:
-    `SequentialLR(schedulers, milestones)`.
+    """Schedules one after the other: `SequentialLR(schedulers, milestones)`.
+
+    `schedules[i]` runs from `milestones[i − 1]` on, restarted at its own step 0.
 
     Args:
         schedules: n schedules (functions of the step).
         milestones: n − 1 increasing steps ≥ 1 where the next schedule takes over.
 
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: a schedule that is not callable, or a milestone that is not an int.
+        FnnError: no schedule, not n − 1 milestones, or milestones not increasing from 1.
+
     Example:
-        >>> warmup_then_decay = join_schedules([linear_warmup(1.0, 0.5, total_iters=2), exponential_decay(1.0, 0.5)], [2])
+        >>> warmup, decay = linear_warmup(1.0, 0.5, total_iters=2), exponential_decay(1.0, 0.5)
+        >>> warmup_then_decay = join_schedules([warmup, decay], milestones=[2])
         >>> [warmup_then_decay(k) for k in range(5)]
         [0.5, 0.75, 1.0, 0.5, 0.25]
     """

@@ -44,14 +44,25 @@ def sgd(
 
     Args:
         lr: η, a number or a schedule (a function of the step count, 0 first).
-        momentum, dampening, weight_decay, nesterov, maximize: μ, τ, λ and the
-            flags, with `torch.optim.SGD`'s meaning and defaults.
+        momentum: μ, the momentum factor (0: none).
+        dampening: τ, dampening of the momentum.
+        weight_decay: λ, L2 penalty added to the gradient.
+        nesterov: use Nesterov momentum (needs `momentum > 0` and `dampening = 0`).
+        maximize: maximize the objective instead of minimizing it.
         mask: the leaves weight decay applies to (a tree of bools or a function
             of params, e.g. `fnn.optim.decay_mask`); all leaves by default.
 
     Returns:
-        `Optimizer(init, update)`. The state is `{"step": int}`, plus
-        `"momentum_buffer": {name: tensor}` with momentum.
+        `Optimizer(init, update)`: `init(params)` gives the state, and
+            `update(params, grads, state)`, with `grads` mirroring `params` (each leaf of its
+            parameter's shape), gives `(params, state)`.
+            The state is `{"step": int}`, plus `"momentum_buffer": {name: tensor}` with
+            momentum, each tensor of its parameter's shape.
+
+    Raises:
+        FnnTypeError: a hyperparameter that is not a number (`lr`: nor a schedule).
+        FnnError: a hyperparameter out of range, or `nesterov` without momentum or with
+            dampening.
 
     Example:
         >>> opt = fnn.optim.sgd(lr=0.1, momentum=0.9)

@@ -56,8 +56,18 @@ def _total_norm(leaves: list[torch.Tensor], norm_type: float) -> torch.Tensor:
 def global_norm(grads: PyTree, norm_type: float = 2.0) -> torch.Tensor:
     """The norm of all leaves of `grads` taken together as one vector, a 0-d tensor.
 
-    Equal to `torch.nn.utils.get_total_norm(leaves, norm_type)`; `norm_type` may be
-    `float("inf")`. An empty tree has norm `tensor(0.)`.
+    Equal to `torch.nn.utils.get_total_norm(leaves, norm_type)`.
+
+    Args:
+        grads: a pytree of tensors of any shapes.
+        norm_type: the p of the p-norm, > 0 (`float("inf")` for the max norm).
+
+    Returns:
+        The norm, a 0-d tensor; `tensor(0.)` for an empty tree.
+
+    Raises:
+        FnnTypeError: `norm_type` is not a number.
+        FnnError: `norm_type` is not > 0.
 
     Example:
         >>> fnn.optim.global_norm({"a": torch.tensor([3.0]), "b": {"c": torch.tensor([4.0])}})
@@ -70,21 +80,25 @@ def global_norm(grads: PyTree, norm_type: float = 2.0) -> torch.Tensor:
 def clip_grad_norm(
     grads: PyTree, max_norm: float, norm_type: float = 2.0
 ) -> tuple[PyTree, torch.Tensor]:
-    """Scale `grads` down so their global norm is at most `max_norm`, as
-    `torch.nn.utils.clip_grad_norm_` (but pure: `grads` is not changed).
+    """Scale `grads` down so their global norm is at most `max_norm`, as `clip_grad_norm_`.
 
-    Every leaf is multiplied by `min(max_norm / (norm + 1e-6), 1)`, torch's factor,
-    as a tensor: no device sync. A tree inside the ball of radius `max_norm − 1e-6`
-    comes back bit for bit; clipping a clipped tree again changes it by less than
-    1e-6 relative (torch's 1e-6 keeps the factor finite for a zero gradient).
+    Unlike `torch.nn.utils.clip_grad_norm_`, it is pure: `grads` is not changed. Every leaf
+    is multiplied by torch's factor `min(max_norm / (norm + 1e-6), 1)`, with no device sync.
+    A tree inside the ball of radius `max_norm − 1e-6` comes back bit for bit; clipping a
+    clipped tree again changes it by less than 1e-6 relative.
 
     Args:
-        grads: a pytree of tensors.
+        grads: a pytree of tensors of any shapes.
         max_norm: the largest norm allowed, ≥ 0.
-        norm_type: the p of the p-norm (`float("inf")` for the max norm).
+        norm_type: the p of the p-norm, > 0 (`float("inf")` for the max norm).
 
     Returns:
-        `(clipped grads, norm before clipping)`, the norm a 0-d tensor.
+        `(clipped grads, norm before clipping)`: the clipped grads mirror `grads`, each leaf
+            of its shape; the norm is a 0-d tensor.
+
+    Raises:
+        FnnTypeError: `max_norm` or `norm_type` is not a number.
+        FnnError: `max_norm` < 0 or `norm_type` not > 0.
 
     Example:
         >>> grads, norm = fnn.optim.clip_grad_norm({"w": torch.tensor([3.0, 4.0])}, max_norm=1.0)
@@ -105,8 +119,24 @@ def clip_grad_norm(
 def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTransformation:
     """A transformation that clips the gradients with `clip_grad_norm`; its state is `{}`.
 
+    Args:
+        max_norm: the largest global norm allowed, ≥ 0.
+        norm_type: the p of the p-norm, > 0 (`float("inf")` for the max norm).
+
+    Returns:
+        `GradientTransformation(init, update)`: `init(params)` gives `{}`, and
+            `update(params, grads, state)` gives `(clipped grads, state)`, the clipped grads
+            mirroring `grads`.
+
+    Raises:
+        FnnTypeError: `max_norm` or `norm_type` is not a number.
+        FnnError: `max_norm` < 0 or `norm_type` not > 0.
+
     Example:
-        >>> opt = fnn.optim.chain(fnn.optim.clip_by_global_norm(1.0), fnn.optim.adam(lr=1e-3))
+        >>> clip = fnn.optim.clip_by_global_norm(1.0)
+        >>> grads, _ = clip.update({"w": torch.zeros(2)}, {"w": torch.tensor([3.0, 4.0])}, {})
+        >>> grads["w"]
+        tensor([0.6000, 0.8000])
     """
     check_hyper("clip_by_global_norm", "max_norm", max_norm)
     _check_norm_type("clip_by_global_norm", norm_type)
@@ -123,8 +153,21 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTran
 
 
 def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTransformation:
-    """A transformation `g ← g + λ θ` (L2 weight decay, torch's `weight_decay`) on the
-    leaves `mask` selects (all by default); its state is `{}`.
+    """A transformation `g ← g + λ θ`: L2 weight decay, as torch's `weight_decay=`.
+
+    Args:
+        weight_decay: λ, ≥ 0.
+        mask: the leaves that decay (a tree of bools or a function of params, e.g.
+            `fnn.optim.decay_mask`); all leaves by default.
+
+    Returns:
+        `GradientTransformation(init, update)`: `init(params)` gives `{}`, and
+            `update(params, grads, state)` gives `(grads, state)`, the new grads mirroring
+            `grads`.
+
+    Raises:
+        FnnTypeError: `weight_decay` is not a number.
+        FnnError: `weight_decay` < 0.
 
     Example:
         >>> decay = fnn.optim.add_decayed_weights(0.1)
@@ -151,11 +194,17 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTrans
 
 
 def decay_mask(params: PyTree) -> PyTree:
-    """True for the leaves weight decay usually applies to: tensors of 2 or more
-    dimensions (`Dense` and `Conv` weights); False for biases and norm parameters.
+    """The usual weight-decay mask: True for weights, False for biases and norm parameters.
 
     Pass it as `mask=` to an optimizer or to `add_decayed_weights`; call it once
     (`mask=decay_mask(params)`) to resolve the mask once instead of every update.
+
+    Args:
+        params: a pytree of tensors.
+
+    Returns:
+        A tree mirroring `params` with a bool per leaf: True for tensors of 2 or more
+            dimensions (`Dense` and `Conv` weights), else False.
 
     Example:
         >>> fnn.optim.decay_mask({"weight": torch.ones(2, 3), "bias": torch.ones(2)})
@@ -167,9 +216,17 @@ def decay_mask(params: PyTree) -> PyTree:
 def chain(*transforms: GradientTransformation | Optimizer) -> Any:
     """Run gradient transformations in order, then (optionally) an optimizer.
 
-    `chain(t1, t2, optimizer)` is an `Optimizer` whose update passes the grads
-    through `t1` and `t2` before `optimizer`; `chain(t1, t2)` (no optimizer) is a
-    `GradientTransformation`. The state is the tuple of their states, in order.
+    Args:
+        *transforms: `GradientTransformation`s, of which only the last may be an `Optimizer`.
+
+    Returns:
+        `chain(t1, t2, optimizer)` is an `Optimizer` whose update passes the grads through
+            `t1` and `t2` before `optimizer`; `chain(t1, t2)` (no optimizer) is a
+            `GradientTransformation`. The state is the tuple of their states, in order.
+
+    Raises:
+        FnnError: no argument, or (from `update`) a state not made by this chain's `init`.
+        FnnTypeError: an optimizer before the last place, or an argument of another type.
 
     Example:
         >>> opt = fnn.optim.chain(fnn.optim.clip_by_global_norm(1.0), fnn.optim.sgd(lr=1.0))
