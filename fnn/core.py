@@ -51,8 +51,13 @@ class BackwardFn(Protocol):
 class VJP(NamedTuple):
     """A closure-free vector-Jacobian product: `vjp(dy) == backward(residuals, dy)`.
 
-    `backward` must be a module-level function (so the VJP pickles) and
-    `residuals` a pytree of tensors and plain Python values.
+    A layer's `apply` returns one beside its output; calling it with a cotangent `dy` of the
+    output's shape gives `(dparams, dx)`, with `dparams` mirroring the params and `dx` of
+    the input's shape (a loss's VJP gives `dpred`).
+
+    Attributes:
+        backward: `backward(residuals, dy)`, a module-level function, so the VJP pickles.
+        residuals: what `backward` needs: a pytree of tensors and plain Python values.
 
     Example:
         >>> def double_backward(residuals, dy):
@@ -99,6 +104,7 @@ class ApplyFn(Protocol):
     type-check. A layer whose `apply` returns that third item declares `-> tuple[Any, ...]`.
     """
 
+    # The state= form comes first: a state of unknown type (Any) picks it, so it unpacks too.
     @overload
     def __call__(
         self, params: Params, x: Any, *, state: Mapping[str, Any], **kwargs: Any
@@ -112,8 +118,28 @@ class ApplyFn(Protocol):
 class Layer(NamedTuple):
     """A layer: a pair of pure functions, so `init, apply = Dense(25)` works.
 
-    - `init(key, input_shape, *, dtype=torch.float32, device="cpu") -> (output_shape, params)`
-    - `apply(params, x, **kwargs) -> (y, vjp)` with `vjp(dy) -> (dparams, dx)`
+    Attributes:
+        init: `init(key, input_shape, *, dtype=torch.float32, device="cpu")` gives
+            `(output_shape, params)`; shapes are tuples, batch first, `-1` for any batch size.
+        apply: `apply(params, x, **kwargs)` gives `(y, vjp)`, and `vjp(dy)`, `dy` of `y`'s
+            shape, gives `(dparams, dx)`, `dparams` mirroring `params` and `dx` of `x`'s shape.
+
+    Example:
+        A custom layer `y = s·x` with one scalar parameter `s`:
+
+        >>> def scale_init(key, input_shape, *, dtype=torch.float32, device="cpu"):
+        ...     return input_shape, {"s": torch.ones((), dtype=dtype, device=device)}
+        >>> def scale_apply(params, x, **kwargs):
+        ...     return params["s"] * x, fnn.VJP(scale_backward, (params["s"], x))
+        >>> def scale_backward(residuals, dy):  # y = s x  ⇒  ds = Σ dy x,  dx = s dy
+        ...     s, x = residuals
+        ...     return {"s": (dy * x).sum()}, s * dy
+        >>> init, apply = fnn.Layer(scale_init, scale_apply)
+        >>> out_shape, params = init(fnn.random.key(0), (-1, 2))
+        >>> y, vjp = apply(params, torch.ones(4, 2))
+        >>> dparams, dx = vjp(torch.ones(4, 2))
+        >>> out_shape, dparams, dx.shape
+        ((-1, 2), {'s': tensor(8.)}, torch.Size([4, 2]))
     """
 
     init: InitFn

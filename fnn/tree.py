@@ -38,7 +38,25 @@ _LEAF = "*"
 
 
 class TreeDef:
-    """The structure of a pytree without its leaves; comparable with `==`."""
+    """The structure of a pytree without its leaves; comparable with `==` and hashable.
+
+    Made by `flatten` or `structure`, not by hand; `unflatten` rebuilds a tree from it.
+
+    Args:
+        node: the structure, as `flatten` builds it.
+        num_leaves: the number of leaves.
+        template: a tree to read the structure from when `node` is `None`.
+
+    Attributes:
+        num_leaves: the number of leaves.
+
+    Example:
+        >>> treedef = fnn.tree.structure({"a": 1, "b": (2, 3)})
+        >>> treedef, treedef.num_leaves
+        (TreeDef({'a': *, 'b': (*, *)}), 3)
+        >>> treedef == fnn.tree.structure({"a": torch.ones(2), "b": (0, 0)})
+        True
+    """
 
     __slots__ = ("_known", "_template", "num_leaves")
 
@@ -105,21 +123,57 @@ def _flatten_into(tree: PyTree, out: list[Any]) -> Any:
 
 
 def flatten(tree: PyTree) -> tuple[list[Any], TreeDef]:
-    """`(leaves, treedef)`: the leaves in order and the structure to rebuild the tree."""
+    """Split a tree into its leaves and its structure.
+
+    Args:
+        tree: nested dicts, lists and tuples (NamedTuples too); `None` is an empty subtree.
+
+    Returns:
+        `(leaves, treedef)`: the leaves as a list, in order (dicts in insertion order), and
+            the `TreeDef` that `unflatten` rebuilds the tree from.
+
+    Example:
+        >>> params = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "1": {}}
+        >>> leaves, treedef = fnn.tree.flatten(params)
+        >>> [leaf.shape for leaf in leaves], treedef
+        ([torch.Size([2, 3]), torch.Size([2])], TreeDef({'0': {'weight': *, 'bias': *}, '1': {}}))
+    """
     out: list[Any] = []
     node = _flatten_into(tree, out)
     return out, TreeDef(node, len(out))
 
 
 def leaves(tree: PyTree) -> list[Any]:
-    """The leaves of `tree`, in flattening order."""
+    """The leaves of `tree`, in flattening order.
+
+    Args:
+        tree: a pytree.
+
+    Returns:
+        The leaves as a list; `None` subtrees give none.
+
+    Example:
+        >>> fnn.tree.leaves({"a": 1, "b": (2, None, 3)})
+        [1, 2, 3]
+    """
     out: list[Any] = []
     _flatten_into(tree, out)
     return out
 
 
 def structure(tree: PyTree) -> TreeDef:
-    """The `TreeDef` of `tree`."""
+    """The structure of `tree`, without its leaves.
+
+    Args:
+        tree: a pytree.
+
+    Returns:
+        Its `TreeDef`, as `flatten(tree)[1]`.
+
+    Example:
+        >>> fnn.tree.structure({"a": 1, "b": (2, 3)})
+        TreeDef({'a': *, 'b': (*, *)})
+    """
     return flatten(tree)[1]
 
 
@@ -140,7 +194,23 @@ def _build(node: Any, it: Iterator[Any]) -> PyTree:
 
 
 def unflatten(treedef: TreeDef, leaves: list[Any] | tuple[Any, ...]) -> PyTree:
-    """The tree with structure `treedef` and the given leaves (inverse of `flatten`)."""
+    """The tree with structure `treedef` and the given leaves: the inverse of `flatten`.
+
+    Args:
+        treedef: a structure from `flatten` or `structure`.
+        leaves: `treedef.num_leaves` leaves, in flattening order.
+
+    Returns:
+        The tree, with new containers and the given leaves.
+
+    Raises:
+        TreeError: the number of leaves does not match `treedef`.
+
+    Example:
+        >>> treedef = fnn.tree.structure({"a": 1, "b": (2, 3)})
+        >>> fnn.tree.unflatten(treedef, [4, 5, 6])
+        {'a': 4, 'b': (5, 6)}
+    """
     if len(leaves) != treedef.num_leaves:
         raise TreeError(
             f"unflatten: the treedef has {treedef.num_leaves} leaves, got {len(leaves)}"
@@ -196,9 +266,23 @@ def _kind(x: object) -> str:
 def assert_same_structure(
     expected: PyTree, got: PyTree, what: str = "tree", *, shapes: bool = True
 ) -> None:
-    """Raise `TreeError` naming the first leaf where `got` does not match `expected`.
+    """Check that `got` has the structure of `expected`, naming the first leaf that differs.
 
-    With `shapes=True`, tensor leaves must also have equal shapes."""
+    Args:
+        expected: the reference pytree.
+        got: the pytree to check.
+        what: what `got` is, for the message (`"grads"`).
+        shapes: whether tensor leaves must also have equal shapes.
+
+    Raises:
+        TreeError: the structures (or, with `shapes=True`, tensor shapes) differ.
+
+    Example:
+        >>> fnn.tree.assert_same_structure({"w": torch.ones(2)}, {"w": torch.ones(3)}, "grads")
+        Traceback (most recent call last):
+        ...
+        fnn.errors.TreeError: grads does not match: ['w']: expected shape (2,), got (3,)
+    """
     if shapes:
         found = _mismatch(expected, got, "")
     else:
@@ -216,7 +300,23 @@ def _strip(tree: PyTree) -> PyTree:
 
 
 def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
-    """Apply `f` leaf by leaf over one or more trees of the same structure."""
+    """Apply `f` leaf by leaf over one or more trees of the same structure.
+
+    Args:
+        f: a function of as many leaves as there are trees.
+        tree: the first tree; the result has its structure.
+        *rest: more trees with `tree`'s structure.
+
+    Returns:
+        A tree with `tree`'s structure and `f(leaf, *rest_leaves)` at each leaf.
+
+    Raises:
+        TreeError: a tree of `rest` does not match `tree` (naming the first difference).
+
+    Example:
+        >>> fnn.tree.map(lambda a, b: a + b, {"a": 1, "b": [2]}, {"a": 10, "b": [20]})
+        {'a': 11, 'b': [22]}
+    """
     if not rest:
         return _map1(f, tree)
     for i, other in enumerate(rest):
@@ -253,7 +353,18 @@ def _mapn(f: Callable[..., Any], tree: PyTree, rest: tuple[PyTree, ...]) -> PyTr
 
 
 def paths(tree: PyTree) -> list[str]:
-    """Each leaf's path in indexing syntax (`["0"]["weight"]`), in flattening order."""
+    """Each leaf's path in indexing syntax, in flattening order.
+
+    Args:
+        tree: a pytree.
+
+    Returns:
+        A list of strings such as `"['0']['weight']"`, one per leaf.
+
+    Example:
+        >>> fnn.tree.paths({"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}})
+        ["['0']['weight']", "['0']['bias']"]
+    """
     out: list[str] = []
 
     def walk(node: PyTree, path: str) -> None:
@@ -271,9 +382,24 @@ def paths(tree: PyTree) -> list[str]:
 
 
 def to_state_dict(params: PyTree) -> dict[str, Any]:
-    """Flatten nested params into `{"0.weight": tensor, ...}` (torch's `state_dict` names).
+    """Flatten nested params into `{"0.weight": tensor, ...}`, torch's `state_dict` names.
 
-    Empty subtrees (parameter-free layers) leave no entry, as in torch."""
+    Empty subtrees (parameter-free layers) leave no entry, as in torch.
+
+    Args:
+        params: nested dicts (or lists and tuples) with non-empty `str` keys without `"."`.
+
+    Returns:
+        A flat dict from dotted names to the leaves (the same tensors, not copies).
+
+    Raises:
+        TreeError: `params` is not a container, or a key is empty, not a `str` or has a `"."`.
+
+    Example:
+        >>> params = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "1": {}}
+        >>> {name: t.shape for name, t in fnn.tree.to_state_dict(params).items()}
+        {'0.weight': torch.Size([2, 3]), '0.bias': torch.Size([2])}
+    """
     flat: dict[str, Any] = {}
 
     def walk(node: PyTree, prefix: str) -> None:
@@ -301,7 +427,23 @@ def to_state_dict(params: PyTree) -> dict[str, Any]:
 
 
 def from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Nest flat dotted names (`"0.weight"`) into dicts: the inverse of `to_state_dict`."""
+    """Nest flat dotted names (`"0.weight"`) into dicts: the inverse of `to_state_dict`.
+
+    `from_state_dict(seq.state_dict())` gives params the matching `serial` accepts.
+
+    Args:
+        state_dict: a mapping from dotted names to tensors, e.g. a torch `state_dict()`.
+
+    Returns:
+        Nested dicts with the same leaves (not copies).
+
+    Raises:
+        TreeError: `state_dict` is not a mapping, or a name is empty or clashes with another.
+
+    Example:
+        >>> fnn.tree.from_state_dict({"0.weight": 1, "0.bias": 2, "2.weight": 3})
+        {'0': {'weight': 1, 'bias': 2}, '2': {'weight': 3}}
+    """
     if not isinstance(state_dict, Mapping):
         raise TreeError(
             f"from_state_dict: expected a mapping of dotted names to tensors, got "

@@ -74,7 +74,22 @@ def _diagnose(params: PyTree, grads: PyTree, where: str) -> None:
 
 
 def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
-    """`params − lr · grads`, leaf by leaf, as new tensors (the inputs are not changed).
+    """One plain gradient-descent step, `params − lr · grads`, leaf by leaf; pure.
+
+    Args:
+        params: a pytree of tensors.
+        grads: a pytree mirroring `params`, each leaf of its parameter's shape, dtype and
+            device (what `value_and_grad` gives).
+        lr: the learning rate, ≥ 0.
+
+    Returns:
+        New params mirroring `params`, each leaf of its shape; `params` and `grads` are not
+            changed.
+
+    Raises:
+        FnnError: `lr` is not a non-negative number, or a gradient of another dtype or device.
+        FnnTypeError: a leaf that is not a tensor.
+        TreeError: `grads` does not match the params tree (naming the first difference).
 
     Example:
         >>> fnn.update({"w": torch.ones(2)}, {"w": torch.ones(2)}, lr=0.5)

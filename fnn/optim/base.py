@@ -81,7 +81,20 @@ class Optimizer(NamedTuple):
     """An optimizer: `state = init(params)`, `params, state = update(params, grads, state)`.
 
     The state is an explicit pytree (dicts of tensors and a step count); neither
-    function mutates its arguments.
+    function mutates its arguments. `sgd`, `adam`, … and `chain` make them.
+
+    Attributes:
+        init: `init(params)` gives the initial state for a params pytree.
+        update: `update(params, grads, state)`, `grads` mirroring `params` (each leaf of its
+            parameter's shape), gives the new `(params, state)`.
+
+    Example:
+        >>> opt = fnn.optim.sgd(lr=0.1)
+        >>> params = {"w": torch.ones(2)}
+        >>> state = opt.init(params)
+        >>> params, state = opt.update(params, {"w": torch.ones(2)}, state)
+        >>> params["w"], state["step"]
+        (tensor([0.9000, 0.9000]), 1)
     """
 
     init: InitFn
@@ -89,10 +102,21 @@ class Optimizer(NamedTuple):
 
 
 class GradientTransformation(NamedTuple):
-    """A gradient transformation: `state = init(params)`,
-    `grads, state = update(params, grads, state)` (clipping, weight decay, ...).
+    """A gradient transformation (clipping, weight decay, ...): it maps grads to new grads.
 
     Compose transformations with an optimizer by `fnn.optim.chain`.
+
+    Attributes:
+        init: `init(params)` gives the initial state for a params pytree.
+        update: `update(params, grads, state)`, `grads` mirroring `params`, gives the new
+            `(grads, state)`, the new grads mirroring `grads`.
+
+    Example:
+        >>> clip = fnn.optim.clip_by_global_norm(1.0)
+        >>> params = {"w": torch.zeros(2)}
+        >>> grads, state = clip.update(params, {"w": torch.tensor([3.0, 4.0])}, clip.init(params))
+        >>> grads["w"]
+        tensor([0.6000, 0.8000])
     """
 
     init: InitFn

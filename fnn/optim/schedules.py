@@ -41,7 +41,7 @@ def _check_count(name: str, what: str, value: object, low: int = 1) -> None:
 
 
 def constant(lr: float, factor: float = 1.0, total_iters: int = 0) -> Schedule:
-    """`lr · factor` for the first `total_iters` steps, then `lr`: `ConstantLR(factor, total_iters)`.
+    """`lr · factor` for the first `total_iters` steps, then `lr`: `ConstantLR`.
 
     With the defaults it is the constant `lr` (torch's `ConstantLR` defaults are
     `factor=1/3, total_iters=5`).
@@ -134,7 +134,7 @@ def exponential_decay(lr: float, gamma: float) -> Schedule:
 
 
 def cosine_decay(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:
-    """`eta_min + (lr − eta_min) (1 + cos(π step / T_max)) / 2`: `CosineAnnealingLR(T_max, eta_min)`.
+    """`eta_min + (lr − eta_min) (1 + cos(π step / T_max)) / 2`: `CosineAnnealingLR`.
 
     From `lr` at step 0 to `eta_min` at step `T_max`. As torch's, it does not stop
     there: past `T_max` the cosine climbs back to `lr` at `2 T_max` (join it with
