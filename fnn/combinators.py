@@ -10,7 +10,7 @@ the gradients then have no entry for it either: `dparams` mirrors the given para
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -25,6 +25,7 @@ from .errors import (
     describe,
     with_context,
 )
+from .fastpath import DENSE
 
 __all__ = ["serial", "parallel"]
 
@@ -132,6 +133,15 @@ def _apply_with_state(
     return tuple(ys), VJP(parallel_backward, residuals), new_state
 
 
+def _is_shape_list(shapes: object, count: int) -> TypeGuard[Sequence[Shapes]]:
+    """Whether `shapes` is a list (or tuple) of `count` shapes, as `parallel`'s init takes."""
+    return (
+        isinstance(shapes, list | tuple)
+        and len(shapes) == count
+        and all(isinstance(s, list | tuple) for s in shapes)
+    )
+
+
 def _gather(grads: list[Any], given: tuple[str, ...], positions: tuple[int, ...]) -> Params:
     return {name: grads[i] for name, i in zip(given, positions)}
 
@@ -139,8 +149,23 @@ def _gather(grads: list[Any], given: tuple[str, ...], positions: tuple[int, ...]
 def serial(*layers: Layer) -> Layer:
     """Compose layers in sequence: `serial(f, g)` computes `g(f(x))`.
 
-    Params are `{"0": params_f, "1": params_g}`; a `key=` given to `apply` is split
-    among the layers; other keywords go to every layer.
+    Args:
+        *layers: one or more `Layer`s; each takes the previous one's output.
+
+    Returns:
+        `Layer(init, apply)`. `init(key, input_shape)` gives the last layer's output shape
+            and params `{"0": params_f, "1": params_g, …}`, the same names as the matching
+            `torch.nn.Sequential`'s `state_dict()` once flattened (an entry of a
+            parameter-free layer may be missing). `apply(params, x, **kwargs)` gives
+            `(y, vjp)`, `y` the last layer's output; a `key=` is split among the layers and
+            other keywords go to every layer. `vjp(dy)`, `dy` of `y`'s shape, gives
+            `(dparams, dx)`, `dparams` mirroring the given params and `dx` of `x`'s shape.
+
+    Raises:
+        FnnError: no layer.
+        FnnTypeError: an argument that is not a `Layer` (e.g. `Relu` instead of `Relu()`).
+        ShapeError: (from `init`, `apply` and the VJP) bad shapes, named by the layer's
+            position: `serial[2] Dense: ...`.
 
     Example:
         >>> init, apply = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
@@ -170,9 +195,11 @@ def serial(*layers: Layer) -> Layer:
                 raise with_context(error, children.where(i)) from None
         return shape, params
 
-    def apply(params: Params, x: Any, *, key: Key | None = None, **kwargs: Any) -> tuple[Any, VJP]:
+    def apply(
+        params: Params, x: Any, *, key: Key | None = None, **kwargs: Any
+    ) -> tuple[Any, ...]:  # (y, vjp), or (y, vjp, new_state) given state= (see ApplyFn)
         if "state" in kwargs:  # a model with running statistics (BatchNorm): see fnn/state.py
-            return _apply_with_state(children, params, x, key, kwargs)  # type: ignore[return-value]
+            return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
         vjps = []
@@ -190,8 +217,12 @@ def serial(*layers: Layer) -> Layer:
             vjps.append(vjp)
         return x, VJP(serial_backward, (tuple(vjps), given, positions))
 
-    apply.layer_name = "serial"  # type: ignore[attr-defined]
-    apply.children = layers  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name="serial", children=layers)  # see fnn.core.layer_name
+    specs = tuple(getattr(child_apply, "fast_spec", None) for child_apply in children.applies)
+    plan = tuple(spec for spec in specs if spec is not None)
+    if len(plan) == len(specs):  # Dense and activations only: fnn/fastpath.py
+        with_params = tuple(n for n, spec in zip(children.names, plan) if spec[0] == DENSE)
+        apply.__dict__["fast_plan"] = (plan, children.names, with_params)
     return Layer(init, apply)
 
 
@@ -233,8 +264,23 @@ register_consumer(serial_backward, serial_consume)
 def parallel(*layers: Layer) -> Layer:
     """Apply layer i to input i: `parallel(f, g)` maps `(x0, x1)` to `(f(x0), g(x1))`.
 
-    `init` takes and returns a list of shapes; `apply` takes and returns tuples.
     Combine with `FanOut` and `FanInSum` for residual blocks.
+
+    Args:
+        *layers: one or more `Layer`s; layer i takes input i.
+
+    Returns:
+        `Layer(init, apply)`. `init(key, [shape_0, shape_1, …])` gives the list of the
+            layers' output shapes and params `{"0": params_f, "1": params_g, …}`;
+            `apply(params, (x0, x1, …), **kwargs)` gives `((y0, y1, …), vjp)`, a `key=` split
+            among the layers; `vjp((dy0, dy1, …))` gives `(dparams, (dx0, dx1, …))`,
+            `dparams` mirroring the given params and each `dxi` of `xi`'s shape.
+
+    Raises:
+        FnnError: no layer.
+        FnnTypeError: an argument that is not a `Layer`.
+        ShapeError: (from `init`, `apply` and the VJP) not one shape, input or cotangent per
+            layer, or bad shapes, named by the layer's position: `parallel[1] Dense: ...`.
 
     Example:
         >>> init, apply = fnn.parallel(L.Dense(2), L.Identity())
@@ -252,11 +298,7 @@ def parallel(*layers: Layer) -> Layer:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> tuple[Shapes, Params]:
-        if (
-            not isinstance(input_shape, list | tuple)
-            or len(input_shape) != count
-            or not all(isinstance(s, list | tuple) for s in input_shape)
-        ):
+        if not _is_shape_list(input_shape, count):
             raise ShapeError(
                 f"parallel: expected a list of {count} input shapes, got {input_shape!r}"
             )
@@ -273,9 +315,9 @@ def parallel(*layers: Layer) -> Layer:
 
     def apply(
         params: Params, x: Sequence[torch.Tensor], *, key: Key | None = None, **kwargs: Any
-    ) -> tuple[tuple[Any, ...], VJP]:
+    ) -> tuple[Any, ...]:  # (ys, vjp), or (ys, vjp, new_state) given state= (see ApplyFn)
         if "state" in kwargs:  # a model with running statistics (BatchNorm): see fnn/state.py
-            return _apply_with_state(children, params, x, key, kwargs)  # type: ignore[return-value]
+            return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
         if not isinstance(x, tuple | list) or len(x) != count:
             raise ShapeError(f"parallel: expected a tuple of {count} inputs, got {describe(x)}")
@@ -292,8 +334,7 @@ def parallel(*layers: Layer) -> Layer:
             vjps.append(vjp)
         return tuple(ys), VJP(parallel_backward, (tuple(vjps), given, positions))
 
-    apply.layer_name = "parallel"  # type: ignore[attr-defined]
-    apply.children = layers  # type: ignore[attr-defined]
+    apply.__dict__.update(layer_name="parallel", children=layers)  # see fnn.core.layer_name
     return Layer(init, apply)
 
 

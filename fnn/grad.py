@@ -2,35 +2,81 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, overload
 
 import torch
+from typing_extensions import Protocol
 
-from . import losses
+from . import debug, fastpath, losses
 from .core import VJP, ApplyFn, Params, backprop
 from .errors import FnnError, FnnTypeError, describe
 
-__all__ = ["value_and_grad", "Loss"]
+__all__ = ["value_and_grad", "Loss", "ValueAndGradFn"]
 
 Loss = Callable[[Any, Any], tuple[torch.Tensor, VJP]]
 """`loss(pred, target) -> (value, vjp)` with `vjp(dvalue) -> dpred`."""
 
+_Value = TypeVar("_Value", covariant=True)
+
+
+class ValueAndGradFn(Protocol[_Value]):
+    """`f(params, x, target, **kwargs) -> (value, grads)`, made by `value_and_grad`.
+
+    `value` is the loss (`_Value` is `torch.Tensor`), or `(loss, y)` with `has_aux=True`.
+    Given `state=`, `f` returns `(value, grads, new_state)`: the type says "a tuple" there,
+    as for `ApplyFn`, so that both forms unpack.
+    """
+
+    @overload
+    def __call__(
+        self, params: Params, x: Any, target: Any, *, state: Mapping[str, Any], **kwargs: Any
+    ) -> tuple[Any, ...]: ...
+    @overload
+    def __call__(
+        self, params: Params, x: Any, target: Any, *, state: None = ..., **kwargs: Any
+    ) -> tuple[_Value, Params]: ...
+
+
 # fnn's own losses accept a Python number as cotangent, which saves a tensor op per step;
 # users' losses get a tensor, as the contract says.
 _SCALAR_COTANGENT_LOSSES = frozenset((losses.mse, losses.cross_entropy, losses.bce_with_logits))
+# Losses with a fused value-and-gradient kernel for the fast path (fnn/fastpath.py).
+_FAST_LOSSES: dict[Any, fastpath.FastLoss] = {
+    losses.mse: losses.mse_value_and_dpred,
+    losses.cross_entropy: losses.cross_entropy_value_and_dlogits,
+}
 
 
+@overload
 def value_and_grad(
-    apply: ApplyFn, loss: Loss, has_aux: bool = False
-) -> Callable[..., tuple[Any, Params]]:
+    apply: ApplyFn, loss: Loss, has_aux: Literal[False] = False
+) -> ValueAndGradFn[torch.Tensor]: ...
+@overload
+def value_and_grad(
+    apply: ApplyFn, loss: Loss, has_aux: Literal[True]
+) -> ValueAndGradFn[tuple[torch.Tensor, Any]]: ...
+@overload
+def value_and_grad(apply: ApplyFn, loss: Loss, has_aux: bool) -> ValueAndGradFn[Any]: ...
+def value_and_grad(apply: ApplyFn, loss: Loss, has_aux: bool = False) -> ValueAndGradFn[Any]:
     """Turn `apply` and `loss` into `f(params, x, target, **kwargs) -> (value, grads)`.
 
-    `value` is the 0-d loss tensor and `grads` mirrors `params`. With
-    `has_aux=True`, `f` returns `((value, y), grads)`, `y` being the model's
-    output, so metrics need no second forward pass. Keywords (`key=`) go to `apply`.
-    Given `state=` (a model with BatchNorm; see `fnn.state`), `f` also returns the
-    new state, last: `(value, grads, new_state)` or `((value, y), grads, new_state)`.
+    Args:
+        apply: a model's `apply(params, x, **kwargs) -> (y, vjp)`, e.g. `serial(...).apply`.
+        loss: `loss(pred, target) -> (value, vjp)` giving a 0-d value, e.g. `fnn.losses.mse`.
+        has_aux: also return the model's output `y`, so metrics need no second forward pass.
+
+    Returns:
+        `f(params, x, target, **kwargs)`, with `x` of the model's input shape, e.g.
+            `(batch, in_features)`, `target` what `loss` takes, and keywords (`key=`) given
+            to `apply`. It returns `(value, grads)`, `value` the 0-d loss tensor and `grads`
+            mirroring `params`, each leaf of its parameter's shape; with `has_aux=True`,
+            `((value, y), grads)`. Given `state=` (a model with BatchNorm; see `fnn.state`),
+            `f` also returns the new state, last: `(value, grads, new_state)`.
+
+    Raises:
+        FnnTypeError: `apply` or `loss` is not a function (e.g. a layer instead of its apply).
+        FnnError: (from `f`) a loss value that is not 0-d.
 
     Example:
         >>> init, apply = fnn.serial(L.Dense(2))
@@ -46,7 +92,26 @@ def value_and_grad(
             f"{describe(apply)} and {describe(loss)} (pass layer.apply, not the layer)"
         )
 
-    def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, Params]:
+    # A serial chain of Dense and activations with one of fnn's losses: see fnn/fastpath.py.
+    fast_plan: Any = getattr(apply, "fast_plan", None)
+    fast_loss = _FAST_LOSSES.get(loss) if fast_plan is not None else None
+    specs, names, with_params = fast_plan if fast_loss is not None else ((), (), ())
+
+    def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, ...]:
+        if (
+            fast_loss is not None
+            and (not kwargs or kwargs.keys() == {"key"})
+            and not debug.CHECK_FINITE
+        ):
+            try:  # the flat fast path, fnn/fastpath.py; None (or an error) means "take the general path"
+                found = fastpath.run(
+                    specs, names, with_params, fast_loss, params, x, target, has_aux
+                )
+            except Exception:
+                found = None
+            if found is not None:
+                value, y, grads = found
+                return ((value, y), grads) if has_aux else (value, grads)
         stateful = (
             "state" in kwargs
         )  # a model with running statistics (BatchNorm): see fnn/state.py
@@ -67,6 +132,6 @@ def value_and_grad(
         del vjp, loss_vjp  # `backprop` frees residuals and cotangents as soon as they are used
         grads, _ = backprop(box, need_dx=False)
         result = ((value, y), grads) if has_aux else (value, grads)
-        return (*result, new_state) if stateful else result  # type: ignore[return-value]
+        return (*result, new_state) if stateful else result
 
     return loss_and_grads

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._scalars import scalar
 from .core import VJP
 from .errors import FnnError, FnnTypeError, ShapeError, describe
 
@@ -89,7 +90,21 @@ def _cotangent(name: str, dvalue: object, reduction: str, like: torch.Tensor) ->
 def mse(
     pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
 ) -> tuple[torch.Tensor, VJP]:
-    """Mean squared error `mean((pred − target)²)`; pred and target of one shape.
+    """Mean squared error `mean((pred − target)²)`, as `torch.nn.functional.mse_loss`.
+
+    Args:
+        pred: predictions of any shape `(...)`, floating point.
+        target: targets of `pred`'s shape, dtype and device.
+        reduction: `"mean"` (default), `"sum"` or `"none"`, as in `torch.nn.functional`.
+
+    Returns:
+        `(value, vjp)`: `value` 0-d (`(...)`, `pred`'s shape, with `"none"`); `vjp(dvalue)`,
+            `dvalue` a number or a tensor of `value`'s shape, gives `dpred` of `pred`'s shape.
+
+    Raises:
+        FnnError: an unknown `reduction`, or a target of another dtype or device.
+        FnnTypeError: `pred` or `target` is not a floating-point tensor.
+        ShapeError: `target` has another shape than `pred`.
 
     Example:
         >>> value, vjp = mse(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
@@ -118,24 +133,58 @@ def mse_backward(
     pred_or_diff, target, reduction = residuals
     if target is not None:  # reduction "none": residuals are (pred, target)
         dvalue = _cotangent("mse", dvalue, reduction, pred_or_diff)
-        return aten.mse_loss_backward.default(dvalue, pred_or_diff, target, 0)
+        # torch.ops.aten has no type annotations: its ops return Any
+        return aten.mse_loss_backward.default(dvalue, pred_or_diff, target, 0)  # type: ignore[no-any-return]
     scale = 2.0 / pred_or_diff.numel() if reduction == "mean" and pred_or_diff.numel() else 2.0
     if isinstance(dvalue, float | int) and not isinstance(dvalue, bool):
-        return pred_or_diff.mul(dvalue * scale)
+        return pred_or_diff.mul(scalar(dvalue * scale, pred_or_diff))
     return pred_or_diff.mul(_cotangent("mse", dvalue, reduction, pred_or_diff)).mul_(scale)
+
+
+def mse_value_and_dpred(
+    pred: torch.Tensor, target: object
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`mse(pred, target)`'s value and `vjp(1.0)` in one go, for `fnn.fastpath`; `None`
+    where the general path must decide (a target of another shape or dtype, no elements)."""
+    if type(target) is not torch.Tensor or target.shape != pred.shape or target.dtype != pred.dtype:
+        return None
+    diff = pred - target
+    flat = diff.view(-1)
+    n = flat.numel()
+    if not n:
+        return None
+    return torch.dot(flat, flat).div_(n), diff.mul(scalar(2.0 / n, diff))
 
 
 def cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
 ) -> tuple[torch.Tensor, VJP]:
-    """Softmax cross-entropy of `logits` `(N, C)` against integer `labels` `(N,)`.
+    """Softmax cross-entropy against integer labels, as `torch.nn.functional.cross_entropy`.
 
-    Computed through log-sum-exp, so logits of ±1e4 give finite values and gradients.
+    Stable through log-sum-exp: logits of ±1e4 give finite values and gradients.
+
+    Args:
+        logits: unnormalised scores of shape `(N, C)`, floating point.
+        labels: int64 class indices of shape `(N,)`, each in `[0, C)`.
+        reduction: `"mean"` (default), `"sum"` or `"none"`, as in `torch.nn.functional`.
+
+    Returns:
+        `(value, vjp)`: `value` 0-d (`(N,)` with `"none"`); `vjp(dvalue)`, `dvalue` a number
+            or a tensor of `value`'s shape, gives `dlogits` of shape `(N, C)`:
+            `(softmax(logits) − one_hot(labels)) · dvalue / N` for the mean.
+
+    Raises:
+        FnnError: an unknown `reduction`, or a label out of range.
+        FnnTypeError: `logits` not a floating-point tensor, or `labels` not int64.
+        ShapeError: `logits` not `(N, C)`, or `labels` not `(N,)`.
 
     Example:
         >>> value, vjp = cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))
         >>> round(value.item(), 4)    # log 4
         1.3863
+        >>> vjp(1.0)
+        tensor([[-0.3750,  0.1250,  0.1250,  0.1250],
+                [ 0.1250,  0.1250,  0.1250, -0.3750]])
     """
     _check_pred("cross_entropy", logits, reduction)
     if logits.ndim != 2:
@@ -176,18 +225,58 @@ def cross_entropy_backward(
     dlog_probs = aten.nll_loss_backward.default(
         dvalue, log_probs, labels, None, _REDUCTION_ENUM[reduction], -100, total_weight
     )
-    return aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
+    # torch.ops.aten has no type annotations: its ops return Any
+    return aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)  # type: ignore[no-any-return]
+
+
+def cross_entropy_value_and_dlogits(
+    logits: torch.Tensor, labels: object
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`cross_entropy(logits, labels)`'s value and `vjp(1.0)` in one go, for `fnn.fastpath`;
+    `None` where the general path must decide (labels of another dtype or shape)."""
+    if (
+        type(labels) is not torch.Tensor
+        or labels.dtype != torch.int64
+        or logits.ndim != 2
+        or labels.shape != logits.shape[:1]
+    ):
+        return None
+    log_probs = torch.log_softmax(logits, 1)
+    value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
+    one = _cotangent("cross_entropy", 1.0, "mean", log_probs)
+    dlog_probs = aten.nll_loss_backward.default(one, log_probs, labels, None, 1, -100, total_weight)
+    dlogits = aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
+    return value, dlogits
 
 
 def bce_with_logits(
     logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 ) -> tuple[torch.Tensor, VJP]:
-    """Binary cross-entropy on logits (targets in [0, 1], of the logits' shape), stable for large logits.
+    """Binary cross-entropy on logits, as `torch.nn.functional.binary_cross_entropy_with_logits`.
+
+    Stable for large logits.
+
+    Args:
+        logits: unnormalised scores of any shape `(...)`, floating point.
+        targets: probabilities in [0, 1] of `logits`' shape, dtype and device.
+        reduction: `"mean"` (default), `"sum"` or `"none"`, as in `torch.nn.functional`.
+
+    Returns:
+        `(value, vjp)`: `value` 0-d (`(...)`, `logits`' shape, with `"none"`); `vjp(dvalue)`,
+            `dvalue` a number or a tensor of `value`'s shape, gives `dlogits` of `logits`'
+            shape: `(σ(logits) − targets) · dvalue / n` for the mean.
+
+    Raises:
+        FnnError: an unknown `reduction`, or targets of another dtype or device.
+        FnnTypeError: `logits` or `targets` is not a floating-point tensor.
+        ShapeError: `targets` has another shape than `logits`.
 
     Example:
         >>> value, vjp = bce_with_logits(torch.zeros(3), torch.ones(3))
         >>> round(value.item(), 4)    # log 2
         0.6931
+        >>> vjp(1.0)
+        tensor([-0.1667, -0.1667, -0.1667])
     """
     _check_pred("bce_with_logits", logits, reduction)
     _check_target_like("bce_with_logits", logits, targets)

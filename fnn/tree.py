@@ -78,7 +78,7 @@ class TreeDef:
         return self._known
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TreeDef) and self._node == other._node
+        return self is other or (isinstance(other, TreeDef) and self._node == other._node)
 
     def __hash__(self) -> int:
         return hash(self._node)

@@ -16,13 +16,11 @@ def flat_pair(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], tree.TreeDef]:
     """Both trees' leaves and the params' treedef; `ValueError` naming the first mismatch."""
     pair = _dict_of_dicts_pair(params, grads)
-    if pair is not None:
+    if pair is not None:  # shapes and dtypes already compared leaf by leaf
         leaves, grad_leaves = pair
-        treedef = tree.TreeDef.of_dicts(params, len(leaves))
-        grad_treedef = treedef
-    else:
-        leaves, treedef = tree.flatten(params)
-        grad_leaves, grad_treedef = tree.flatten(grads)
+        return leaves, grad_leaves, tree.TreeDef.of_dicts(params, len(leaves))
+    leaves, treedef = tree.flatten(params)
+    grad_leaves, grad_treedef = tree.flatten(grads)
     try:
         bad = grad_treedef != treedef or any(
             p.shape != g.shape or p.dtype is not g.dtype for p, g in zip(leaves, grad_leaves)
@@ -39,19 +37,25 @@ def _dict_of_dicts_pair(
     params: PyTree, grads: PyTree
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """Fast path for the common tree, a dict of dicts of tensors (serial params): both
-    trees' leaves if `grads` has exactly the same keys in the same order, else `None`."""
-    if type(params) is not dict or type(grads) is not dict or tuple(params) != tuple(grads):
+    trees' leaves, in the params' order, if `grads` has the same keys and each gradient
+    the shape and dtype of its param, else `None` (the general path names the problem)."""
+    if type(params) is not dict or type(grads) is not dict or len(params) != len(grads):
         return None
-    leaves, grad_leaves = [], []
-    for key, sub in params.items():
-        grad_sub = grads[key]
-        if type(sub) is not dict or type(grad_sub) is not dict or tuple(sub) != tuple(grad_sub):
-            return None
-        for name, leaf in sub.items():
-            if type(leaf) is not torch.Tensor:
+    leaves: list[torch.Tensor] = []
+    grad_leaves: list[torch.Tensor] = []
+    try:
+        for key, sub in params.items():
+            grad_sub = grads.get(key)
+            if type(sub) is not dict or type(grad_sub) is not dict or len(sub) != len(grad_sub):
                 return None
-            leaves.append(leaf)
-            grad_leaves.append(grad_sub[name])
+            for name, leaf in sub.items():
+                grad = grad_sub[name]
+                if leaf.shape != grad.shape or leaf.dtype is not grad.dtype:
+                    return None
+                leaves.append(leaf)
+                grad_leaves.append(grad)
+    except (AttributeError, KeyError):  # a leaf that is not a tensor, a missing gradient
+        return None
     return leaves, grad_leaves
 
 

@@ -15,10 +15,14 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape
+from ..core import VJP, Key, Layer, Params, Shape, Shapes
+from ..fastpath import ELEMENTWISE
 from . import _checks
 
 aten = torch.ops.aten
+_threshold_backward = aten.threshold_backward.default
+_tanh_backward = aten.tanh_backward.default
+_sigmoid_backward = aten.sigmoid_backward.default
 
 __all__ = [
     "elementwise",
@@ -46,8 +50,22 @@ def elementwise(
 ) -> Layer:
     """A parameter-free layer `y = forward(x)` whose VJP is `backward(residuals, dy)`.
 
-    `keep` says which tensor the VJP saves ("output" or "input"); the residuals
-    are `(saved, *constants)`, or just `saved` when there are no constants.
+    Args:
+        name: the layer's name, used in error messages (`"Square"`).
+        forward: `y = forward(x)`, elementwise (or along the last axis), `y` of `x`'s shape.
+        backward: a module-level `backward(residuals, dy) -> ({}, dx)`; the residuals are
+            `(saved, *constants)`, or just `saved` when there are no constants.
+        keep: which tensor the VJP saves: `"output"` (`y`) or `"input"` (`x`).
+        constants: plain values added to the residuals (a slope, an `alpha`).
+        min_rank: the least rank of an input (1 for softmax over the last axis).
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of rank ≥ `min_rank`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        ValueError: `keep` is neither `"output"` nor `"input"`.
 
     Example:
         >>> def square_backward(x, dy):   # y = x²  ⇒  dx = 2 x dy
@@ -63,7 +81,7 @@ def elementwise(
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -84,8 +102,37 @@ def elementwise(
         saved = x if keep_input else y
         return y, VJP(backward, (saved, *constants) if constants else saved)
 
-    apply.layer_name = name  # type: ignore[attr-defined]
+    apply.__dict__.update(
+        layer_name=name,  # see fnn.core.layer_name
+        fast_spec=(  # see fnn/fastpath.py
+            ELEMENTWISE,
+            forward,
+            None,
+            functools.partial(_dx, backward),
+            keep_input,
+            constants,
+        ),
+    )
     return Layer(init, apply)
+
+
+def _dx(
+    backward: Callable[[Any, torch.Tensor], tuple[Params, torch.Tensor]],
+    saved: Any,
+    dy: torch.Tensor,
+) -> torch.Tensor:
+    return backward(saved, dy)[1]
+
+
+def _fast(
+    layer: Layer,
+    forward_: Callable[[torch.Tensor], torch.Tensor],
+    dx: Callable[[Any, torch.Tensor], torch.Tensor],
+) -> Layer:
+    """`layer` with an in-place forward and a check-free backward kernel for `fnn.fastpath`."""
+    kind, forward, _, _, keep_input, constants = layer.apply.fast_spec  # type: ignore[attr-defined]
+    layer.apply.__dict__["fast_spec"] = (kind, forward, forward_, dx, keep_input, constants)
+    return layer
 
 
 def _check_dy(name: str, saved: torch.Tensor, dy: object) -> None:
@@ -94,7 +141,18 @@ def _check_dy(name: str, saved: torch.Tensor, dy: object) -> None:
 
 
 def Identity() -> Layer:
-    """`y = x`."""
+    """`y = x`, as `torch.nn.Identity`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Example:
+        >>> y, vjp = Identity().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-1.,  0.,  2.]), ({}, tensor([1., 1., 1.])))
+    """
     return elementwise("Identity", _identity, identity_backward, keep="output")
 
 
@@ -109,18 +167,50 @@ def identity_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.
 
 
 def Relu() -> Layer:
-    """`y = max(x, 0)`; the gradient at `x = 0` is 0, as in torch."""
-    return elementwise("Relu", torch.relu, relu_backward)
+    """`y = max(x, 0)`, as `torch.nn.ReLU`; the gradient at `x = 0` is 0, as in torch.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Example:
+        >>> y, vjp = Relu().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([0., 0., 2.]), ({}, tensor([0., 0., 1.])))
+    """
+    return _fast(elementwise("Relu", torch.relu, relu_backward), torch.relu_, _relu_dx)
 
 
 # y = max(x, 0)   ⇒   dx = dy · [y > 0]
 def relu_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Relu", y, dy)
-    return {}, aten.threshold_backward.default(dy, y, 0)
+    return {}, _relu_dx(y, dy)
+
+
+def _relu_dx(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    return _threshold_backward(dy, y, 0)  # type: ignore[no-any-return]
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
-    """`y = x` for x > 0, `negative_slope · x` otherwise."""
+    """`y = x` for x > 0, `negative_slope · x` otherwise, as `torch.nn.LeakyReLU`.
+
+    Args:
+        negative_slope: the slope for x ≤ 0.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: `negative_slope` is not a number.
+
+    Example:
+        >>> y, vjp = LeakyRelu(0.1).apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-0.1000,  0.0000,  2.0000]), ({}, tensor([0.1000, 0.1000, 1.0000])))
+    """
     _checks.number("LeakyRelu", "negative_slope", negative_slope)
     forward = functools.partial(torch.nn.functional.leaky_relu, negative_slope=negative_slope)
     return elementwise(
@@ -138,29 +228,78 @@ def leaky_relu_backward(
 
 
 def Tanh() -> Layer:
-    """`y = tanh(x)`."""
-    return elementwise("Tanh", torch.tanh, tanh_backward)
+    """`y = tanh(x)`, as `torch.nn.Tanh`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Example:
+        >>> y, vjp = Tanh().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-0.7616,  0.0000,  0.9640]), ({}, tensor([0.4200, 1.0000, 0.0707])))
+    """
+    return _fast(elementwise("Tanh", torch.tanh, tanh_backward), torch.tanh_, _tanh_dx)
 
 
 # y = tanh x   ⇒   dx = dy · (1 − y²)
 def tanh_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Tanh", y, dy)
-    return {}, aten.tanh_backward.default(dy, y)
+    return {}, _tanh_dx(y, dy)
+
+
+def _tanh_dx(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    return _tanh_backward(dy, y)  # type: ignore[no-any-return]
 
 
 def Sigmoid() -> Layer:
-    """`y = 1 / (1 + e^−x)`."""
-    return elementwise("Sigmoid", torch.sigmoid, sigmoid_backward)
+    """`y = 1 / (1 + e^−x)`, as `torch.nn.Sigmoid`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Example:
+        >>> y, vjp = Sigmoid().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([0.2689, 0.5000, 0.8808]), ({}, tensor([0.1966, 0.2500, 0.1050])))
+    """
+    return _fast(
+        elementwise("Sigmoid", torch.sigmoid, sigmoid_backward), torch.sigmoid_, _sigmoid_dx
+    )
 
 
 # y = σ(x)   ⇒   dx = dy · y (1 − y)
 def sigmoid_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Sigmoid", y, dy)
-    return {}, aten.sigmoid_backward.default(dy, y)
+    return {}, _sigmoid_dx(y, dy)
+
+
+def _sigmoid_dx(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    return _sigmoid_backward(dy, y)  # type: ignore[no-any-return]
 
 
 def Elu(alpha: float = 1.0) -> Layer:
-    """`y = x` for x > 0, `alpha · (eˣ − 1)` otherwise."""
+    """`y = x` for x > 0, `alpha · (eˣ − 1)` otherwise, as `torch.nn.ELU`.
+
+    Args:
+        alpha: the scale of the negative part.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: `alpha` is not a number.
+
+    Example:
+        >>> y, vjp = Elu().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-0.6321,  0.0000,  2.0000]), ({}, tensor([0.3679, 1.0000, 1.0000])))
+    """
     _checks.number("Elu", "alpha", alpha)
     forward = functools.partial(torch.nn.functional.elu, alpha=alpha)
     return elementwise("Elu", forward, elu_backward, keep="input", constants=(alpha,))
@@ -176,7 +315,24 @@ def elu_backward(
 
 
 def Gelu(approximate: str = "none") -> Layer:
-    """`y = x · Φ(x)` (`approximate="tanh"` for the tanh approximation), as `torch.nn.GELU`."""
+    """`y = x · Φ(x)`, Φ the standard normal CDF, as `torch.nn.GELU`.
+
+    Args:
+        approximate: `"none"` for the exact Φ, `"tanh"` for the tanh approximation.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnError: `approximate` is neither `"none"` nor `"tanh"`.
+
+    Example:
+        >>> y, vjp = Gelu().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-0.1587,  0.0000,  1.9545]), ({}, tensor([-0.0833,  0.5000,  1.0852])))
+    """
     if approximate not in ("none", "tanh"):
         raise _checks.FnnError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     forward = functools.partial(torch.nn.functional.gelu, approximate=approximate)
@@ -193,7 +349,25 @@ def gelu_backward(
 
 
 def Softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
-    """`y = log(1 + e^(βx)) / β`, linear where βx > threshold (as `torch.nn.Softplus`)."""
+    """`y = log(1 + e^(βx)) / β`, linear where βx > threshold, as `torch.nn.Softplus`.
+
+    Args:
+        beta: β, the sharpness.
+        threshold: above this value of βx, `y = x`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: `beta` or `threshold` is not a number.
+
+    Example:
+        >>> y, vjp = Softplus().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([0.3133, 0.6931, 2.1269]), ({}, tensor([0.2689, 0.5000, 0.8808])))
+    """
     _checks.number("Softplus", "beta", beta)
     _checks.number("Softplus", "threshold", threshold)
     forward = functools.partial(torch.nn.functional.softplus, beta=beta, threshold=threshold)
@@ -212,7 +386,19 @@ def softplus_backward(
 
 
 def Softmax() -> Layer:
-    """`y = eˣ / Σ eˣ` over the last axis."""
+    """`y = eˣ / Σ eˣ` over the last axis, as `torch.nn.Softmax(dim=-1)`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of shape `(..., features)`, gives `(y, vjp)` with `y` of
+            `x`'s shape; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s
+            shape.
+
+    Example:
+        >>> y, vjp = Softmax().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.tensor([1.0, 0.0, 0.0]))
+        (tensor([0.0420, 0.1142, 0.8438]), ({}, tensor([ 0.0402, -0.0048, -0.0354])))
+    """
     return elementwise("Softmax", _softmax_last, softmax_backward, min_rank=1)
 
 
@@ -227,7 +413,19 @@ def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.T
 
 
 def LogSoftmax() -> Layer:
-    """`y = x − log Σ eˣ` over the last axis (stable for large inputs)."""
+    """`y = x − log Σ eˣ` over the last axis, stable for large inputs, as `torch.nn.LogSoftmax`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of shape `(..., features)`, gives `(y, vjp)` with `y` of
+            `x`'s shape; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s
+            shape.
+
+    Example:
+        >>> y, vjp = LogSoftmax().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-3.1698, -2.1698, -0.1698]), ({}, tensor([ 0.8740,  0.6574, -1.5314])))
+    """
     return elementwise("LogSoftmax", _log_softmax_last, log_softmax_backward, min_rank=1)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
 
 from .. import random
-from ..core import VJP, Key, Layer, Params, Shape, register_consumer
+from ..core import VJP, Key, Layer, Params, Shape, Shapes, register_consumer
+from ..fastpath import DENSE
 from ..initializers import Initializer, fan_in_uniform, torch_default
 from . import _checks
 
@@ -19,12 +20,26 @@ def Dense(
     bias_init: Initializer | None = None,
     bias: bool = True,
 ) -> Layer:
-    """A fully connected layer: `y = x Wᵀ + b` on the last axis.
+    """A fully connected layer: `y = x Wᵀ + b` on the last axis, as `torch.nn.Linear`.
 
-    Params: `{"weight": (out_features, in_features), "bias": (out_features,)}`
-    (no `"bias"` when `bias=False`). Input `(..., in_features)`, output
-    `(..., out_features)`. Default init is `torch.nn.Linear`'s: weight and bias
-    uniform in ±1/√in_features.
+    Args:
+        out_features: size of the output's last axis, ≥ 1.
+        weight_init: initializer of `weight`; default `torch.nn.Linear`'s, uniform in
+            ±1/√in_features.
+        bias_init: initializer of `bias`; default uniform in ±1/√in_features, as torch.
+        bias: whether to add a bias; without it params have no `"bias"`.
+
+    Returns:
+        `Layer(init, apply)`. `init(key, (..., in_features))` gives `(..., out_features)` and
+            params `{"weight": (out_features, in_features), "bias": (out_features,)}`;
+            `apply(params, x)`, `x` of shape `(..., in_features)`, gives `(y, vjp)` with `y`
+            of shape `(..., out_features)`; `vjp(dy)`, `dy` of `y`'s shape, gives
+            `(dparams, dx)` shaped as `(params, x)`.
+
+    Raises:
+        FnnError: `out_features` is not a positive int.
+        ShapeError: (from `init`, `apply` and the VJP) an input, param or cotangent of the
+            wrong shape, naming what was expected.
 
     Example:
         >>> init, apply = Dense(3)
@@ -39,7 +54,7 @@ def Dense(
 
     def init(
         key: Key,
-        input_shape: Shape,
+        input_shape: Shapes,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -73,6 +88,7 @@ def Dense(
             raise
         return y, VJP(dense_backward, (x, weight, bias))
 
+    apply.__dict__.update(fast_spec=(DENSE, out_features, bias))  # see fnn/fastpath.py
     return Layer(init, apply)
 
 
@@ -100,7 +116,7 @@ def dense_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
     x, weight, has_bias = residuals
-    return _dense_grads(x, weight, has_bias, dy, True)  # type: ignore[return-value]
+    return _dense_grads(x, weight, has_bias, dy, True)
 
 
 def dense_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | None]:
@@ -113,6 +129,14 @@ def dense_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor |
 register_consumer(dense_backward, dense_consume)
 
 
+@overload
+def _dense_grads(
+    x: torch.Tensor, weight: torch.Tensor, has_bias: bool, dy: torch.Tensor, need_dx: Literal[True]
+) -> tuple[Params, torch.Tensor]: ...
+@overload
+def _dense_grads(
+    x: torch.Tensor, weight: torch.Tensor, has_bias: bool, dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor | None]: ...
 def _dense_grads(
     x: torch.Tensor, weight: torch.Tensor, has_bias: bool, dy: torch.Tensor, need_dx: bool
 ) -> tuple[Params, torch.Tensor | None]:

@@ -1,0 +1,29 @@
+"""Cached 0-d tensors for the constants of hot kernels.
+
+On CPU, `x.mul(0.9)` wraps the Python number in a new tensor at every call, which
+costs about as much as the multiplication itself on small tensors; `x.mul(t)` with a
+0-d tensor `t` of `x`'s dtype skips that and rounds the same way for float32 and
+float64. (For float16/bfloat16 a Python number is kept at float32 precision while a
+0-d tensor of the input's dtype is not, so those get the Python number.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+_CACHE: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+_EXACT = (torch.float32, torch.float64)
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor | float:
+    """`value` as a cached 0-d tensor with `like`'s dtype and device (never written to)."""
+    dtype = like.dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        return value
+    key = (value, dtype, like.device)
+    found = _CACHE.get(key)
+    if found is None:
+        if len(_CACHE) > 256:  # e.g. 2/n for many batch sizes: keep the cache small
+            _CACHE.clear()
+        found = _CACHE[key] = torch.tensor(value, dtype=dtype, device=like.device)
+    return found

@@ -1,0 +1,187 @@
+"""The flat fast path of value_and_grad (fnn/fastpath.py) is taken where it should be,
+gives bit-identical results to the general path, and steps aside on anything unusual."""
+
+import pytest
+import torch
+
+import fnn
+from fnn import fastpath
+from fnn import layers as L
+from fnn.errors import FnnError
+
+ACTIVATIONS = [L.Relu, L.Tanh, L.Sigmoid, L.LeakyRelu, L.Gelu, L.Elu, L.Softplus, L.Identity]
+
+
+def _general(apply):
+    """The same model without its fast plan: value_and_grad takes the general path."""
+
+    def plain_apply(params, x, **kwargs):
+        return apply(params, x, **kwargs)
+
+    return plain_apply
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    """Counts the fast path's successful runs."""
+    calls = []
+    run = fastpath.run
+
+    def counting_run(*args):
+        found = run(*args)
+        calls.append(found is not None)
+        return found
+
+    monkeypatch.setattr(fastpath, "run", counting_run)
+    return calls
+
+
+def _model(activation, bias=True):
+    return fnn.serial(
+        L.Dense(7, bias=bias), activation(), L.Dense(5), activation(), L.Dense(3, bias=bias)
+    )
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(fnn.tree.leaves(a), fnn.tree.leaves(b))) and (
+        fnn.tree.structure(a) == fnn.tree.structure(b)
+    )
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_path_equals_general_path_bit_for_bit(activation, loss, batch, dtype, fast_calls):
+    init, apply = _model(activation)
+    _, params = init(fnn.random.key(0), (-1, 4), dtype=dtype)
+    x = fnn.random.normal(fnn.random.key(1), (batch, 4), dtype=dtype)
+    if loss == "mse":
+        target = fnn.random.normal(fnn.random.key(2), (batch, 3), dtype=dtype)
+        loss_fn = fnn.losses.mse
+    else:
+        target = torch.arange(batch) % 3
+        loss_fn = fnn.losses.cross_entropy
+    x_before, params_before = x.clone(), fnn.tree.map(torch.clone, params)
+    (value, y), grads = fnn.value_and_grad(apply, loss_fn, has_aux=True)(params, x, target)
+    assert fast_calls == [True]
+    (value0, y0), grads0 = fnn.value_and_grad(_general(apply), loss_fn, has_aux=True)(
+        params, x, target
+    )
+    assert torch.equal(value, value0) and torch.equal(y, y0) and _same(grads, grads0)
+    assert torch.equal(x, x_before) and _same(params, params_before)  # nothing overwritten
+
+
+def test_first_layer_activation_does_not_overwrite_the_input(fast_calls):
+    init, apply = fnn.serial(L.Relu(), L.Dense(2), L.Tanh())
+    _, params = init(fnn.random.key(0), (-1, 3))
+    x = torch.tensor([[-1.0, 2.0, -3.0]])
+    _, grads = fnn.value_and_grad(apply, fnn.losses.mse)(params, x, torch.zeros(1, 2))
+    assert fast_calls == [True]
+    assert x.tolist() == [[-1.0, 2.0, -3.0]]
+    _, grads0 = fnn.value_and_grad(_general(apply), fnn.losses.mse)(params, x, torch.zeros(1, 2))
+    assert _same(grads, grads0)
+
+
+def test_params_without_entries_for_activations_and_no_bias(fast_calls):
+    init, apply = _model(L.Relu, bias=False)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    params = {k: v for k, v in params.items() if v}  # as in a state_dict: no "1", "3"
+    x, target = torch.randn(5, 4), torch.randn(5, 3)
+    value, grads = fnn.value_and_grad(apply, fnn.losses.mse)(params, x, target)
+    assert fast_calls == [True]
+    assert list(grads) == ["0", "2", "4"] and list(grads["0"]) == ["weight"]
+    value0, grads0 = fnn.value_and_grad(_general(apply), fnn.losses.mse)(params, x, target)
+    assert torch.equal(value, value0) and _same(grads, grads0)
+
+
+def test_a_key_is_accepted_and_ignored_like_the_layers_do(fast_calls):
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    x, target = torch.randn(5, 4), torch.randn(5, 3)
+    f = fnn.value_and_grad(apply, fnn.losses.mse)
+    value, _ = f(params, x, target, key=fnn.random.key(3))
+    assert fast_calls == [True]
+    assert torch.equal(value, f(params, x, target)[0])
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: fnn.serial(L.Dense(3), L.Dropout(0.5)),  # not a fast layer
+        lambda: fnn.serial(fnn.serial(L.Dense(3)), L.Relu()),  # nested serial
+        lambda: fnn.serial(fnn.remat(L.Dense(3)), L.Relu()),
+        lambda: fnn.serial(fnn.with_vjp(L.Dense(3), fnn.layers.dense.dense_backward)),
+    ],
+)
+def test_models_with_other_layers_take_the_general_path(model, fast_calls):
+    init, apply = model()
+    _, params = init(fnn.random.key(0), (-1, 4))
+    fnn.value_and_grad(apply, fnn.losses.mse)(params, torch.randn(2, 4), torch.randn(2, 3))
+    assert fast_calls == []
+
+
+def test_other_inputs_and_losses_take_the_general_path(fast_calls):
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    f = fnn.value_and_grad(apply, fnn.losses.mse)
+    f(params, torch.randn(2, 6, 4), torch.randn(2, 6, 3))  # 3-D input
+    assert fast_calls == [False]
+    fnn.value_and_grad(apply, fnn.losses.bce_with_logits)(
+        params, torch.randn(2, 4), torch.rand(2, 3)
+    )
+    with fnn.debug.check_finite():
+        f(params, torch.randn(2, 4), torch.randn(2, 3))
+    assert fast_calls == [False]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (
+            lambda p: p["2"].update(weight=torch.ones(4, 7)),
+            r"serial\[2\] Dense: params\['weight'\]",
+        ),
+        (lambda p: p["2"].update(bias=torch.ones(1)), r"serial\[2\] Dense: params\['bias'\]"),
+        (lambda p: p["2"].update(extra=torch.ones(1)), r"serial\[2\] Dense: params unexpected"),
+        (lambda p: p["2"].pop("bias"), r"serial\[2\] Dense: params missing \['bias'\]"),
+        (lambda p: p["1"].update(w=torch.ones(1)), r"serial\[1\] Relu: takes no parameters"),
+        (lambda p: p.update({"9": {}}), r"serial: unexpected params keys \['9'\]"),
+        (lambda p: p["4"].update(bias=p["4"]["bias"].double()), r"serial\[4\] Dense"),
+    ],
+)
+def test_bad_params_get_the_general_paths_clear_error(corrupt, message, fast_calls):
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    corrupt(params)
+    with pytest.raises(FnnError, match=message):
+        fnn.value_and_grad(apply, fnn.losses.mse)(params, torch.randn(2, 4), torch.randn(2, 3))
+    assert True not in fast_calls
+
+
+@pytest.mark.parametrize(
+    ("x", "target", "message"),
+    [
+        (torch.randn(2, 4), torch.randn(1, 3), r"mse: target shape \(1, 3\)"),
+        (torch.randn(2, 4), torch.randn(2, 3).double(), r"mse: target dtype torch.float64"),
+        (torch.randn(2, 4).double(), torch.randn(2, 3), r"serial\[0\] Dense: input dtype"),
+        (torch.ones(2, 4, dtype=torch.int64), torch.randn(2, 3), r"serial\[0\] Dense"),
+        (torch.randn(2, 5), torch.randn(2, 3), r"serial\[0\] Dense: expected input of shape"),
+    ],
+)
+def test_bad_inputs_get_the_general_paths_clear_error(x, target, message, fast_calls):
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    with pytest.raises(FnnError, match=message):
+        fnn.value_and_grad(apply, fnn.losses.mse)(params, x, target)
+    assert True not in fast_calls
+
+
+def test_empty_batch_takes_the_general_path(fast_calls):
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    value, grads = fnn.value_and_grad(apply, fnn.losses.mse)(
+        params, torch.randn(0, 4), torch.randn(0, 3)
+    )
+    assert fast_calls == [False]
+    assert torch.isnan(value) and grads["0"]["weight"].shape == (7, 4)
