@@ -19,6 +19,7 @@ from ..core import VJP, Key, Layer, Params, Shape, Shapes
 from ..fastpath import ELEMENTWISE
 from . import _checks
 
+# torch.ops.aten has no type annotations: its ops return Any (the no-any-return ignores below)
 aten = torch.ops.aten
 _threshold_backward = aten.threshold_backward.default
 _tanh_backward = aten.tanh_backward.default
@@ -130,7 +131,7 @@ def _fast(
     dx: Callable[[Any, torch.Tensor], torch.Tensor],
 ) -> Layer:
     """`layer` with an in-place forward and a check-free backward kernel for `fnn.fastpath`."""
-    kind, forward, _, _, keep_input, constants = layer.apply.fast_spec  # type: ignore[attr-defined]
+    kind, forward, _, _, keep_input, constants = layer.apply.__dict__["fast_spec"]
     layer.apply.__dict__["fast_spec"] = (kind, forward, forward_, dx, keep_input, constants)
     return layer
 
