@@ -3,15 +3,17 @@
 `serial` gives its `apply` a `fast_plan` when every child is a `Dense` or an
 elementwise activation: one `(kind, ...)` tuple per child, read from the child's
 `apply.fast_spec`. For such a model and one of fnn's own losses, `value_and_grad`
-runs the forward pass, the loss and the backward pass in one loop over the plan,
-with the same kernels as the layers' own `apply` and VJP (so the results are
-bit-identical) but without building a VJP per layer, and it frees each residual as
-the backward pass consumes it. An activation right after a `Dense` runs in place on
-the `Dense` output, a temporary nobody else sees.
+runs `compile_plan(...)`: the forward pass, the loss and the backward pass written
+out as one straight-line Python function, exactly the hand-written backprop a
+student would write for that model (`source(apply)` shows it). It calls the same
+kernels as the layers' own `apply` and VJP, so the results are bit-identical, but
+builds no VJP per layer and walks no loop, and it deletes each residual right after
+its last use. An activation right after a `Dense` runs in place on the `Dense`
+output, a temporary nobody else sees.
 
-Every check here is a cheap attribute read for what torch would let through
+Every check in it is a cheap attribute read for what torch would let through
 silently (a weight of the wrong height, a bias that broadcasts, a target of another
-shape or dtype). Anything unusual makes `run` return `None`, and `value_and_grad`
+shape or dtype). Anything unusual makes it return `None`, and `value_and_grad`
 takes the general path, which raises the clear error naming the layer.
 """
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from .core import Params
 
-__all__ = ["DENSE", "ELEMENTWISE", "run"]
+__all__ = ["DENSE", "ELEMENTWISE", "FastLoss", "FastRun", "compile_plan", "source"]
 
 DENSE = "dense"  # ("dense", out_features, has_bias)
 ELEMENTWISE = "elementwise"  # ("elementwise", forward, forward_, dx, keep_input, constants)
@@ -33,76 +35,134 @@ ELEMENTWISE = "elementwise"  # ("elementwise", forward, forward_, dx, keep_input
 `saved` being the input or the output (`keep_input`), with the constants appended."""
 
 FastLoss = Callable[[torch.Tensor, Any], "tuple[torch.Tensor, torch.Tensor] | None"]
+"""`loss(pred, target) -> (value, dpred)` (the VJP of 1.0), or `None` to take the general path."""
+FastRun = Callable[
+    [FastLoss, Params, Any, Any, bool], "tuple[torch.Tensor, torch.Tensor | None, Params] | None"
+]
+"""`run(loss, params, x, target, keep_y) -> (value, y or None, grads)`, or `None`."""
+
+Plan = tuple[tuple[tuple[Any, ...], ...], tuple[str, ...], tuple[str, ...]]
 
 
-def run(
-    plan: tuple[tuple[Any, ...], ...],
-    names: tuple[str, ...],
-    param_names: tuple[str, ...],
-    loss: FastLoss,
-    params: Params,
-    x: Any,
-    target: Any,
-    keep_y: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, Params] | None:
-    """`(value, y, grads)` for a `serial` model with a fast plan, or `None` to take the
-    general path. `names` are the children's keys, `param_names` those with params;
-    `y` (the model output) is `None` unless `keep_y`."""
-    if type(params) is not dict or type(x) is not torch.Tensor or x.ndim != 2:
-        return None
-    given = tuple(params)
-    full = given == names
-    if not full and given != param_names:
-        return None
-    if not x.is_floating_point():
-        return None
-    saved: list[Any] = []
-    fresh = False  # is `x` a temporary made here (a Dense output), safe to overwrite?
-    for name, spec in zip(names, plan):
+def compile_plan(fast_plan: Plan) -> FastRun:
+    """The straight-line `run` function for `serial`'s `fast_plan` (cached on the plan's owner
+    by `value_and_grad`)."""
+    text, namespace = _generate(*fast_plan)
+    exec(compile(text, "<fnn.fastpath>", "exec"), namespace)
+    run: FastRun = namespace["run"]
+    run.__dict__["source"] = text
+    return run
+
+
+def source(apply: Any) -> str:
+    """The Python source of the fast path for a `serial` model's `apply` (for reading)."""
+    plan = getattr(apply, "fast_plan", None)
+    if plan is None:
+        raise ValueError(
+            "fastpath.source: this apply has no fast plan (not a serial chain of Dense and activations)"
+        )
+    return _generate(*plan)[0]
+
+
+def _generate(
+    plan: tuple[tuple[Any, ...], ...], names: tuple[str, ...], param_names: tuple[str, ...]
+) -> tuple[str, dict[str, Any]]:
+    """The source of `run` and the namespace its names refer to."""
+    namespace: dict[str, Any] = {"Tensor": torch.Tensor, "linear": F.linear}
+    code = [
+        "def run(loss, params, x, target, keep_y):",
+        "    if type(params) is not dict or type(x) is not Tensor or x.ndim != 2:",
+        "        return None",
+        "    given = tuple(params)",
+        f"    full = given == {names!r}",
+        f"    if (not full and given != {param_names!r}) or not x.is_floating_point():",
+        "        return None",
+    ]
+    # Forward: h{i} is layer i's output; `kept[i]` what its backward reads.
+    kept: list[str] = []
+    current, fresh = "x", False
+    for i, (name, spec) in enumerate(zip(names, plan)):
         if spec[0] is DENSE:
-            p = params[name]
-            weight = p["weight"]
-            if weight.shape[0] != spec[1] or len(p) != 1 + spec[2]:
-                return None
-            if spec[2]:
-                bias = p["bias"]
-                if bias.ndim != 1 or bias.shape[0] != spec[1]:
-                    return None
-            else:
-                bias = None
-            saved.append(x)
-            x = F.linear(x, weight, bias)
+            out, has_bias = spec[1], spec[2]
+            code += [
+                f"    # {name}: Dense({out})    y = x Wᵀ + b",
+                f"    p{i} = params[{name!r}]",
+                f"    w{i} = p{i}['weight']",
+            ]
+            bad = f"w{i}.shape[0] != {out} or len(p{i}) != {1 + has_bias}"
+            if has_bias:
+                code.append(f"    b{i} = p{i}['bias']")
+                bad += f" or b{i}.ndim != 1 or b{i}.shape[0] != {out}"
+            code += [
+                f"    if {bad}:",
+                "        return None",
+                f"    h{i} = linear({current}, w{i}, {f'b{i}' if has_bias else 'None'})",
+            ]
+            kept.append(current)
             fresh = True
         else:
-            _, forward, forward_, _, keep_input, constants = spec
-            if full and params[name]:
-                return None
-            y = forward_(x) if fresh and forward_ is not None else forward(x)
-            saved.append(
-                (x if keep_input else y, *constants) if constants else (x if keep_input else y)
-            )
-            x = y
+            _, forward, forward_, dx, keep_input, constants = spec
+            inplace = fresh and forward_ is not None
+            namespace[f"forward{i}"] = forward_ if inplace else forward
+            namespace[f"dx{i}"] = dx
+            code += [
+                f"    # {name}: elementwise",
+                f"    if full and params[{name!r}]:",
+                "        return None",
+                f"    h{i} = forward{i}({current})" + ("  # in place" if inplace else ""),
+            ]
+            saved = current if keep_input else f"h{i}"
+            if constants:
+                namespace[f"constants{i}"] = constants
+                saved = f"({saved}, *constants{i})"
+            kept.append(saved)
             fresh = False
-    found = loss(x, target)
-    if found is None:
-        return None
-    value, dy = found
-    if not keep_y:
-        x = None  # the loss keeps what its gradient needs; the output may die now
-    grads: list[Any] = [None] * len(plan)
+        current = f"h{i}"
+    code += [
+        f"    found = loss({current}, target)",
+        "    if found is None:",
+        "        return None",
+        "    value, dy = found",
+        f"    y = {current} if keep_y else None",
+    ]
+    # Backward, last layer first; each name is deleted after its last use.
+    last_use: dict[str, int] = {}
+    for i in range(len(plan)):  # the earliest layer reading a name uses it last
+        for word in _names_in(kept[i]):
+            last_use.setdefault(word, i)
+    forward_names = ["x"] + [f"h{i}" for i in range(len(plan))]
+    dead_after_forward = [n for n in forward_names if n not in last_use]
+    code.append(f"    del {', '.join(dead_after_forward)}" if dead_after_forward else "")
     for i in range(len(plan) - 1, -1, -1):
         spec = plan[i]
-        kept = saved.pop()
+        code.append(f"    # {names[i]}: backward")
         if spec[0] is DENSE:
-            grads[i] = {"weight": dy.t().mm(kept)}
-            if spec[2]:
-                grads[i]["bias"] = dy.sum(0)
+            grads = f"{{'weight': dy.t().mm({kept[i]})" + (
+                ", 'bias': dy.sum(0)}" if spec[2] else "}"
+            )
+            code.append(f"    g{i} = {grads}")
             if i:
-                dy = dy.mm(params[names[i]]["weight"])
+                code.append(f"    dy = dy.mm(w{i})")
         else:
-            grads[i] = {}
-            dy = spec[3](kept, dy)
-        del kept
-    if full:
-        return value, x, dict(zip(names, grads))
-    return value, x, {name: grads[i] for i, name in enumerate(names) if name in params}
+            code += [f"    g{i} = {{}}", f"    dy = dx{i}({kept[i]}, dy)"]
+        dead = [w for w in _names_in(kept[i]) if last_use[w] == i]
+        if dead:
+            code.append(f"    del {', '.join(dead)}")
+    full = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names))
+    partial = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names) if name in param_names)
+    code += [
+        "    if full:",
+        f"        return value, y, {{{full}}}",
+        f"    return value, y, {{{partial}}}",
+        "",
+    ]
+    return "\n".join(line for line in code if line), namespace
+
+
+def _names_in(expression: str) -> list[str]:
+    """The variable names (x, h3) in a residual expression like `(h3, *constants4)`."""
+    return [
+        w
+        for w in expression.strip("()").replace("*", "").split(", ")
+        if not w.startswith("constants")
+    ]

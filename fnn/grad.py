@@ -95,18 +95,16 @@ def value_and_grad(apply: ApplyFn, loss: Loss, has_aux: bool = False) -> ValueAn
     # A serial chain of Dense and activations with one of fnn's losses: see fnn/fastpath.py.
     fast_plan: Any = getattr(apply, "fast_plan", None)
     fast_loss = _FAST_LOSSES.get(loss) if fast_plan is not None else None
-    specs, names, with_params = fast_plan if fast_loss is not None else ((), (), ())
+    fast_run = fastpath.compile_plan(fast_plan) if fast_loss is not None else None
 
     def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, ...]:
         if (
-            fast_loss is not None
+            fast_run is not None
             and (not kwargs or kwargs.keys() == {"key"})
             and not debug.CHECK_FINITE
         ):
             try:  # the flat fast path, fnn/fastpath.py; None (or an error) means "take the general path"
-                found = fastpath.run(
-                    specs, names, with_params, fast_loss, params, x, target, has_aux
-                )
+                found = fast_run(fast_loss, params, x, target, has_aux)  # type: ignore[arg-type]
             except Exception:
                 found = None
             if found is not None:

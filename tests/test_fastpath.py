@@ -25,14 +25,19 @@ def _general(apply):
 def fast_calls(monkeypatch):
     """Counts the fast path's successful runs."""
     calls = []
-    run = fastpath.run
+    compile_plan = fastpath.compile_plan
 
-    def counting_run(*args):
-        found = run(*args)
-        calls.append(found is not None)
-        return found
+    def counting_compile_plan(plan):
+        run = compile_plan(plan)
 
-    monkeypatch.setattr(fastpath, "run", counting_run)
+        def counting_run(*args):
+            found = run(*args)
+            calls.append(found is not None)
+            return found
+
+        return counting_run
+
+    monkeypatch.setattr(fastpath, "compile_plan", counting_compile_plan)
     return calls
 
 
@@ -185,3 +190,13 @@ def test_empty_batch_takes_the_general_path(fast_calls):
     )
     assert fast_calls == [False]
     assert torch.isnan(value) and grads["0"]["weight"].shape == (7, 4)
+
+
+def test_the_generated_code_reads_as_hand_written_backprop():
+    text = fastpath.source(_model(L.Relu).apply)
+    assert "h0 = linear(x, w0, b0)" in text and "h1 = forward1(h0)  # in place" in text
+    assert (
+        "g4 = {'weight': dy.t().mm(h3), 'bias': dy.sum(0)}" in text and "dy = dx1(h1, dy)" in text
+    )
+    with pytest.raises(ValueError, match="no fast plan"):
+        fastpath.source(fnn.serial(L.Dropout(0.5)).apply)
