@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal, TypeAlias
 
 import torch
 from typing_extensions import Protocol
@@ -209,7 +210,7 @@ def xavier_uniform(gain: float = 1.0) -> Initializer:
 
     Returns:
         An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
-        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+            a weight shape `(out, in, *kernel)` (`FnnError` for fewer than 2 dimensions).
 
     Example:
         >>> init = xavier_uniform()
@@ -230,7 +231,7 @@ def xavier_normal(gain: float = 1.0) -> Initializer:
 
     Returns:
         An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
-        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+            a weight shape `(out, in, *kernel)` (`FnnError` for fewer than 2 dimensions).
 
     Example:
         >>> init = xavier_normal()
@@ -245,10 +246,30 @@ glorot_uniform = xavier_uniform
 glorot_normal = xavier_normal
 
 
-def _kaiming_std(a: float, mode: str, nonlinearity: str) -> Callable[[int, int], float]:
+FanMode: TypeAlias = Literal["fan_in", "fan_out"]
+Nonlinearity: TypeAlias = Literal[
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+]
+"""The names `torch.nn.init.calculate_gain` knows."""
+
+
+def _kaiming_std(
+    a: float, mode: FanMode, nonlinearity: Nonlinearity
+) -> Callable[[int, int], float]:
     if mode not in ("fan_in", "fan_out"):
         raise FnnError(f"kaiming init: mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    gain = torch.nn.init.calculate_gain(nonlinearity, a)  # type: ignore[arg-type]
+    gain = torch.nn.init.calculate_gain(nonlinearity, a)
 
     def std(fan_in: int, fan_out: int) -> float:
         return gain / math.sqrt(fan_in if mode == "fan_in" else fan_out)
@@ -257,7 +278,7 @@ def _kaiming_std(a: float, mode: str, nonlinearity: str) -> Callable[[int, int],
 
 
 def kaiming_uniform(
-    a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
+    a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: Nonlinearity = "leaky_relu"
 ) -> Initializer:
     """U(−b, b) with b = √3 · gain / √fan (`torch.nn.init.kaiming_uniform_`).
 
@@ -268,7 +289,7 @@ def kaiming_uniform(
 
     Returns:
         An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
-        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+            a weight shape `(out, in, *kernel)` (`FnnError` for fewer than 2 dimensions).
 
     Raises:
         FnnError: `mode` is neither `"fan_in"` nor `"fan_out"`.
@@ -284,7 +305,7 @@ def kaiming_uniform(
 
 
 def kaiming_normal(
-    a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
+    a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: Nonlinearity = "leaky_relu"
 ) -> Initializer:
     """N(0, σ²) with σ = gain / √fan (`torch.nn.init.kaiming_normal_`).
 
@@ -295,7 +316,7 @@ def kaiming_normal(
 
     Returns:
         An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
-        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+            a weight shape `(out, in, *kernel)` (`FnnError` for fewer than 2 dimensions).
 
     Raises:
         FnnError: `mode` is neither `"fan_in"` nor `"fan_out"`.
@@ -314,7 +335,7 @@ def torch_default() -> Initializer:
 
     Returns:
         An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`,
-        a weight shape `(out, in, *kernel)` (it raises `FnnError` for fewer than 2 dimensions).
+            a weight shape `(out, in, *kernel)` (`FnnError` for fewer than 2 dimensions).
 
     Example:
         >>> init = torch_default()
