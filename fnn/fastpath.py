@@ -34,8 +34,9 @@ ELEMENTWISE = "elementwise"  # ("elementwise", forward, forward_, dx, keep_input
 """`forward_` is an in-place forward (or `None`); `dx(saved, dy) -> dx` the backward kernel,
 `saved` being the input or the output (`keep_input`), with the constants appended."""
 
-FastLoss = Callable[[torch.Tensor, Any], "tuple[torch.Tensor, torch.Tensor] | None"]
-"""`loss(pred, target) -> (value, dpred)` (the VJP of 1.0), or `None` to take the general path."""
+FastLoss = Callable[[list[torch.Tensor], Any], "tuple[torch.Tensor, torch.Tensor] | None"]
+"""`loss([pred], target) -> (value, dpred)` (the VJP of 1.0), or `None` to take the general
+path; it takes `pred` out of the list, so the model output can be freed before `dpred` exists."""
 FastRun = Callable[
     [FastLoss, Params, Any, Any, bool], "tuple[torch.Tensor, torch.Tensor | None, Params] | None"
 ]
@@ -118,13 +119,6 @@ def _generate(
             kept.append(saved)
             fresh = False
         current = f"h{i}"
-    code += [
-        f"    found = loss({current}, target)",
-        "    if found is None:",
-        "        return None",
-        "    value, dy = found",
-        f"    y = {current} if keep_y else None",
-    ]
     # Backward, last layer first; each name is deleted after its last use.
     last_use: dict[str, int] = {}
     for i in range(len(plan)):  # the earliest layer reading a name uses it last
@@ -132,7 +126,16 @@ def _generate(
             last_use.setdefault(word, i)
     forward_names = ["x"] + [f"h{i}" for i in range(len(plan))]
     dead_after_forward = [n for n in forward_names if n not in last_use]
-    code.append(f"    del {', '.join(dead_after_forward)}" if dead_after_forward else "")
+    code += [
+        f"    y = {current} if keep_y else None",
+        f"    box = [{current}]  # the loss takes the output out of the box: it may die early",
+        f"    del {', '.join(dead_after_forward)}" if dead_after_forward else "",
+        "    found = loss(box, target)",
+        "    if found is None:",
+        "        return None",
+        "    value, dy = found",
+        "    del found  # else it keeps the first cotangent alive through the backward pass",
+    ]
     for i in range(len(plan) - 1, -1, -1):
         spec = plan[i]
         code.append(f"    # {names[i]}: backward")

@@ -145,13 +145,16 @@ def mse_backward(
 
 
 def mse_value_and_dpred(
-    pred: torch.Tensor, target: object
+    box: list[torch.Tensor], target: object
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`mse(pred, target)`'s value and `vjp(1.0)` in one go, for `fnn.fastpath`; `None`
-    where the general path must decide (a target of another shape or dtype, no elements)."""
+    """`mse(pred, target)`'s value and `vjp(1.0)` in one go for `fnn.fastpath`, `box = [pred]`
+    (emptied, so `pred` dies early); `None` where the general path must decide (a target of
+    another shape or dtype, no elements)."""
+    pred = box.pop()
     if type(target) is not torch.Tensor or target.shape != pred.shape or target.dtype != pred.dtype:
         return None
     diff = pred - target
+    del pred
     n = diff.numel()
     if not n:
         return None
@@ -232,10 +235,12 @@ def cross_entropy_backward(
 
 
 def cross_entropy_value_and_dlogits(
-    logits: torch.Tensor, labels: object
+    box: list[torch.Tensor], labels: object
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`cross_entropy(logits, labels)`'s value and `vjp(1.0)` in one go, for `fnn.fastpath`;
-    `None` where the general path must decide (labels of another dtype or shape)."""
+    """`cross_entropy(logits, labels)`'s value and `vjp(1.0)` in one go for `fnn.fastpath`,
+    `box = [logits]` (emptied, so the logits die early); `None` where the general path must
+    decide (labels of another dtype or shape)."""
+    logits = box.pop()
     if (
         type(labels) is not torch.Tensor
         or labels.dtype != torch.int64
@@ -244,6 +249,7 @@ def cross_entropy_value_and_dlogits(
     ):
         return None
     log_probs = torch.log_softmax(logits, 1)
+    del logits
     value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
     one = _cotangent("cross_entropy", 1.0, "mean", log_probs)
     dlog_probs = aten.nll_loss_backward.default(one, log_probs, labels, None, 1, -100, total_weight)
