@@ -66,18 +66,24 @@ def source(apply: Any) -> str:
 
 
 def _generate(
-    plan: tuple[tuple[Any, ...], ...], names: tuple[str, ...], param_names: tuple[str, ...]
+    plan: tuple[tuple[Any, ...], ...],
+    names: tuple[str, ...],
+    param_names: tuple[str, ...],
+    checks: bool = True,
 ) -> tuple[str, dict[str, Any]]:
-    """The source of `run` and the namespace its names refer to."""
+    """The source of `run` and the namespace its names refer to. `checks=False` leaves the
+    checks out (and assumes params for every layer): only the checks benchmark does that."""
+
+    def unless(condition: str) -> list[str]:
+        return [f"    if {condition}:", "        return None"] if checks else []
+
     namespace: dict[str, Any] = {"Tensor": torch.Tensor, "linear": F.linear}
     code = [
         "def run(loss, params, x, target, keep_y):",
-        "    if type(params) is not dict or type(x) is not Tensor or x.ndim != 2:",
-        "        return None",
-        "    given = tuple(params)",
-        f"    full = given == {names!r}",
-        f"    if (not full and given != {param_names!r}) or not x.is_floating_point():",
-        "        return None",
+        *unless("type(params) is not dict or type(x) is not Tensor or x.ndim != 2"),
+        "    given = tuple(params)" if checks else "",
+        f"    full = given == {names!r}" if checks else "    full = True",
+        *unless(f"(not full and given != {param_names!r}) or not x.is_floating_point()"),
     ]
     # Forward: h{i} is layer i's output; `kept[i]` what its backward reads.
     kept: list[str] = []
@@ -95,8 +101,7 @@ def _generate(
                 code.append(f"    b{i} = p{i}['bias']")
                 bad += f" or b{i}.ndim != 1 or b{i}.shape[0] != {out}"
             code += [
-                f"    if {bad}:",
-                "        return None",
+                *unless(bad),
                 f"    h{i} = linear({current}, w{i}, {f'b{i}' if has_bias else 'None'})",
             ]
             kept.append(current)
@@ -108,8 +113,7 @@ def _generate(
             namespace[f"dx{i}"] = dx
             code += [
                 f"    # {name}: elementwise",
-                f"    if full and params[{name!r}]:",
-                "        return None",
+                *unless(f"full and params[{name!r}]"),
                 f"    h{i} = forward{i}({current})" + ("  # in place" if inplace else ""),
             ]
             saved = current if keep_input else f"h{i}"

@@ -57,6 +57,17 @@ _ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 aten = torch.ops.aten
 
 
+def _one(like: torch.Tensor) -> torch.Tensor:
+    """A cached 0-d one of `like`'s dtype and device (never written to: aten's backward
+    kernels only read it)."""
+    one = _ONES.get((like.dtype, like.device))
+    if one is None:
+        one = _ONES[(like.dtype, like.device)] = torch.ones(
+            (), dtype=like.dtype, device=like.device
+        )
+    return one
+
+
 def _cotangent(name: str, dvalue: object, reduction: str, like: torch.Tensor) -> torch.Tensor:
     """`dvalue` as a tensor for aten's loss backward kernels (a cached 0-d one for 1.0)."""
     if isinstance(dvalue, torch.Tensor):
@@ -78,12 +89,7 @@ def _cotangent(name: str, dvalue: object, reduction: str, like: torch.Tensor) ->
             f"cotangent, got {describe(dvalue)}"
         )
     if dvalue == 1.0:
-        one = _ONES.get((like.dtype, like.device))
-        if one is None:  # never written to: aten's backward kernels only read it
-            one = _ONES[(like.dtype, like.device)] = torch.ones(
-                (), dtype=like.dtype, device=like.device
-            )
-        return one
+        return _one(like)
     return torch.full((), dvalue, dtype=like.dtype, device=like.device)
 
 
@@ -241,18 +247,14 @@ def cross_entropy_value_and_dlogits(
     `box = [logits]` (emptied, so the logits die early); `None` where the general path must
     decide (labels of another dtype or shape)."""
     logits = box.pop()
-    if (
-        type(labels) is not torch.Tensor
-        or labels.dtype != torch.int64
-        or logits.ndim != 2
-        or labels.shape != logits.shape[:1]
-    ):
-        return None
+    if labels.dtype is not torch.int64:  # type: ignore[attr-defined]
+        return None  # (nll_loss itself rejects labels of the wrong shape, and non-tensors)
     log_probs = torch.log_softmax(logits, 1)
     del logits
     value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
-    one = _cotangent("cross_entropy", 1.0, "mean", log_probs)
-    dlog_probs = aten.nll_loss_backward.default(one, log_probs, labels, None, 1, -100, total_weight)
+    dlog_probs = aten.nll_loss_backward.default(
+        _one(log_probs), log_probs, labels, None, 1, -100, total_weight
+    )
     dlogits = aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
     return value, dlogits
 

@@ -3,15 +3,22 @@
     python -m tests.benchmarks.run_all checks
 
 The step is the disk task's: the 2→25→25→25→2 MLP with Relu, cross-entropy,
-`fnn.value_and_grad` and `fnn.update`, batch 100. "checks bypassed" runs the
-same computation with check-free copies of the pieces that check: `serial`'s
-apply (params split, debug flag), Dense's and Relu's apply and backward,
-cross-entropy, value_and_grad's 0-d test and `update`'s tree comparison. It
-uses the same kernels in the same order (the results are asserted to be
-bit-identical) and fnn's own `serial_backward`, so the difference between the
-two is the cost of the checks. The figure is a paired median: each repeat times
-a short block of both steps back to back, so both see the same machine load.
-The issue asks for < 5 %.
+`fnn.value_and_grad` and `fnn.update`, batch 100. Two figures:
+
+1. The step as users run it. For this model `value_and_grad` runs its generated
+   fast path (fnn/fastpath.py). "checks bypassed" runs the same generated code
+   with its check lines left out (`fastpath._generate(..., checks=False)`), a
+   copy of the cross-entropy kernel without its label checks and `update`
+   without its grads/params pairing check (shapes and dtypes).
+2. The general path (each layer's `apply` and VJP, walked by `serial`), which
+   models outside the fast path use (Dropout, Conv, a custom layer):
+   check-free copies of `serial`'s apply, Dense's and Relu's apply and
+   backward, cross-entropy, value_and_grad's 0-d test and `update`.
+
+Both variants use the same kernels in the same order (the results are asserted
+to be bit-identical), so the difference is the cost of the checks. The figure is
+a paired median: each repeat times a short block of both steps back to back, so
+both see the same machine load. The issue asks for < 5 %.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import fnn
-from fnn import core
+from fnn import core, fastpath
 from fnn import layers as L
 from fnn.combinators import serial_backward
 from fnn.core import VJP, Layer
@@ -173,10 +180,19 @@ def _model() -> Layer:
     )
 
 
-def make_steps(batch: int = 100):
+def _general(apply):
+    """`apply` without its fast plan: `value_and_grad` takes the general path."""
+
+    def general_apply(params, x, **kwargs):
+        return apply(params, x, **kwargs)
+
+    return general_apply
+
+
+def make_general_steps(batch: int = 100):
     _, params = _model().init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
-    loss_and_grads = fnn.value_and_grad(_model().apply, fnn.losses.cross_entropy)
+    loss_and_grads = fnn.value_and_grad(_general(_model().apply), fnn.losses.cross_entropy)
     nocheck_loss_and_grads = _value_and_grad(
         _serial(*[_dense_apply, _relu_apply] * 3, _dense_apply), _cross_entropy
     )
@@ -192,76 +208,100 @@ def make_steps(batch: int = 100):
     return fnn_step, nocheck_step
 
 
-def make_partial_steps(batch: int = 100):
-    """Steps with the checks of one part bypassed, to see where the cost goes."""
-    _, params = _model().init(fnn.random.key(0), (-1, 2))
+# --------------------------------------------------------------------------- fast path
+
+
+def _cross_entropy_kernel(box, labels):
+    """fnn.losses.cross_entropy_value_and_dlogits minus its label checks."""
+    logits = box.pop()
+    log_probs = torch.log_softmax(logits, 1)
+    del logits
+    value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
+    one = _ONES.get((log_probs.dtype, log_probs.device))
+    if one is None:
+        one = _ONES[(log_probs.dtype, log_probs.device)] = torch.ones((), dtype=log_probs.dtype)
+    dlog_probs = aten.nll_loss_backward.default(one, log_probs, labels, None, 1, -100, total_weight)
+    dlogits = aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
+    return value, dlogits
+
+
+def _update_dict_of_dicts(params, grads, lr):
+    """fnn.update on a dict of dicts minus its pairing check (shapes, dtypes, keys)."""
+    leaves, grad_leaves = [], []
+    for key, sub in params.items():
+        grad_sub = grads[key]
+        for name, leaf in sub.items():
+            leaves.append(leaf)
+            grad_leaves.append(grad_sub[name])
+    treedef = fnn.tree.TreeDef.of_dicts(params, len(leaves))
+    return fnn.tree.unflatten(treedef, torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+
+
+def make_fast_steps(batch: int = 100):
+    model = _model()
+    _, params = model.init(fnn.random.key(0), (-1, 2))
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
-    checked_model, free_model = (
-        _model().apply,
-        _serial(*[_dense_apply, _relu_apply] * 3, _dense_apply),
-    )
+    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)
+    text, namespace = fastpath._generate(*model.apply.fast_plan, checks=False)
+    exec(compile(text, "<fast path without checks>", "exec"), namespace)
+    nocheck_run = namespace["run"]
 
-    def step(apply, loss, update, value_and_grad):
-        loss_and_grads = value_and_grad(apply, loss)
+    def fnn_step(p=params):
+        _, grads = loss_and_grads(p, x, labels)
+        return fnn.update(p, grads, lr=0.1)
 
-        def run():
-            _, grads = loss_and_grads(params, x, labels)
-            return update(params, grads, 0.1)
+    def nocheck_step(p=params):
+        _, _, grads = nocheck_run(_cross_entropy_kernel, p, x, labels, False)
+        return _update_dict_of_dicts(p, grads, 0.1)
 
-        return run
-
-    def checked_update(p, g, lr):
-        return fnn.update(p, g, lr=lr)
-
-    ce, vg = fnn.losses.cross_entropy, fnn.value_and_grad
-    return {
-        "fnn (with checks)": step(checked_model, ce, checked_update, vg),
-        "model's checks bypassed": step(free_model, ce, checked_update, vg),
-        "loss's checks bypassed": step(
-            checked_model, _cross_entropy, checked_update, _value_and_grad
-        ),
-        "update's checks bypassed": step(checked_model, ce, _update, vg),
-    }
+    return fnn_step, nocheck_step
 
 
-def main() -> None:
-    pin_threads(1)
-    fnn_step, nocheck_step = make_steps()
+# --------------------------------------------------------------------------- measuring
+
+
+def _paired_cost(title, fnn_step, nocheck_step, rounds=3):
     a, b = fnn_step(), nocheck_step()
     for path, u, v in zip(fnn.tree.paths(a), fnn.tree.leaves(a), fnn.tree.leaves(b)):
         assert torch.equal(u, v), (
             f"the check-free copy computes something else at {path}: update it"
         )
-
     # Paired: each repeat times a short block of each case back to back, so both see the
     # same machine load; the figure is the median over repeats of (with − without) / with.
-    rounds = []
-    for _ in range(3):
+    costs = []
+    for _ in range(rounds):
         times = compare(
             {"fnn (with checks)": fnn_step, "checks bypassed": nocheck_step}, number=20, repeats=151
         )
-        report(
-            "disk MLP train step, batch 100 (value_and_grad + update)",
-            times,
-            baseline="fnn (with checks)",
-        )
-        rounds.append(
+        report(title, times, baseline="fnn (with checks)")
+        costs.append(
             statistics.median(
                 (a - b) / a for a, b in zip(times["fnn (with checks)"], times["checks bypassed"])
             )
         )
-    parts = make_partial_steps()
-    times = compare(parts, number=20, repeats=101)
-    print("\n  where it goes (paired median saving when one part's checks are bypassed):")
-    for name in list(parts)[1:]:
-        saving = statistics.median(
-            (a - b) / a for a, b in zip(times["fnn (with checks)"], times[name])
-        )
-        print(f"    {name:<28} {100 * saving:5.1f} %")
-    print(
-        f"\n  checks cost {100 * statistics.median(rounds):.1f} % of the step "
-        f"(paired medians of 3 rounds: {', '.join(f'{100 * r:.1f} %' for r in rounds)}); the target is < 5 %"
+    return statistics.median(costs), costs
+
+
+def main() -> dict[str, float]:
+    pin_threads(1)
+    fast, fast_rounds = _paired_cost(
+        "disk MLP train step, batch 100, as run (value_and_grad's fast path + update)",
+        *make_fast_steps(),
     )
+    general, general_rounds = _paired_cost(
+        "disk MLP train step, batch 100, general path (apply + VJP + update)",
+        *make_general_steps(),
+    )
+    for name, cost, rounds in [
+        ("the step as run (fast path)", fast, fast_rounds),
+        ("the general path", general, general_rounds),
+    ]:
+        print(
+            f"\n  checks cost {100 * cost:.1f} % of {name} "
+            f"(paired medians of 3 rounds: {', '.join(f'{100 * r:.1f} %' for r in rounds)})"
+        )
+    print("  the target is < 5 %")
+    return {"fast path": fast, "general path": general}
 
 
 if __name__ == "__main__":
