@@ -10,6 +10,8 @@ Reductions are `torch.nn.functional`'s: `"mean"` (default), `"sum"` or `"none"`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -233,30 +235,36 @@ def cross_entropy_backward(
 ) -> torch.Tensor:
     log_probs, labels, reduction, total_weight = residuals
     dvalue = _cotangent("cross_entropy", dvalue, reduction, log_probs)
+    return _dlogits(dvalue, log_probs, labels, _REDUCTION_ENUM[reduction], total_weight)
+
+
+def _dlogits(
+    dvalue: torch.Tensor,
+    log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: int,
+    total_weight: torch.Tensor,
+) -> torch.Tensor:
     dlog_probs = aten.nll_loss_backward.default(
-        dvalue, log_probs, labels, None, _REDUCTION_ENUM[reduction], -100, total_weight
+        dvalue, log_probs, labels, None, reduction, -100, total_weight
     )
     # torch.ops.aten has no type annotations: its ops return Any
     return aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)  # type: ignore[no-any-return]
 
 
 def cross_entropy_value_and_dlogits(
-    box: list[torch.Tensor], labels: object
+    box: list[torch.Tensor], labels: Any
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`cross_entropy(logits, labels)`'s value and `vjp(1.0)` in one go for `fnn.fastpath`,
     `box = [logits]` (emptied, so the logits die early); `None` where the general path must
     decide (labels of another dtype or shape)."""
     logits = box.pop()
-    if labels.dtype is not torch.int64:  # type: ignore[attr-defined]
+    if labels.dtype is not torch.int64:
         return None  # (nll_loss itself rejects labels of the wrong shape, and non-tensors)
     log_probs = torch.log_softmax(logits, 1)
     del logits
     value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
-    dlog_probs = aten.nll_loss_backward.default(
-        _one(log_probs), log_probs, labels, None, 1, -100, total_weight
-    )
-    dlogits = aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
-    return value, dlogits
+    return value, _dlogits(_one(log_probs), log_probs, labels, 1, total_weight)
 
 
 def bce_with_logits(
