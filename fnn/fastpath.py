@@ -11,10 +11,16 @@ builds no VJP per layer and walks no loop, and it deletes each residual right af
 its last use. An activation right after a `Dense` runs in place on the `Dense`
 output, a temporary nobody else sees.
 
+Two variants are generated: the eager one calls aten's backward kernels through
+their C++ entry points (`eager_kernel`), the one `torch.compile` traces calls the
+`OpOverload`s themselves and sums biases with `sum` (no cached tensors to guard on).
+
 Every check in it is a cheap attribute read for what torch would let through
-silently (a weight of the wrong height, a bias that broadcasts, a target of another
-shape or dtype). Anything unusual makes it return `None`, and `value_and_grad`
-takes the general path, which raises the clear error naming the layer.
+silently (a bias that broadcasts, a weight of the wrong shape, a params dict with
+extra entries). Everything else (a weight of the wrong width, the wrong dtype or
+device) makes a kernel raise. Anything unusual makes it return `None` (or raise),
+and `value_and_grad` takes the general path, which raises the clear error naming
+the layer.
 """
 
 from __future__ import annotations
@@ -25,14 +31,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ._constants import ones_cache, ones_for
 from .core import Params
 
-__all__ = ["DENSE", "ELEMENTWISE", "FastLoss", "FastRun", "compile_plan", "source"]
+__all__ = [
+    "DENSE",
+    "ELEMENTWISE",
+    "FastLoss",
+    "FastRun",
+    "compile_plan",
+    "eager_kernel",
+    "source",
+]
 
 DENSE = "dense"  # ("dense", out_features, has_bias)
-ELEMENTWISE = "elementwise"  # ("elementwise", forward, forward_, dx, keep_input, constants)
+ELEMENTWISE = (
+    "elementwise"  # ("elementwise", forward, forward_, dx, keep_input, constants, aten_dx)
+)
 """`forward_` is an in-place forward (or `None`); `dx(saved, dy) -> dx` the backward kernel,
-`saved` being the input or the output (`keep_input`), with the constants appended."""
+`saved` being the input or the output (`keep_input`), with the constants appended;
+`aten_dx` is `(overload, extra)` when that kernel is the aten op `overload(dy, saved, *extra)`
+(or `None`)."""
 
 FastLoss = Callable[[list[torch.Tensor], Any], "tuple[torch.Tensor, torch.Tensor] | None"]
 """`loss([pred], target) -> (value, dpred)` (the VJP of 1.0), or `None` to take the general
@@ -45,10 +64,17 @@ FastRun = Callable[
 Plan = tuple[tuple[tuple[Any, ...], ...], tuple[str, ...], tuple[str, ...]]
 
 
-def compile_plan(fast_plan: Plan) -> FastRun:
-    """The straight-line `run` function for `serial`'s `fast_plan` (cached on the plan's owner
-    by `value_and_grad`)."""
-    text, namespace = _generate(*fast_plan)
+def eager_kernel(overload: Any) -> Any:
+    """The C++ entry point behind an aten `OpOverload` (its `_op`), which skips the overload's
+    Python `__call__`: about 1 µs a call on a small CPU. Eager code only: `torch.compile`
+    traces the `OpOverload` itself, not this."""
+    return getattr(overload, "_op", overload)
+
+
+def compile_plan(fast_plan: Plan, eager: bool = True) -> FastRun:
+    """The straight-line `run` function for `serial`'s `fast_plan` (`eager=False`: the variant
+    for `torch.compile` to trace)."""
+    text, namespace = _generate(*fast_plan, eager=eager)
     exec(compile(text, "<fnn.fastpath>", "exec"), namespace)
     run: FastRun = namespace["run"]
     run.__dict__["source"] = text
@@ -56,7 +82,7 @@ def compile_plan(fast_plan: Plan) -> FastRun:
 
 
 def source(apply: Any) -> str:
-    """The Python source of the fast path for a `serial` model's `apply` (for reading)."""
+    """The Python source of the (eager) fast path for a `serial` model's `apply`, for reading."""
     plan = getattr(apply, "fast_plan", None)
     if plan is None:
         raise ValueError(
@@ -70,6 +96,7 @@ def _generate(
     names: tuple[str, ...],
     param_names: tuple[str, ...],
     checks: bool = True,
+    eager: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """The source of `run` and the namespace its names refer to. `checks=False` leaves the
     checks out (and assumes params for every layer): only the checks benchmark does that."""
@@ -80,14 +107,28 @@ def _generate(
     namespace: dict[str, Any] = {"Tensor": torch.Tensor, "linear": F.linear}
     code = [
         "def run(loss, params, x, target, keep_y):",
-        *unless("type(params) is not dict or type(x) is not Tensor or x.ndim != 2"),
+        *unless(
+            "type(params) is not dict or type(x) is not Tensor or x.ndim != 2"
+            " or not x.is_floating_point()"
+        ),
         "    given = tuple(params)" if checks else "",
         f"    full = given == {names!r}" if checks else "    full = True",
-        *unless(f"(not full and given != {param_names!r}) or not x.is_floating_point()"),
+        *unless(f"not full and given != {param_names!r}"),
     ]
+    mv_bias = eager and any(spec[0] is DENSE and spec[2] for spec in plan)
+    if mv_bias:  # Σₙ dy as dyᵀ·1, as Dense's VJP does: see fnn/_scalars.py
+        namespace.update(ONES=ones_cache(), ones_for=ones_for)
+        code += [
+            "    ones = ONES.get((x.shape[0], x.dtype, x.device))",
+            "    if ones is None:",
+            "        ones = ones_for(x)",
+            "        if ones is None:",
+            "            return None",
+        ]
     # Forward: h{i} is layer i's output; `kept[i]` what its backward reads.
     kept: list[str] = []
-    current, fresh = "x", False
+    current, fresh, width = "x", False, None
+    last_dense = max(i for i, spec in enumerate(plan) if spec[0] is DENSE) if plan else -1
     for i, (name, spec) in enumerate(zip(names, plan)):
         if spec[0] is DENSE:
             out, has_bias = spec[1], spec[2]
@@ -96,31 +137,45 @@ def _generate(
                 f"    p{i} = params[{name!r}]",
                 f"    w{i} = p{i}['weight']",
             ]
-            bad = f"w{i}.shape[0] != {out} or len(p{i}) != {1 + has_bias}"
+            # A weight of the wrong width makes `linear` raise; one of the wrong height is
+            # caught by the next Dense (or, for the last, here), one of the wrong rank here.
+            if width is not None:
+                namespace[f"wshape{i}"] = torch.Size((out, width))
+                bad = f"len(p{i}) != {1 + has_bias} or w{i}.shape != wshape{i}"
+            elif i == last_dense:
+                bad = f"len(p{i}) != {1 + has_bias} or w{i}.ndim != 2 or w{i}.shape[0] != {out}"
+            else:
+                bad = f"len(p{i}) != {1 + has_bias} or w{i}.ndim != 2"
             if has_bias:
+                namespace[f"bshape{i}"] = torch.Size((out,))
                 code.append(f"    b{i} = p{i}['bias']")
-                bad += f" or b{i}.ndim != 1 or b{i}.shape[0] != {out}"
+                bad += f" or b{i}.shape != bshape{i}"
             code += [
                 *unless(bad),
                 f"    h{i} = linear({current}, w{i}, {f'b{i}' if has_bias else 'None'})",
             ]
             kept.append(current)
-            fresh = True
+            fresh, width = True, out
         else:
-            _, forward, forward_, dx, keep_input, constants = spec
+            _, forward, forward_, dx, keep_input, constants, aten_dx = spec
             inplace = fresh and forward_ is not None
             namespace[f"forward{i}"] = forward_ if inplace else forward
-            namespace[f"dx{i}"] = dx
             code += [
                 f"    # {name}: elementwise",
                 *unless(f"full and params[{name!r}]"),
                 f"    h{i} = forward{i}({current})" + ("  # in place" if inplace else ""),
             ]
             saved = current if keep_input else f"h{i}"
-            if constants:
-                namespace[f"constants{i}"] = constants
-                saved = f"({saved}, *constants{i})"
-            kept.append(saved)
+            if aten_dx is not None:
+                overload, extra = aten_dx
+                namespace[f"dx{i}"] = eager_kernel(overload) if eager else overload
+                kept.append(saved)
+            else:
+                namespace[f"dx{i}"] = dx
+                if constants:
+                    namespace[f"constants{i}"] = constants
+                    saved = f"({saved}, *constants{i})"
+                kept.append(saved)
             fresh = False
         current = f"h{i}"
     # Backward, last layer first; each name is deleted after its last use.
@@ -144,12 +199,22 @@ def _generate(
         spec = plan[i]
         code.append(f"    # {names[i]}: backward")
         if spec[0] is DENSE:
-            grads = f"{{'weight': dy.t().mm({kept[i]})" + (
-                ", 'bias': dy.sum(0)}" if spec[2] else "}"
-            )
-            code.append(f"    g{i} = {grads}")
+            if not spec[2]:
+                code.append(f"    g{i} = {{'weight': dy.t().mm({kept[i]})}}")
+            elif mv_bias:
+                code += [
+                    "    dyt = dy.t()",
+                    f"    g{i} = {{'weight': dyt.mm({kept[i]}), 'bias': dyt.mv(ones)}}",
+                ]
+            else:
+                code.append(f"    g{i} = {{'weight': dy.t().mm({kept[i]}), 'bias': dy.sum(0)}}")
             if i:
                 code.append(f"    dy = dy.mm(w{i})")
+            if spec[2] and mv_bias:
+                code.append("    del dyt  # a view: it would keep the old cotangent alive")
+        elif spec[6] is not None:
+            extra = "".join(f", {value!r}" for value in spec[6][1])
+            code += [f"    g{i} = {{}}", f"    dy = dx{i}(dy, {kept[i]}{extra})"]
         else:
             code += [f"    g{i} = {{}}", f"    dy = dx{i}({kept[i]}, dy)"]
         dead = [w for w in _names_in(kept[i]) if last_use[w] == i]

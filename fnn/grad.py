@@ -41,10 +41,14 @@ class ValueAndGradFn(Protocol[_Value]):
 # fnn's own losses accept a Python number as cotangent, which saves a tensor op per step;
 # users' losses get a tensor, as the contract says.
 _SCALAR_COTANGENT_LOSSES = frozenset((losses.mse, losses.cross_entropy, losses.bce_with_logits))
-# Losses with a fused value-and-gradient kernel for the fast path (fnn/fastpath.py).
-_FAST_LOSSES: dict[Any, fastpath.FastLoss] = {
-    losses.mse: losses.mse_value_and_dpred,
-    losses.cross_entropy: losses.cross_entropy_value_and_dlogits,
+# Losses with a fused value-and-gradient kernel for the fast path (fnn/fastpath.py): the eager
+# kernel, and the one torch.compile traces.
+_FAST_LOSSES: dict[Any, tuple[fastpath.FastLoss, fastpath.FastLoss]] = {
+    losses.mse: (losses.mse_value_and_dpred, losses.mse_value_and_dpred),
+    losses.cross_entropy: (
+        losses.cross_entropy_value_and_dlogits_eager,
+        losses.cross_entropy_value_and_dlogits,
+    ),
 }
 
 
@@ -94,17 +98,23 @@ def value_and_grad(apply: ApplyFn, loss: Loss, has_aux: bool = False) -> ValueAn
 
     # A serial chain of Dense and activations with one of fnn's losses: see fnn/fastpath.py.
     fast_plan: Any = getattr(apply, "fast_plan", None)
-    fast_loss = _FAST_LOSSES.get(loss) if fast_plan is not None else None
-    fast_run = fastpath.compile_plan(fast_plan) if fast_loss is not None else None
+    fast_losses = _FAST_LOSSES.get(loss) if fast_plan is not None else None
+    if fast_losses is not None:  # the eager variant, and the one torch.compile traces
+        fast_runs = (
+            fastpath.compile_plan(fast_plan),
+            fastpath.compile_plan(fast_plan, eager=False),
+        )
+    is_compiling = torch.compiler.is_compiling
 
     def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, ...]:
         if (
-            fast_run is not None
+            fast_losses is not None
             and (not kwargs or kwargs.keys() == {"key"})
             and not debug.CHECK_FINITE
         ):
+            traced = is_compiling()
             try:  # the flat fast path, fnn/fastpath.py; None (or an error) means "take the general path"
-                found = fast_run(fast_loss, params, x, target, has_aux)  # type: ignore[arg-type]
+                found = fast_runs[traced](fast_losses[traced], params, x, target, has_aux)
             except Exception:
                 found = None
             if found is not None:

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._scalars import scalar
+from ._constants import scalar
 from .core import VJP
 from .errors import FnnError, FnnTypeError, ShapeError, describe
+from .fastpath import eager_kernel
 
 __all__ = ["mse", "cross_entropy", "bce_with_logits"]
 
@@ -244,12 +245,11 @@ def _dlogits(
     labels: torch.Tensor,
     reduction: int,
     total_weight: torch.Tensor,
+    nll_loss_backward: Any = aten.nll_loss_backward.default,
+    log_softmax_backward: Any = aten._log_softmax_backward_data.default,
 ) -> torch.Tensor:
-    dlog_probs = aten.nll_loss_backward.default(
-        dvalue, log_probs, labels, None, reduction, -100, total_weight
-    )
-    # torch.ops.aten has no type annotations: its ops return Any
-    return aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)  # type: ignore[no-any-return]
+    dlog_probs = nll_loss_backward(dvalue, log_probs, labels, None, reduction, -100, total_weight)
+    return log_softmax_backward(dlog_probs, log_probs, 1, log_probs.dtype)  # type: ignore[no-any-return]
 
 
 def cross_entropy_value_and_dlogits(
@@ -265,6 +265,34 @@ def cross_entropy_value_and_dlogits(
     del logits
     value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
     return value, _dlogits(_one(log_probs), log_probs, labels, 1, total_weight)
+
+
+_NLL_LOSS_FORWARD = eager_kernel(aten.nll_loss_forward.default)
+_NLL_LOSS_BACKWARD = eager_kernel(aten.nll_loss_backward.default)
+_LOG_SOFTMAX_BACKWARD = eager_kernel(aten._log_softmax_backward_data.default)
+
+
+def cross_entropy_value_and_dlogits_eager(
+    box: list[torch.Tensor], labels: Any
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`cross_entropy_value_and_dlogits` calling aten's kernels through their C++ entry points
+    (`fnn.fastpath.eager_kernel`): the same kernels, for eager mode only."""
+    logits = box.pop()
+    if labels.dtype is not torch.int64:
+        return None
+    log_probs = torch.log_softmax(logits, 1)
+    del logits
+    value, total_weight = _NLL_LOSS_FORWARD(log_probs, labels, None, 1, -100)
+    dlogits = _dlogits(
+        _one(log_probs),
+        log_probs,
+        labels,
+        1,
+        total_weight,
+        _NLL_LOSS_BACKWARD,
+        _LOG_SOFTMAX_BACKWARD,
+    )
+    return value, dlogits
 
 
 def bce_with_logits(

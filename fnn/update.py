@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from . import tree
+from ._dicts import DictsLayout, layout_of
 from .core import PyTree
 from .errors import FnnError, FnnTypeError, TreeError, describe
 
@@ -12,13 +17,27 @@ __all__ = ["update", "flat_pair"]
 
 
 def flat_pair(
-    params: PyTree, grads: PyTree, where: str
-) -> tuple[list[torch.Tensor], list[torch.Tensor], tree.TreeDef]:
-    """Both trees' leaves and the params' treedef; `ValueError` naming the first mismatch."""
-    pair = _dict_of_dicts_pair(params, grads)
-    if pair is not None:  # shapes and dtypes already compared leaf by leaf
-        leaves, grad_leaves = pair
-        return leaves, grad_leaves, tree.TreeDef.of_dicts(params, len(leaves))
+    params: PyTree, grads: PyTree, where: str, slot: list[DictsLayout | None] | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor], tree.TreeDef, Callable[[Any], PyTree]]:
+    """Both trees' leaves, the params' treedef and a function that builds a tree of that
+    structure from leaves; `ValueError` naming the first mismatch.
+
+    `slot` is a one-item list remembering the last dict-of-dicts layout its caller saw (see
+    fnn/_dicts.py): a training loop pairs trees of one structure at every step.
+    """
+    layout = slot[0] if slot is not None else None
+    if layout is not None:
+        found = layout.pair(params, grads)
+        if found is not None:  # shapes and dtypes already compared leaf by leaf
+            return found[0], found[1], layout.treedef, layout.build
+    # (torch.compile traces the general path: making a layout runs `exec`)
+    layout = layout_of(params) if not torch.compiler.is_compiling() else None
+    if layout is not None:
+        if slot is not None:
+            slot[0] = layout
+        found = layout.pair(params, grads)
+        if found is not None:
+            return found[0], found[1], layout.treedef, layout.build
     leaves, treedef = tree.flatten(params)
     grad_leaves, grad_treedef = tree.flatten(grads)
     try:
@@ -30,33 +49,7 @@ def flat_pair(
     if bad:
         tree.assert_same_structure(params, grads, f"{where}: grads tree")
         _diagnose(params, grads, where)
-    return leaves, grad_leaves, treedef
-
-
-def _dict_of_dicts_pair(
-    params: PyTree, grads: PyTree
-) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-    """Fast path for the common tree, a dict of dicts of tensors (serial params): both
-    trees' leaves, in the params' order, if `grads` has the same keys and each gradient
-    the shape and dtype of its param, else `None` (the general path names the problem)."""
-    if type(params) is not dict or type(grads) is not dict or len(params) != len(grads):
-        return None
-    leaves: list[torch.Tensor] = []
-    grad_leaves: list[torch.Tensor] = []
-    try:
-        for key, sub in params.items():
-            grad_sub = grads.get(key)
-            if type(sub) is not dict or type(grad_sub) is not dict or len(sub) != len(grad_sub):
-                return None
-            for name, leaf in sub.items():
-                grad = grad_sub[name]
-                if leaf.shape != grad.shape or leaf.dtype is not grad.dtype:
-                    return None
-                leaves.append(leaf)
-                grad_leaves.append(grad)
-    except (AttributeError, KeyError):  # a leaf that is not a tensor, a missing gradient
-        return None
-    return leaves, grad_leaves
+    return leaves, grad_leaves, treedef, functools.partial(tree.unflatten, treedef)
 
 
 def _diagnose(params: PyTree, grads: PyTree, where: str) -> None:
@@ -99,13 +92,18 @@ def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
         >>> fnn.update({"w": torch.ones(2)}, {"w": torch.ones(2)}, lr=0.5)
         {'w': tensor([0.5000, 0.5000])}
     """
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr >= 0:
+    if type(lr) is not float and (isinstance(lr, bool) or not isinstance(lr, int | float)):
         raise FnnError(f"update: lr must be a non-negative number, got {lr!r}")
-    leaves, grad_leaves, treedef = flat_pair(params, grads, "update")
+    if not lr >= 0:
+        raise FnnError(f"update: lr must be a non-negative number, got {lr!r}")
+    leaves, grad_leaves, _, build = flat_pair(params, grads, "update", _LAST_LAYOUT)
     if not leaves:
-        return tree.unflatten(treedef, [])
+        return build([])
     try:
-        return tree.unflatten(treedef, torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+        return build(torch._foreach_add(leaves, grad_leaves, alpha=-lr))
     except RuntimeError:  # e.g. a gradient on another device: say which
         _diagnose(params, grads, "update")
         raise
+
+
+_LAST_LAYOUT: list[DictsLayout | None] = [None]  # see flat_pair

@@ -112,6 +112,7 @@ def elementwise(
             functools.partial(_dx, backward),
             keep_input,
             constants,
+            None,  # (aten op, extra args) when the backward is one aten op: see _fast
         ),
     )
     return Layer(init, apply)
@@ -129,10 +130,21 @@ def _fast(
     layer: Layer,
     forward_: Callable[[torch.Tensor], torch.Tensor],
     dx: Callable[[Any, torch.Tensor], torch.Tensor],
+    aten_dx: Any,
+    *extra: Any,
 ) -> Layer:
-    """`layer` with an in-place forward and a check-free backward kernel for `fnn.fastpath`."""
-    kind, forward, _, _, keep_input, constants = layer.apply.__dict__["fast_spec"]
-    layer.apply.__dict__["fast_spec"] = (kind, forward, forward_, dx, keep_input, constants)
+    """`layer` with an in-place forward and a check-free backward kernel for `fnn.fastpath`;
+    `aten_dx` is the aten op that kernel calls as `aten_dx(dy, y, *extra)`."""
+    kind, forward, _, _, keep_input, constants, _ = layer.apply.__dict__["fast_spec"]
+    layer.apply.__dict__["fast_spec"] = (
+        kind,
+        forward,
+        forward_,
+        dx,
+        keep_input,
+        constants,
+        (aten_dx, extra),
+    )
     return layer
 
 
@@ -180,7 +192,13 @@ def Relu() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([0., 0., 2.]), ({}, tensor([0., 0., 1.])))
     """
-    return _fast(elementwise("Relu", torch.relu, relu_backward), torch.relu_, _relu_dx)
+    return _fast(
+        elementwise("Relu", torch.relu, relu_backward),
+        torch.relu_,
+        _relu_dx,
+        _threshold_backward,
+        0,
+    )
 
 
 # y = max(x, 0)   ⇒   dx = dy · [y > 0]
@@ -241,7 +259,9 @@ def Tanh() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([-0.7616,  0.0000,  0.9640]), ({}, tensor([0.4200, 1.0000, 0.0707])))
     """
-    return _fast(elementwise("Tanh", torch.tanh, tanh_backward), torch.tanh_, _tanh_dx)
+    return _fast(
+        elementwise("Tanh", torch.tanh, tanh_backward), torch.tanh_, _tanh_dx, _tanh_backward
+    )
 
 
 # y = tanh x   ⇒   dx = dy · (1 − y²)
@@ -268,7 +288,10 @@ def Sigmoid() -> Layer:
         (tensor([0.2689, 0.5000, 0.8808]), ({}, tensor([0.1966, 0.2500, 0.1050])))
     """
     return _fast(
-        elementwise("Sigmoid", torch.sigmoid, sigmoid_backward), torch.sigmoid_, _sigmoid_dx
+        elementwise("Sigmoid", torch.sigmoid, sigmoid_backward),
+        torch.sigmoid_,
+        _sigmoid_dx,
+        _sigmoid_backward,
     )
 
 

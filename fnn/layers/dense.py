@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import random
+from .._constants import sum_rows
 from ..core import VJP, Key, Layer, Params, Shape, Shapes, register_consumer
 from ..fastpath import DENSE
 from ..initializers import Initializer, fan_in_uniform, torch_default
@@ -159,5 +160,5 @@ def _dense_grads(
         _checks.cotangent_like("Dense", dy, x.shape[:-1] + weight.shape[:1], x)
         raise
     if has_bias:
-        grads["bias"] = dy.sum(0)
+        grads["bias"] = sum_rows(dy)  # dyᵀ·1: see fnn/_constants.py
     return grads, dx

@@ -196,6 +196,7 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
     """The `Optimizer` around `step_fn`; `buffers` maps each state buffer's name to its
     initial value. The state is `{"step": 0, name: {param name: tensor}, ...}`."""
     keys = tuple(buffers)
+    last_layout: list[Any] = [None]  # see fnn.update.flat_pair
 
     def init(params: PyTree) -> PyTree:
         try:
@@ -208,7 +209,7 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
         return state
 
     def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
-        leaves, g, treedef = flat_pair(params, grads, name)
+        leaves, g, treedef, build = flat_pair(params, grads, name, last_layout)
         step, old, names = _read_state(name, state, keys, len(leaves))
         if not leaves:
             return params, {**state, "step": step + 1}
@@ -220,7 +221,7 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
         new_state: dict[str, Any] = {"step": step + 1}
         for key, values in zip(keys, new):
             new_state[key] = dict(zip(names, values))
-        return tree.unflatten(treedef, new_leaves), new_state
+        return build(new_leaves), new_state
 
     return Optimizer(init, update)
 

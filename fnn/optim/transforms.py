@@ -177,17 +177,18 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTrans
     """
     check_hyper("add_decayed_weights", "weight_decay", weight_decay)
     decay_indices = MaskResolver("add_decayed_weights", mask)
+    last_layout: list[Any] = [None]  # see fnn.update.flat_pair
 
     def init(params: PyTree) -> PyTree:
         del params
         return {}
 
     def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
-        leaves, g, treedef = flat_pair(params, grads, "add_decayed_weights")
+        leaves, g, treedef, build = flat_pair(params, grads, "add_decayed_weights", last_layout)
         if not leaves or not weight_decay:
             return grads, state
-        return tree.unflatten(
-            treedef, add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
+        return build(
+            add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
         ), state
 
     return GradientTransformation(init, update)
