@@ -14,6 +14,16 @@ functions written out for it:
 A generic walk over the two trees costs about as much as the shape and dtype reads
 themselves; the written-out code leaves only those reads (about 1 µs a leaf pair on
 a small CPU).
+
+`FRESH` skips even those reads in the commonest case. The eager fast path of
+`value_and_grad` (fnn/fastpath.py) records there the tensors it just used and made:
+`(param₀, grad₀, param₁, grad₁, …)`, each gradient computed from its parameter, so
+their shapes and dtypes agree by construction. When `pair` finds every leaf of both
+trees to be those very objects (`is`), in that order, it skips the comparison; any
+other tree (a gradient replaced, other params) gets the full comparison. The record
+holds the tensors, so no other tensor can take their identity; the caller clears it
+once used. (What it cannot see is a tensor resized in place, `resize_` or `.data =`,
+between `value_and_grad` and the update: fnn does not support that.)
 """
 
 from __future__ import annotations
@@ -25,9 +35,14 @@ import torch
 
 from .tree import TreeDef
 
-__all__ = ["DictsLayout", "layout_of"]
+__all__ = ["FRESH", "DictsLayout", "layout_of"]
 
 Keys = tuple[tuple[str, tuple[str, ...]], ...]
+Pair = Callable[[Any, Any, Any], "tuple[list[torch.Tensor], list[torch.Tensor]] | None"]
+"""`pair(params, grads, fresh) -> (leaves, grad_leaves)`, or `None`."""
+
+FRESH: list[tuple[torch.Tensor, ...] | None] = [None]
+"""The fast path's last `(param, grad, param, grad, …)`, in params order; see above."""
 
 _LAYOUTS: dict[Keys, DictsLayout] = {}
 _MAX_LAYOUTS = 64
@@ -45,9 +60,7 @@ class DictsLayout:
         self.treedef = TreeDef.of_dicts(skeleton, self.num_leaves)
         namespace: dict[str, Any] = {}
         exec(compile(_source(keys), "<fnn._dicts>", "exec"), namespace)
-        self.pair: Callable[[Any, Any], tuple[list[torch.Tensor], list[torch.Tensor]] | None] = (
-            namespace["pair"]
-        )
+        self.pair: Pair = namespace["pair"]
         self.build: Callable[[Any], dict[str, dict[str, Any]]] = namespace["build"]
 
 
@@ -75,32 +88,37 @@ def layout_of(params: Any) -> DictsLayout | None:
 def _source(keys: Keys) -> str:
     """`pair` and `build` for `keys`, e.g. for `{"0": {"weight": …, "bias": …}, "1": {}}`:
 
-    def pair(P, G):
+    def pair(P, G, fresh):
         try:
             if type(P) is not dict or type(G) is not dict or tuple(P) != ('0', '1') or len(G) != 2:
                 return None
-            p0 = P['0']; q0 = G['0']; p1 = P['1']; q1 = G['1']
+            p0 = P['0']; q0 = G['0']
+            p1 = P['1']; q1 = G['1']
             if (type(p0) is not dict or type(q0) is not dict or tuple(p0) != ('weight', 'bias')
                     or len(q0) != 2 or type(p1) is not dict or p1 or type(q1) is not dict or q1):
                 return None
-            a0 = p0['weight']; b0 = q0['weight']; a1 = p0['bias']; b1 = q0['bias']
-            if (a0.shape != b0.shape or a0.dtype is not b0.dtype
-                    or a1.shape != b1.shape or a1.dtype is not b1.dtype):
-                return None
+            a0 = p0['weight']; b0 = q0['weight']
+            a1 = p0['bias']; b1 = q0['bias']
+            if (fresh is None or len(fresh) != 4 or a0 is not fresh[0] or b0 is not fresh[1]
+                    or a1 is not fresh[2] or b1 is not fresh[3]):
+                if (a0.shape != b0.shape or a0.dtype is not b0.dtype
+                        or a1.shape != b1.shape or a1.dtype is not b1.dtype):
+                    return None
         except (KeyError, AttributeError, TypeError):
             return None
         return [a0, a1], [b0, b1]
+
+    def build(leaves):
+        return {'0': {'weight': leaves[0], 'bias': leaves[1]}, '1': {}}
     """
     outer = tuple(key for key, _ in keys)
-    fetch_subs, sub_checks, fetch_leaves, leaf_checks, leaves, grads, built = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
+    fetch_subs: list[str] = []
+    sub_checks: list[str] = []
+    fetch_leaves: list[str] = []
+    leaf_checks: list[str] = []
+    leaves: list[str] = []
+    grads: list[str] = []
+    built: list[str] = []
     n = 0
     for i, (key, names) in enumerate(keys):
         fetch_subs.append(f"p{i} = P[{key!r}]; q{i} = G[{key!r}]")
@@ -120,20 +138,27 @@ def _source(keys: Keys) -> str:
             entries.append(f"{name!r}: leaves[{n}]")
             n += 1
         built.append(f"{key!r}: {{{', '.join(entries)}}}")
-    checks = [
-        "type(P) is not dict or type(G) is not dict"
-        f" or tuple(P) != {outer!r} or len(G) != {len(outer)}",
-        " or ".join(sub_checks),
+    lines = [
+        "def pair(P, G, fresh):",
+        "    try:",
+        "        if type(P) is not dict or type(G) is not dict"
+        f" or tuple(P) != {outer!r} or len(G) != {len(outer)}:",
+        "            return None",
+        *(f"        {line}" for line in fetch_subs),
+        f"        if {' or '.join(sub_checks)}:",
+        "            return None",
     ]
     if leaf_checks:
-        checks.append(" or ".join(leaf_checks))
-    lines = ["def pair(P, G):", "    try:"]
-    for i, condition in enumerate(checks):
-        if i == 1:
-            lines += [f"        {line}" for line in fetch_subs]
-        if i == 2:
-            lines += [f"        {line}" for line in fetch_leaves]
-        lines += [f"        if {condition}:", "            return None"]
+        same = " or ".join(
+            f"{leaf} is not fresh[{2 * k}] or {grad} is not fresh[{2 * k + 1}]"
+            for k, (leaf, grad) in enumerate(zip(leaves, grads))
+        )
+        lines += [
+            *(f"        {line}" for line in fetch_leaves),
+            f"        if fresh is None or len(fresh) != {2 * n} or {same}:",
+            f"            if {' or '.join(leaf_checks)}:",
+            "                return None",
+        ]
     lines += [
         "    except (KeyError, AttributeError, TypeError):",
         "        return None",

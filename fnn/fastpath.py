@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ._constants import ones_cache, ones_for
+from ._dicts import FRESH
 from .core import Params
 
 __all__ = [
@@ -200,14 +201,23 @@ def _generate(
         code.append(f"    # {names[i]}: backward")
         if spec[0] is DENSE:
             if not spec[2]:
-                code.append(f"    g{i} = {{'weight': dy.t().mm({kept[i]})}}")
+                code += [
+                    f"    gw{i} = dy.t().mm({kept[i]})",
+                    f"    g{i} = {{'weight': gw{i}}}",
+                ]
             elif mv_bias:
                 code += [
                     "    dyt = dy.t()",
-                    f"    g{i} = {{'weight': dyt.mm({kept[i]}), 'bias': dyt.mv(ones)}}",
+                    f"    gw{i} = dyt.mm({kept[i]})",
+                    f"    gb{i} = dyt.mv(ones)",
+                    f"    g{i} = {{'weight': gw{i}, 'bias': gb{i}}}",
                 ]
             else:
-                code.append(f"    g{i} = {{'weight': dy.t().mm({kept[i]}), 'bias': dy.sum(0)}}")
+                code += [
+                    f"    gw{i} = dy.t().mm({kept[i]})",
+                    f"    gb{i} = dy.sum(0)",
+                    f"    g{i} = {{'weight': gw{i}, 'bias': gb{i}}}",
+                ]
             if i:
                 code.append(f"    dy = dy.mm(w{i})")
             if spec[2] and mv_bias:
@@ -220,6 +230,15 @@ def _generate(
         dead = [w for w in _names_in(kept[i]) if last_use[w] == i]
         if dead:
             code.append(f"    del {', '.join(dead)}")
+    if eager and checks:  # the tensors used and made, for update's pairing: see fnn/_dicts.py
+        namespace["FRESH"] = FRESH
+        made = [
+            f"{kind}{i}, g{kind}{i}"
+            for i, spec in enumerate(plan)
+            if spec[0] is DENSE
+            for kind in ("wb" if spec[2] else "w")
+        ]
+        code.append(f"    FRESH[0] = ({', '.join(made)})")
     full = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names))
     partial = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names) if name in param_names)
     code += [

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from . import tree
-from ._dicts import DictsLayout, layout_of
+from ._dicts import FRESH, DictsLayout, layout_of
 from .core import PyTree
 from .errors import FnnError, FnnTypeError, TreeError, describe
 
@@ -25,18 +25,17 @@ def flat_pair(
     `slot` is a one-item list remembering the last dict-of-dicts layout its caller saw (see
     fnn/_dicts.py): a training loop pairs trees of one structure at every step.
     """
-    layout = slot[0] if slot is not None else None
-    if layout is not None:
-        found = layout.pair(params, grads)
-        if found is not None:  # shapes and dtypes already compared leaf by leaf
-            return found[0], found[1], layout.treedef, layout.build
-    # (torch.compile traces the general path: making a layout runs `exec`)
-    layout = layout_of(params) if not torch.compiler.is_compiling() else None
-    if layout is not None:
-        if slot is not None:
-            slot[0] = layout
-        found = layout.pair(params, grads)
-        if found is not None:
+    # (torch.compile traces the general path: a layout is made by `exec`, FRESH is global state)
+    if not torch.compiler.is_compiling():
+        layout = slot[0] if slot is not None else None
+        if layout is None or (found := layout.pair(params, grads, FRESH[0])) is None:
+            layout = layout_of(params)
+            found = layout.pair(params, grads, FRESH[0]) if layout is not None else None
+            if slot is not None:
+                slot[0] = layout
+        if found is not None:  # shapes and dtypes compared (or known equal: see FRESH)
+            FRESH[0] = None
+            assert layout is not None
             return found[0], found[1], layout.treedef, layout.build
     leaves, treedef = tree.flatten(params)
     grad_leaves, grad_treedef = tree.flatten(grads)
