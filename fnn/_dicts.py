@@ -5,25 +5,35 @@ every step.
 For one such structure (its keys, in order), `DictsLayout` holds two straight-line
 functions written out for it:
 
-- `pair(params, grads)`: both trees' leaves in the params' order, or `None` unless
-  `params` has exactly this structure and `grads` the same keys, with each gradient
-  of its parameter's shape and dtype. (What `None` means is the caller's to say: it
-  then takes the general path, which names the first mismatch.)
+- `pair(params, grads, fresh)`: both trees' leaves in the params' order (and a tag,
+  below), or `None` unless `params` has exactly this structure and `grads` the same
+  keys, with each gradient of its parameter's shape and dtype. (What `None` means is
+  the caller's to say: it then takes the general path, which names the first
+  mismatch.)
 - `build(leaves)`: a new tree of this structure holding `leaves`.
 
 A generic walk over the two trees costs about as much as the shape and dtype reads
 themselves; the written-out code leaves only those reads (about 1 µs a leaf pair on
 a small CPU).
 
-`FRESH` skips even those reads in the commonest case. The eager fast path of
-`value_and_grad` (fnn/fastpath.py) records there the tensors it just used and made:
-`(param₀, grad₀, param₁, grad₁, …)`, each gradient computed from its parameter, so
-their shapes and dtypes agree by construction. When `pair` finds every leaf of both
-trees to be those very objects (`is`), in that order, it skips the comparison; any
-other tree (a gradient replaced, other params) gets the full comparison. The record
-holds the tensors, so no other tensor can take their identity; the caller clears it
-once used. (What it cannot see is a tensor resized in place, `resize_` or `.data =`,
-between `value_and_grad` and the update: fnn does not support that.)
+Two records skip even those reads in the commonest loop, `value_and_grad` then an
+update, over and over:
+
+- `FRESH`: the eager fast path of `value_and_grad` (fnn/fastpath.py) records the
+  tensors it just used and made, `(tag, param₀, grad₀, param₁, grad₁, …)`, after
+  checking the params against its model (the tag names that model). Each gradient
+  was computed from its parameter, so their shapes and dtypes agree by construction.
+  When `pair` finds every leaf of both trees to be those very objects (`is`), in
+  that order, it skips the comparison and returns the tag.
+- `BUILT`: an update whose pairing was vouched for that way records the params it
+  made, `(tag, leaf₀, leaf₁, …)`: each of its parameter's shape and dtype, so still
+  right for that model. When the fast path of that model finds its params to be
+  those very objects, it skips its shape checks.
+
+Any other tree (a gradient or parameter replaced, other params, another model) gets
+the full checks. A record holds its tensors, so no other tensor can take their
+identity; `FRESH` is cleared once used. (What neither can see is a tensor resized
+in place, `resize_` or `.data =`, between two fnn calls: fnn does not support that.)
 """
 
 from __future__ import annotations
@@ -35,14 +45,18 @@ import torch
 
 from .tree import TreeDef
 
-__all__ = ["FRESH", "DictsLayout", "layout_of"]
+__all__ = ["BUILT", "FRESH", "DictsLayout", "layout_of"]
 
 Keys = tuple[tuple[str, tuple[str, ...]], ...]
-Pair = Callable[[Any, Any, Any], "tuple[list[torch.Tensor], list[torch.Tensor]] | None"]
-"""`pair(params, grads, fresh) -> (leaves, grad_leaves)`, or `None`."""
+Pair = Callable[
+    [Any, Any, Any], "tuple[list[torch.Tensor], list[torch.Tensor], object | None] | None"
+]
+"""`pair(params, grads, fresh) -> (leaves, grad_leaves, tag or None)`, or `None`."""
 
-FRESH: list[tuple[torch.Tensor, ...] | None] = [None]
-"""The fast path's last `(param, grad, param, grad, …)`, in params order; see above."""
+FRESH: list[tuple[Any, ...] | None] = [None]
+"""The fast path's last `(tag, param, grad, param, grad, …)`, in params order; see above."""
+BUILT: list[tuple[Any, ...] | None] = [None]
+"""The last vouched-for update's `(tag, leaf, leaf, …)`, in params order; see above."""
 
 _LAYOUTS: dict[Keys, DictsLayout] = {}
 _MAX_LAYOUTS = 64
@@ -53,13 +67,13 @@ class DictsLayout:
 
     __slots__ = ("build", "keys", "num_leaves", "pair", "treedef")
 
-    def __init__(self, keys: Keys):
+    def __init__(self, keys: Keys, checks: bool = True):
         self.keys = keys
         self.num_leaves = sum(len(names) for _, names in keys)
         skeleton = {key: dict.fromkeys(names, 0) for key, names in keys}  # 0: a leaf
         self.treedef = TreeDef.of_dicts(skeleton, self.num_leaves)
         namespace: dict[str, Any] = {}
-        exec(compile(_source(keys), "<fnn._dicts>", "exec"), namespace)
+        exec(compile(_source(keys, checks), "<fnn._dicts>", "exec"), namespace)
         self.pair: Pair = namespace["pair"]
         self.build: Callable[[Any], dict[str, dict[str, Any]]] = namespace["build"]
 
@@ -85,7 +99,7 @@ def layout_of(params: Any) -> DictsLayout | None:
     return layout
 
 
-def _source(keys: Keys) -> str:
+def _source(keys: Keys, checks: bool = True) -> str:
     """`pair` and `build` for `keys`, e.g. for `{"0": {"weight": …, "bias": …}, "1": {}}`:
 
     def pair(P, G, fresh):
@@ -99,14 +113,17 @@ def _source(keys: Keys) -> str:
                 return None
             a0 = p0['weight']; b0 = q0['weight']
             a1 = p0['bias']; b1 = q0['bias']
-            if (fresh is None or len(fresh) != 4 or a0 is not fresh[0] or b0 is not fresh[1]
-                    or a1 is not fresh[2] or b1 is not fresh[3]):
+            if (fresh is not None and len(fresh) == 5 and a0 is fresh[1] and b0 is fresh[2]
+                    and a1 is fresh[3] and b1 is fresh[4]):
+                tag = fresh[0]
+            else:
+                tag = None
                 if (a0.shape != b0.shape or a0.dtype is not b0.dtype
                         or a1.shape != b1.shape or a1.dtype is not b1.dtype):
                     return None
         except (KeyError, AttributeError, TypeError):
             return None
-        return [a0, a1], [b0, b1]
+        return [a0, a1], [b0, b1], tag
 
     def build(leaves):
         return {'0': {'weight': leaves[0], 'bias': leaves[1]}, '1': {}}
@@ -148,21 +165,28 @@ def _source(keys: Keys) -> str:
         f"        if {' or '.join(sub_checks)}:",
         "            return None",
     ]
+    if not checks:
+        lines = ["def pair(P, G, fresh):", "    try:", *(f"        {line}" for line in fetch_subs)]
     if leaf_checks:
-        same = " or ".join(
-            f"{leaf} is not fresh[{2 * k}] or {grad} is not fresh[{2 * k + 1}]"
+        same = " and ".join(
+            f"{leaf} is fresh[{2 * k + 1}] and {grad} is fresh[{2 * k + 2}]"
             for k, (leaf, grad) in enumerate(zip(leaves, grads))
         )
-        lines += [
-            *(f"        {line}" for line in fetch_leaves),
-            f"        if fresh is None or len(fresh) != {2 * n} or {same}:",
-            f"            if {' or '.join(leaf_checks)}:",
-            "                return None",
-        ]
+        lines += [*(f"        {line}" for line in fetch_leaves)]
+        if checks:
+            lines += [
+                f"        if fresh is not None and len(fresh) == {2 * n + 1} and {same}:",
+                "            tag = fresh[0]",
+                "        else:",
+                "            tag = None",
+                f"            if {' or '.join(leaf_checks)}:",
+                "                return None",
+            ]
     lines += [
         "    except (KeyError, AttributeError, TypeError):",
         "        return None",
-        f"    return [{', '.join(leaves)}], [{', '.join(grads)}]",
+        f"    return [{', '.join(leaves)}], [{', '.join(grads)}], "
+        + ("tag" if checks and leaf_checks else "None"),
         "",
         "def build(leaves):",
         f"    return {{{', '.join(built)}}}",

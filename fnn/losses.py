@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ._constants import scalar
 from .core import VJP
 from .errors import FnnError, FnnTypeError, ShapeError, describe
-from .fastpath import eager_kernel
+from .fastpath import BatchConstants, eager_kernel
 
 __all__ = ["mse", "cross_entropy", "bce_with_logits"]
 
@@ -154,12 +154,16 @@ def mse_backward(
 
 
 def mse_value_and_dpred(
-    box: list[torch.Tensor], target: object
+    box: list[torch.Tensor],
+    target: object,
+    constants: BatchConstants | None = None,
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`mse(pred, target)`'s value and `vjp(1.0)` in one go for `fnn.fastpath`, `box = [pred]`
-    (emptied, so `pred` dies early); `None` where the general path must decide (a target of
-    another shape or dtype, no elements). The same kernels and constants as `mse` and
-    `mse_backward`, so the same bits."""
+    (emptied, so `pred` dies early), `constants` the batch's (see `fnn.fastpath`) or `None`,
+    `buffers` a workspace `(out, out.view(-1))` for `dpred` or `None`; `None` where the general
+    path must decide (a target of another shape or dtype, no elements). The same kernels and
+    constants as `mse` and `mse_backward`, so the same bits."""
     pred = box.pop()
     if (
         type(target) is not torch.Tensor
@@ -167,18 +171,26 @@ def mse_value_and_dpred(
         or target.dtype is not pred.dtype
     ):
         return None
-    diff = pred - target
+    if buffers is None:
+        diff = pred - target
+        flat = diff.view(-1)
+    else:
+        diff, flat = buffers
+        torch.sub(pred, target, out=diff)
     del pred
-    n = diff.numel()
-    if not n:
-        return None
-    key = (n, diff.dtype, diff.device)
-    scales = _MEAN_SCALES.get(key)
-    if scales is None:
-        scales = _mean_scales(key, diff)
-    flat = diff.view(-1)
-    value = torch.dot(flat, flat).div_(scales[0])
-    return value, diff.mul_(scales[1])  # diff is ours: dp = 2 (p − t) / n in place
+    if constants is None:
+        n = diff.numel()
+        if not n:
+            return None
+        key = (n, diff.dtype, diff.device)
+        scales = _MEAN_SCALES.get(key)
+        if scales is None:
+            scales = _mean_scales(key, diff)
+        n_scalar, two_over_n = scales
+    else:
+        n_scalar, two_over_n = constants[1], constants[2]
+    value = torch.dot(flat, flat).div_(n_scalar)
+    return value, diff.mul_(two_over_n)  # diff is ours: dp = 2 (p − t) / n in place
 
 
 _MEAN_SCALES: dict[tuple[int, torch.dtype, torch.device], tuple[Any, Any]] = {}
@@ -276,46 +288,52 @@ def _dlogits(
 
 
 def cross_entropy_value_and_dlogits(
-    box: list[torch.Tensor], labels: Any
+    box: list[torch.Tensor],
+    labels: Any,
+    constants: BatchConstants | None = None,
+    buffers: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`cross_entropy(logits, labels)`'s value and `vjp(1.0)` in one go for `fnn.fastpath`,
-    `box = [logits]` (emptied, so the logits die early); `None` where the general path must
-    decide (labels of another dtype or shape)."""
+    `box = [logits]` (emptied, so the logits die early), `constants` the batch's (see
+    `fnn.fastpath`) or `None`; `None` where the general path must decide (labels of another
+    dtype). The gradient is always a new tensor (`buffers` goes unused)."""
     logits = box.pop()
     if labels.dtype is not torch.int64:
         return None  # (nll_loss itself rejects labels of the wrong shape, and non-tensors)
     log_probs = torch.log_softmax(logits, 1)
     del logits
+    one = _one(log_probs) if constants is None else constants[3]
     value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
-    return value, _dlogits(_one(log_probs), log_probs, labels, 1, total_weight)
+    return value, _dlogits(one, log_probs, labels, 1, total_weight)
 
 
 _NLL_LOSS_FORWARD = eager_kernel(aten.nll_loss_forward.default)
 _NLL_LOSS_BACKWARD = eager_kernel(aten.nll_loss_backward.default)
 _LOG_SOFTMAX_BACKWARD = eager_kernel(aten._log_softmax_backward_data.default)
+_LOG_SOFTMAX_BACKWARD_OUT = eager_kernel(aten._log_softmax_backward_data.out)
 
 
 def cross_entropy_value_and_dlogits_eager(
-    box: list[torch.Tensor], labels: Any
+    box: list[torch.Tensor],
+    labels: Any,
+    constants: BatchConstants | None = None,
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`cross_entropy_value_and_dlogits` calling aten's kernels through their C++ entry points
-    (`fnn.fastpath.eager_kernel`): the same kernels, for eager mode only."""
+    (`fnn.fastpath.eager_kernel`), the gradient written into `buffers[0]` if given: the same
+    kernels, for eager mode only."""
     logits = box.pop()
     if labels.dtype is not torch.int64:
         return None
     log_probs = torch.log_softmax(logits, 1)
     del logits
+    one = _one(log_probs) if constants is None else constants[3]
     value, total_weight = _NLL_LOSS_FORWARD(log_probs, labels, None, 1, -100)
-    dlogits = _dlogits(
-        _one(log_probs),
-        log_probs,
-        labels,
-        1,
-        total_weight,
-        _NLL_LOSS_BACKWARD,
-        _LOG_SOFTMAX_BACKWARD,
-    )
-    return value, dlogits
+    dlog_probs = _NLL_LOSS_BACKWARD(one, log_probs, labels, None, 1, -100, total_weight)
+    if buffers is None:
+        return value, _LOG_SOFTMAX_BACKWARD(dlog_probs, log_probs, 1, log_probs.dtype)
+    out = buffers[0]
+    return value, _LOG_SOFTMAX_BACKWARD_OUT(dlog_probs, log_probs, 1, log_probs.dtype, out=out)
 
 
 def bce_with_logits(

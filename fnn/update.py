@@ -9,21 +9,25 @@ from typing import Any
 import torch
 
 from . import tree
-from ._dicts import FRESH, DictsLayout, layout_of
+from ._dicts import BUILT, FRESH, DictsLayout, layout_of
 from .core import PyTree
 from .errors import FnnError, FnnTypeError, TreeError, describe
 
-__all__ = ["update", "flat_pair"]
+__all__ = ["update", "flat_pair", "vouch"]
 
 
 def flat_pair(
     params: PyTree, grads: PyTree, where: str, slot: list[DictsLayout | None] | None = None
-) -> tuple[list[torch.Tensor], list[torch.Tensor], tree.TreeDef, Callable[[Any], PyTree]]:
-    """Both trees' leaves, the params' treedef and a function that builds a tree of that
-    structure from leaves; `ValueError` naming the first mismatch.
+) -> tuple[
+    list[torch.Tensor], list[torch.Tensor], tree.TreeDef, Callable[[Any], PyTree], object | None
+]:
+    """Both trees' leaves, the params' treedef, a function that builds a tree of that
+    structure from leaves, and the fast path's tag if it vouched for the pair (see
+    fnn/_dicts.py: pass it to `vouch` with the params made from these); `ValueError` naming
+    the first mismatch.
 
-    `slot` is a one-item list remembering the last dict-of-dicts layout its caller saw (see
-    fnn/_dicts.py): a training loop pairs trees of one structure at every step.
+    `slot` is a one-item list remembering the last dict-of-dicts layout its caller saw: a
+    training loop pairs trees of one structure at every step.
     """
     # (torch.compile traces the general path: a layout is made by `exec`, FRESH is global state)
     if not torch.compiler.is_compiling():
@@ -36,7 +40,7 @@ def flat_pair(
         if found is not None:  # shapes and dtypes compared (or known equal: see FRESH)
             FRESH[0] = None
             assert layout is not None
-            return found[0], found[1], layout.treedef, layout.build
+            return found[0], found[1], layout.treedef, layout.build, found[2]
     leaves, treedef = tree.flatten(params)
     grad_leaves, grad_treedef = tree.flatten(grads)
     try:
@@ -48,7 +52,12 @@ def flat_pair(
     if bad:
         tree.assert_same_structure(params, grads, f"{where}: grads tree")
         _diagnose(params, grads, where)
-    return leaves, grad_leaves, treedef, functools.partial(tree.unflatten, treedef)
+    return leaves, grad_leaves, treedef, functools.partial(tree.unflatten, treedef), None
+
+
+def vouch(tag: object | None, leaves: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
+    """Record params just made from a pair the fast path vouched for (`BUILT`, fnn/_dicts.py)."""
+    BUILT[0] = (tag, *leaves) if tag is not None else None
 
 
 def _diagnose(params: PyTree, grads: PyTree, where: str) -> None:
@@ -95,14 +104,16 @@ def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
         raise FnnError(f"update: lr must be a non-negative number, got {lr!r}")
     if not lr >= 0:
         raise FnnError(f"update: lr must be a non-negative number, got {lr!r}")
-    leaves, grad_leaves, _, build = flat_pair(params, grads, "update", _LAST_LAYOUT)
+    leaves, grad_leaves, _, build, tag = flat_pair(params, grads, "update", _LAST_LAYOUT)
     if not leaves:
         return build([])
     try:
-        return build(torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+        new = torch._foreach_add(leaves, grad_leaves, alpha=-lr)
     except RuntimeError:  # e.g. a gradient on another device: say which
         _diagnose(params, grads, "update")
         raise
+    vouch(tag, new)
+    return build(new)
 
 
 _LAST_LAYOUT: list[DictsLayout | None] = [None]  # see flat_pair

@@ -35,6 +35,7 @@ def fast_calls(monkeypatch):
             calls.append(found is not None)
             return found
 
+        counting_run.__wrapped__ = run
         return counting_run
 
     monkeypatch.setattr(fastpath, "compile_plan", counting_compile_plan)
@@ -196,6 +197,111 @@ def test_the_generated_code_reads_as_hand_written_backprop():
     text = fastpath.source(_model(L.Relu).apply)
     assert "h0 = linear(x, w0, b0)" in text and "h1 = forward1(h0)  # in place" in text
     assert "gw4 = dyt.mm(h3)" in text and "gb4 = dyt.mv(ones)" in text
-    assert "dy = dx1(dy, h1, 0)" in text
+    assert "dy = dx1(dy, h1, 0, grad_input=dy)" in text  # in place: the cotangent is the step's
+    # the workspace body: the same, into buffers reused from step to step
+    assert "h0 = linear(x, w0, b0, out=H0)" in text and "dy = mm(dy, w4, out=D5a)" in text
+    assert "h4 = linear(h3, w4, b4, out=None if keep_y else H4)" in text
     with pytest.raises(ValueError, match="no fast plan"):
         fastpath.source(fnn.serial(L.Dropout(0.5)).apply)
+
+
+def _data(batch, seed, dtype=torch.float32):
+    x = fnn.random.normal(fnn.random.key(seed), (batch, 4), dtype=dtype)
+    target = fnn.random.normal(fnn.random.key(seed + 1), (batch, 3), dtype=dtype)
+    return x, target
+
+
+def _results(fn, params, x, target):
+    (value, y), grads = fn(params, x, target)
+    return [value, y, *fnn.tree.leaves(grads)]
+
+
+@pytest.mark.parametrize("loss", [fnn.losses.mse, fnn.losses.cross_entropy])
+def test_the_workspace_never_leaks_into_what_a_step_returns(loss, fast_calls):
+    """Small CPU batches run in buffers reused from step to step (fnn/fastpath.py): what a step
+    returns (value, y, grads) must survive the next step untouched."""
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    fast = fnn.value_and_grad(apply, loss, has_aux=True)
+    general = fnn.value_and_grad(_general(apply), loss, has_aux=True)
+    first, second = _data(6, 1), _data(6, 3)
+    if loss is fnn.losses.cross_entropy:
+        first, second = (
+            (first[0], torch.tensor([0, 1, 2, 0, 1, 2])),
+            (second[0], torch.arange(6) % 2),
+        )
+    a = _results(fast, params, *first)
+    kept = [t.clone() for t in a]
+    b = _results(fast, params, *second)
+    assert fast_calls == [True, True]
+    for got, want in zip(a, kept):  # the first step's results, after the second step
+        assert torch.equal(got, want)
+    for got, want in zip(
+        a + b, _results(general, params, *first) + _results(general, params, *second)
+    ):
+        assert torch.equal(got, want)
+
+
+def _workspace_of(loss_and_grads_fn, batch):
+    """The workspace the eager fast path made for `batch` rows (a test hook into its closure)."""
+    runs = dict(zip(loss_and_grads_fn.__code__.co_freevars, loss_and_grads_fn.__closure__))
+    eager_run = runs["fast_runs"].cell_contents[0]
+    constants = getattr(eager_run, "__wrapped__", eager_run).__globals__["CONSTANTS"]
+    return next(c[4] for key, c in constants.items() if key[0] == batch)
+
+
+def test_a_busy_workspace_and_a_large_batch_take_the_allocating_body(fast_calls):
+    init, apply = _model(L.Tanh)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    fast = fnn.value_and_grad(apply, fnn.losses.mse, has_aux=True)
+    general = fnn.value_and_grad(_general(apply), fnn.losses.mse, has_aux=True)
+    small = _data(5, 7)
+    _results(fast, params, *small)
+    workspace = _workspace_of(fast, 5)
+    assert workspace is not None
+    with workspace[0]:  # as if another thread were in the middle of a step
+        busy = _results(fast, params, *small)
+    large = _data(8192, 9)  # beyond fastpath.WORKSPACE_BYTES: no workspace
+    big = _results(fast, params, *large)
+    assert _workspace_of(fast, 8192) is None
+    assert fast_calls == [True, True, True]
+    for got, want in zip(
+        busy + big, _results(general, params, *small) + _results(general, params, *large)
+    ):
+        assert torch.equal(got, want)
+
+
+def test_threads_sharing_a_model_get_their_own_results():
+    import threading
+
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    fast = fnn.value_and_grad(apply, fnn.losses.mse, has_aux=True)
+    general = fnn.value_and_grad(_general(apply), fnn.losses.mse, has_aux=True)
+    batches = [_data(6, seed) for seed in range(0, 80, 2)]
+    expected = [_results(general, params, *batch) for batch in batches]
+    got: dict[int, list] = {}
+
+    def work(indices):
+        for i in indices:
+            got[i] = _results(fast, params, *batches[i])
+
+    threads = [threading.Thread(target=work, args=(range(k, len(batches), 4),)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        assert all(torch.equal(a, b) for a, b in zip(got[i], want)), i
+
+
+def test_a_workspace_made_under_inference_mode_serves_later_steps(fast_calls):
+    init, apply = _model(L.Relu)
+    _, params = init(fnn.random.key(0), (-1, 4))
+    fast = fnn.value_and_grad(apply, fnn.losses.mse, has_aux=True)
+    x, target = _data(3, 11)
+    with torch.inference_mode():
+        inside = _results(fast, params, x, target)
+    outside = _results(fast, params, x, target)
+    assert fast_calls == [True, True]
+    assert all(torch.equal(a, b) for a, b in zip(inside, outside))

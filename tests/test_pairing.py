@@ -35,12 +35,14 @@ def test_fast_path_records_its_gradients_and_update_consumes_them():
     loss_and_grads, params, x, target = _setup()
     _, grads = loss_and_grads(params, x, target)
     fresh = _dicts.FRESH[0]
-    assert fresh is not None and len(fresh) == 8
-    assert all(a is b for a, b in zip(fresh[0::2], fnn.tree.leaves(params)))
-    assert all(a is b for a, b in zip(fresh[1::2], fnn.tree.leaves(grads)))
+    assert fresh is not None and len(fresh) == 9
+    assert all(a is b for a, b in zip(fresh[1::2], fnn.tree.leaves(params)))
+    assert all(a is b for a, b in zip(fresh[2::2], fnn.tree.leaves(grads)))
     new = fnn.update(params, grads, lr=0.1)
     assert _dicts.FRESH[0] is None
     assert _equal(new, _expected(params, grads, 0.1))
+    built = _dicts.BUILT[0]  # the update vouches for what it made, for the next fast path run
+    assert built[0] is fresh[0] and all(a is b for a, b in zip(built[1:], fnn.tree.leaves(new)))
 
 
 @pytest.mark.parametrize(
@@ -78,7 +80,8 @@ def test_layout_pair_rejects_what_the_general_path_must_explain():
     params = {"0": {"weight": torch.ones(2, 3), "bias": torch.ones(2)}, "1": {}}
     grads = fnn.tree.map(torch.zeros_like, params)
     layout = _dicts.layout_of(params)
-    leaves, grad_leaves = layout.pair(params, grads, None)
+    leaves, grad_leaves, tag = layout.pair(params, grads, None)
+    assert tag is None
     assert [t.shape for t in leaves] == [t.shape for t in grad_leaves] == [(2, 3), (2,)]
     assert _equal(layout.build(leaves), params)
     assert list(layout.build(leaves)) == ["0", "1"]
@@ -98,8 +101,10 @@ def test_layout_pair_rejects_what_the_general_path_must_explain():
     reordered = {"1": {}, "0": params["0"]}
     assert layout.pair(reordered, grads, None) is None  # another layout's job
     # a fresh record of other tensors (or of another length) changes nothing
-    assert layout.pair(params, cases[4], tuple(leaves + grad_leaves)) is None
-    assert layout.pair(params, grads, (leaves[0],)) is not None
+    record = ("tag", leaves[0], grad_leaves[0], leaves[1], grad_leaves[1])
+    assert layout.pair(params, cases[4], record) is None
+    assert layout.pair(params, grads, record[:3])[2] is None
+    assert layout.pair(params, grads, record)[2] == "tag"
 
 
 def test_update_and_optimizers_work_on_every_tree_the_general_path_takes():
@@ -130,3 +135,19 @@ def test_sum_rows_matches_sum(shape, dtype):
 def test_sum_rows_of_half_precision_is_sum():
     m = torch.randn(6, 3).to(torch.bfloat16)
     assert torch.equal(sum_rows(m), m.sum(0))
+
+
+def test_params_an_update_made_are_trusted_only_by_the_model_that_checked_them():
+    loss_and_grads, params, x, target = _setup()
+    _, grads = loss_and_grads(params, x, target)
+    params = fnn.update(params, grads, lr=0.1)
+    assert _dicts.BUILT[0] is not None
+    # the same tree, shaped for another model: its own fast path checks it
+    other = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
+    other_loss_and_grads = fnn.value_and_grad(other.apply, fnn.losses.mse)
+    with pytest.raises(FnnError, match=r"serial\[2\] Dense"):
+        other_loss_and_grads(params, x, target[:, :2])
+    # a replaced leaf is checked again
+    params["2"]["bias"] = torch.zeros(1)
+    with pytest.raises(FnnError, match="bias"):
+        loss_and_grads(params, x, target)

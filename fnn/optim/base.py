@@ -25,7 +25,7 @@ from typing_extensions import Protocol
 from .. import tree
 from ..core import PyTree
 from ..errors import FnnError, FnnTypeError, TreeError, with_context
-from ..update import flat_pair
+from ..update import flat_pair, vouch
 
 __all__ = [
     "Optimizer",
@@ -209,8 +209,16 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
         return state
 
     def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
-        leaves, g, treedef, build = flat_pair(params, grads, name, last_layout)
-        step, old, names = _read_state(name, state, keys, len(leaves))
+        leaves, g, treedef, build, tag = flat_pair(params, grads, name, last_layout)
+        try:  # the state's step and buffers (inline: this runs at every step)
+            step = state["step"]
+            old = [list(state[k].values()) for k in keys] if keys else []
+        except (KeyError, TypeError, AttributeError):
+            raise _bad_state(name, state, keys) from None
+        if type(step) is not int:
+            _check_step(name, step)
+        if keys:
+            _check_lengths(name, keys, old, len(leaves))
         if not leaves:
             return params, {**state, "step": step + 1}
         try:
@@ -219,36 +227,40 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
             _check_shapes(name, keys, old, leaves)
             raise
         new_state: dict[str, Any] = {"step": step + 1}
-        for key, values in zip(keys, new):
-            new_state[key] = dict(zip(names, values))
+        if keys:
+            names = state[keys[0]].keys()
+            for key, values in zip(keys, new):
+                new_state[key] = dict(zip(names, values))
+        vouch(tag, new_leaves)
         return build(new_leaves), new_state
 
     return Optimizer(init, update)
 
 
-def _read_state(
-    name: str, state: Any, keys: tuple[str, ...], n: int
-) -> tuple[int, list[list[torch.Tensor]], Any]:
-    """The step, each buffer's tensors in leaf order, and the buffers' names."""
-    try:
-        step = state["step"]
-        buffers = [list(state[k].values()) for k in keys]
-        names = state[keys[0]].keys() if keys else None
-    except (KeyError, TypeError, AttributeError):
-        expected = ", ".join(repr(k) for k in ("step", *keys))
-        raise FnnError(
-            f"{name}: the state must be the dict made by {name}'s init, with keys {expected}; "
-            f"got {_describe_state(state)}"
-        ) from None
+def _bad_state(name: str, state: Any, keys: tuple[str, ...]) -> FnnError:
+    expected = ", ".join(repr(k) for k in ("step", *keys))
+    return FnnError(
+        f"{name}: the state must be the dict made by {name}'s init, with keys {expected}; "
+        f"got {_describe_state(state)}"
+    )
+
+
+def _check_step(name: str, step: Any) -> None:
+    """The step count is an int (not a bool, a float or a tensor)."""
     if isinstance(step, bool) or not isinstance(step, int):
         raise FnnTypeError(f"{name}: the state's step must be an int, got {step!r}")
+
+
+def _check_lengths(
+    name: str, keys: tuple[str, ...], buffers: list[list[torch.Tensor]], n: int
+) -> None:
+    """Each state buffer holds one tensor per params leaf."""
     for k, values in zip(keys, buffers):
         if len(values) != n:
             raise TreeError(
                 f"{name}: the state's {k!r} has {len(values)} tensors but the params have {n} leaves; "
                 "make the state with init(params)"
             )
-    return step, buffers, names
 
 
 def _check_shapes(

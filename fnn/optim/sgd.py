@@ -79,6 +79,7 @@ def sgd(
     if nesterov and (momentum <= 0 or dampening != 0):
         raise FnnError("sgd: nesterov momentum requires momentum > 0 and dampening = 0")
     decay_indices = MaskResolver("sgd", mask)
+    schedule, fixed_lr = (lr, 0.0) if callable(lr) else (None, float(lr))
 
     def sgd_step(
         params: PyTree,
@@ -88,7 +89,7 @@ def sgd(
         buffers: Sequence[TensorList],
         step: int,
     ) -> tuple[TensorList, Sequence[TensorList]]:
-        eta = learning_rate("sgd", lr, step)
+        eta = fixed_lr if schedule is None else learning_rate("sgd", schedule, step)
         if maximize:
             g = torch._foreach_neg(g)
         if weight_decay:

@@ -184,7 +184,7 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTrans
         return {}
 
     def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
-        leaves, g, treedef, build = flat_pair(params, grads, "add_decayed_weights", last_layout)
+        leaves, g, treedef, build, _ = flat_pair(params, grads, "add_decayed_weights", last_layout)
         if not leaves or not weight_decay:
             return grads, state
         return build(

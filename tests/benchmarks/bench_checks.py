@@ -8,8 +8,9 @@ The step is the disk task's: the 2→25→25→25→2 MLP with Relu, cross-entro
 1. The step as users run it. For this model `value_and_grad` runs its generated
    fast path (fnn/fastpath.py). "checks bypassed" runs the same generated code
    with its check lines left out (`fastpath._generate(..., checks=False)`), a
-   copy of the cross-entropy kernel without its label checks and `update`
-   without its grads/params pairing check (shapes and dtypes).
+   copy of the cross-entropy kernel without its label check, and `update` as the
+   same generated pairing code (fnn/_dicts.py) without its structure, shape,
+   dtype and fresh-record checks (nor `update`'s own frame and `lr` check).
 2. The general path (each layer's `apply` and VJP, walked by `serial`), which
    models outside the fast path use (Dropout, Conv, a custom layer):
    check-free copies of `serial`'s apply, Dense's and Relu's apply and
@@ -30,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 import fnn
-from fnn import core, fastpath
+from fnn import _dicts, core, fastpath
 from fnn import layers as L
+from fnn._constants import sum_rows
 from fnn.combinators import serial_backward
 from fnn.core import VJP, Layer
 
@@ -79,7 +81,7 @@ def _dense_grads(x, weight, has_bias, dy, need_dx):
         dx = dy.matmul(weight) if need_dx else None
         dy = dy2
     if has_bias:
-        grads["bias"] = dy.sum(0)
+        grads["bias"] = sum_rows(dy)
     return grads, dx
 
 
@@ -211,30 +213,35 @@ def make_general_steps(batch: int = 100):
 # --------------------------------------------------------------------------- fast path
 
 
-def _cross_entropy_kernel(box, labels):
-    """fnn.losses.cross_entropy_value_and_dlogits minus its label checks."""
+_NLL_LOSS_FORWARD = fastpath.eager_kernel(aten.nll_loss_forward.default)
+_NLL_LOSS_BACKWARD = fastpath.eager_kernel(aten.nll_loss_backward.default)
+_LOG_SOFTMAX_BACKWARD = fastpath.eager_kernel(aten._log_softmax_backward_data.default)
+_LOG_SOFTMAX_BACKWARD_OUT = fastpath.eager_kernel(aten._log_softmax_backward_data.out)
+
+
+def _cross_entropy_kernel(box, labels, constants=None, buffers=None):
+    """fnn.losses.cross_entropy_value_and_dlogits_eager minus its label check."""
     logits = box.pop()
     log_probs = torch.log_softmax(logits, 1)
     del logits
-    value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
-    one = _ONES.get((log_probs.dtype, log_probs.device))
-    if one is None:
-        one = _ONES[(log_probs.dtype, log_probs.device)] = torch.ones((), dtype=log_probs.dtype)
-    dlog_probs = aten.nll_loss_backward.default(one, log_probs, labels, None, 1, -100, total_weight)
-    dlogits = aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
-    return value, dlogits
+    one = constants[3]
+    value, total_weight = _NLL_LOSS_FORWARD(log_probs, labels, None, 1, -100)
+    dlog_probs = _NLL_LOSS_BACKWARD(one, log_probs, labels, None, 1, -100, total_weight)
+    if buffers is None:
+        return value, _LOG_SOFTMAX_BACKWARD(dlog_probs, log_probs, 1, log_probs.dtype)
+    out = buffers[0]
+    return value, _LOG_SOFTMAX_BACKWARD_OUT(dlog_probs, log_probs, 1, log_probs.dtype, out=out)
 
 
-def _update_dict_of_dicts(params, grads, lr):
-    """fnn.update on a dict of dicts minus its pairing check (shapes, dtypes, keys)."""
-    leaves, grad_leaves = [], []
-    for key, sub in params.items():
-        grad_sub = grads[key]
-        for name, leaf in sub.items():
-            leaves.append(leaf)
-            grad_leaves.append(grad_sub[name])
-    treedef = fnn.tree.TreeDef.of_dicts(params, len(leaves))
-    return fnn.tree.unflatten(treedef, torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+def _update_dict_of_dicts(layout):
+    """fnn.update on a dict of dicts minus its pairing check: the same generated code
+    (fnn/_dicts.py) with the structure, shape, dtype and fresh-record checks left out."""
+
+    def update(params, grads, lr):
+        leaves, grad_leaves = layout.pair(params, grads, None)
+        return layout.build(torch._foreach_add(leaves, grad_leaves, alpha=-lr))
+
+    return update
 
 
 def make_fast_steps(batch: int = 100):
@@ -250,9 +257,11 @@ def make_fast_steps(batch: int = 100):
         _, grads = loss_and_grads(p, x, labels)
         return fnn.update(p, grads, lr=0.1)
 
+    nocheck_update = _update_dict_of_dicts(_dicts.DictsLayout(_dicts.layout_of(params).keys, False))
+
     def nocheck_step(p=params):
         _, _, grads = nocheck_run(_cross_entropy_kernel, p, x, labels, False)
-        return _update_dict_of_dicts(p, grads, 0.1)
+        return nocheck_update(p, grads, 0.1)
 
     return fnn_step, nocheck_step
 
