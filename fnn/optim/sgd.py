@@ -100,7 +100,10 @@ def sgd(
             b = torch._foreach_mul(g, _scalar(1.0, g[0]))  # a copy of g (x · 1.0 is exact)
         else:
             b = torch._foreach_mul(buffers[0], _scalar(momentum, g[0]))
-            torch._foreach_add_(b, g, alpha=1.0 - dampening)
+            if dampening:
+                torch._foreach_add_(b, g, alpha=1.0 - dampening)
+            else:  # the same sums (x + 1·y is x + y), without parsing an alpha
+                torch._foreach_add_(b, g)
         g = torch._foreach_add(g, b, alpha=momentum) if nesterov else b
         return torch._foreach_add(leaves, g, alpha=-eta), [b]
 
