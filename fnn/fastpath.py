@@ -50,6 +50,7 @@ from .core import Params
 __all__ = [
     "DENSE",
     "ELEMENTWISE",
+    "RECORD_BYTES",
     "WORKSPACE_BYTES",
     "BatchConstants",
     "FastLoss",
@@ -71,12 +72,17 @@ ELEMENTWISE = (
 
 WORKSPACE_BYTES = 256 * 1024
 """The largest workspace the eager fast path keeps per model and batch shape (CPU only)."""
+RECORD_BYTES = 1024 * 1024
+"""The largest params for which the eager fast path records what it checked and made
+(`FRESH`, fnn/_dicts.py): the record keeps them alive until the next step, and checks
+matter only where a step is short anyway."""
 
 BatchConstants = tuple[Any, ...]
-"""`(ones(B), n, 2 / n, 1, workspace)` for a batch of B rows, n = B · (the model's output
-width): the vector of ones for bias gradients, the 0-d constants of fnn's losses, and the
-workspace (`None`, or a lock, the loss's buffers and the step's buffers), cached per plan by
-`(B, dtype, device)` (see `batch_constants`)."""
+"""`(ones(B), n, 2 / n, 1, workspace, record)` for a batch of B rows, n = B · (the model's
+output width): the vector of ones for bias gradients, the 0-d constants of fnn's losses, the
+workspace (`None`, or a lock, the loss's buffers and the step's buffers) and whether to
+record for the update (`RECORD_BYTES`), cached per plan by `(B, dtype, device)` (see
+`batch_constants`)."""
 
 FastLoss = Callable[..., "tuple[torch.Tensor, torch.Tensor] | None"]
 """`loss([pred], target, constants, buffers) -> (value, dpred)` (the VJP of 1.0), or `None` to
@@ -102,10 +108,12 @@ def batch_constants(
     cache: dict[Any, BatchConstants],
     width: int,
     buffer_widths: tuple[int, ...],
+    param_count: tuple[int, int],
     x: torch.Tensor,
 ) -> BatchConstants | None:
     """The `BatchConstants` for a batch like `x` and a model of output width `width` whose
-    workspace holds `(rows, w)` buffers for `buffer_widths` (the loss's buffer first), stored in
+    workspace holds `(rows, w)` buffers for `buffer_widths` (the loss's buffer first) and
+    whose params have `a · x.shape[1] + b` elements for `param_count = (a, b)`, stored in
     `cache`; `None` (take the general path) for an empty batch or a dtype other than float32
     and float64. The same cached tensors as `fnn._constants.scalar` gives the losses, so the
     fast path rounds as the general path does."""
@@ -126,7 +134,9 @@ def batch_constants(
             (loss_out, loss_out.view(-1)),
             *(view for b in buffers for view in (b, b.t())),
         )
-    found = (ones, scalar(float(n), x), scalar(2.0 / n, x), scalar(1.0, x), workspace)
+    elements = param_count[0] * x.shape[1] + param_count[1]
+    record = elements * x.element_size() <= RECORD_BYTES
+    found = (ones, scalar(float(n), x), scalar(2.0 / n, x), scalar(1.0, x), workspace, record)
     if len(cache) > 8:  # a few batch shapes: keep the workspaces few
         cache.clear()
     cache[(rows, x.dtype, x.device)] = found
@@ -185,7 +195,7 @@ def _generate(
         namespace.update(
             CONSTANTS=cache,
             batch_constants=functools.partial(
-                batch_constants, cache, plan[dense[-1]][1], layout.widths
+                batch_constants, cache, plan[dense[-1]][1], layout.widths, _param_count(plan)
             ),
         )
         code += [
@@ -252,6 +262,21 @@ def _generate(
         ]
     code += _body(plan, names, param_names, namespace, None, eager, checks)
     return "\n".join(line for line in code if line) + "\n", namespace
+
+
+def _param_count(plan: tuple[tuple[Any, ...], ...]) -> tuple[int, int]:
+    """`(a, b)`: the model's params have `a · (input width) + b` elements."""
+    per_input, fixed = 0, 0
+    widths = _widths(plan)
+    for i, spec in enumerate(plan):
+        if spec[0] is DENSE:
+            width = widths[i - 1] if i else None
+            if width is None:
+                per_input += spec[1]
+            else:
+                fixed += spec[1] * width
+            fixed += spec[1] if spec[2] else 0
+    return per_input, fixed
 
 
 def _widths(plan: tuple[tuple[Any, ...], ...]) -> list[int | None]:
@@ -400,7 +425,7 @@ def _body(
         dead = [w for w in _names_in(kept[i]) if last_use[w] == i]
         if dead:
             code.append(f"    del {', '.join(dead)}")
-    if eager and checks:  # the tensors used and made, for update's pairing: see fnn/_dicts.py
+    if eager and checks and dense:  # what it used and made, for update's pairing: fnn/_dicts.py
         namespace["FRESH"] = FRESH
         made = [
             f"{kind}{i}, g{kind}{i}"
@@ -408,7 +433,10 @@ def _body(
             if spec[0] is DENSE
             for kind in ("wb" if spec[2] else "w")
         ]
-        code.append(f"    FRESH[0] = (TAG, {', '.join(made)})")
+        code += [
+            "    if constants[5]:  # small params: see RECORD_BYTES",
+            f"        FRESH[0] = (TAG, {', '.join(made)})",
+        ]
     full = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names))
     partial = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names) if name in param_names)
     code += [

@@ -305,3 +305,21 @@ def test_a_workspace_made_under_inference_mode_serves_later_steps(fast_calls):
     outside = _results(fast, params, x, target)
     assert fast_calls == [True, True]
     assert all(torch.equal(a, b) for a, b in zip(inside, outside))
+
+
+@pytest.mark.parametrize(
+    "activation", [L.Relu, L.Tanh, L.Sigmoid, L.Gelu], ids=lambda a: a.__name__
+)
+@pytest.mark.parametrize("loss", [fnn.losses.mse, fnn.losses.cross_entropy])
+@pytest.mark.parametrize("has_aux", [False, True])
+def test_activations_first_and_last_match_the_general_path(activation, loss, has_aux, fast_calls):
+    init, apply = fnn.serial(activation(), L.Dense(3), activation())
+    _, params = init(fnn.random.key(0), (-1, 5))
+    x = fnn.random.normal(fnn.random.key(1), (4, 5))
+    target = torch.tensor([0, 2, 1, 2]) if loss is fnn.losses.cross_entropy else torch.randn(4, 3)
+    fast = fnn.value_and_grad(apply, loss, has_aux=has_aux)
+    general = fnn.value_and_grad(_general(apply), loss, has_aux=has_aux)
+    for _ in range(2):  # the second step runs in the workspace made by the first
+        a, b = fast(params, x, target), general(params, x, target)
+        assert all(torch.equal(u, v) for u, v in zip(fnn.tree.leaves(a), fnn.tree.leaves(b)))
+    assert fast_calls == [True, True]

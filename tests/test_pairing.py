@@ -151,3 +151,18 @@ def test_params_an_update_made_are_trusted_only_by_the_model_that_checked_them()
     params["2"]["bias"] = torch.zeros(1)
     with pytest.raises(FnnError, match="bias"):
         loss_and_grads(params, x, target)
+
+
+def test_large_params_are_not_recorded():
+    """The records keep tensors alive until the next step: only small params (≤ RECORD_BYTES,
+    where checks are a noticeable share of a step) are recorded."""
+    model = fnn.serial(L.Dense(600), L.Relu(), L.Dense(2))
+    _, params = model.init(fnn.random.key(0), (-1, 500))
+    assert 600 * 500 * 4 > fnn.fastpath.RECORD_BYTES
+    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.mse)
+    _dicts.FRESH[0] = None
+    _, grads = loss_and_grads(params, torch.randn(3, 500), torch.randn(3, 2))
+    assert _dicts.FRESH[0] is None
+    new = fnn.update(params, grads, lr=0.1)
+    assert _dicts.BUILT[0] is None
+    assert _equal(new, _expected(params, grads, 0.1))
