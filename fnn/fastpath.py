@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._constants import ones_for, scalar
+from ._constants import scalar
 from ._dicts import BUILT, FRESH
 from .core import Params
 
@@ -78,11 +78,10 @@ RECORD_BYTES = 1024 * 1024
 matter only where a step is short anyway."""
 
 BatchConstants = tuple[Any, ...]
-"""`(ones(B), n, 2 / n, 1, workspace, record)` for a batch of B rows, n = B · (the model's
-output width): the vector of ones for bias gradients, the 0-d constants of fnn's losses, the
-workspace (`None`, or a lock, the loss's buffers and the step's buffers) and whether to
-record for the update (`RECORD_BYTES`), cached per plan by `(B, dtype, device)` (see
-`batch_constants`)."""
+"""`(n, 2 / n, 1, workspace, record)` for a batch of B rows, n = B · (the model's output
+width): the 0-d constants of fnn's losses, the workspace (`None`, or a lock, the loss's
+buffers and the step's buffers) and whether to record for the update (`RECORD_BYTES`),
+cached per plan by `(B, dtype, device)` (see `batch_constants`)."""
 
 FastLoss = Callable[..., "tuple[torch.Tensor, torch.Tensor] | None"]
 """`loss([pred], target, constants, buffers) -> (value, dpred)` (the VJP of 1.0), or `None` to
@@ -118,8 +117,7 @@ def batch_constants(
     and float64. The same cached tensors as `fnn._constants.scalar` gives the losses, so the
     fast path rounds as the general path does."""
     rows = x.shape[0]
-    ones = ones_for(x)
-    if ones is None or not rows:
+    if not rows or (x.dtype is not torch.float32 and x.dtype is not torch.float64):
         return None
     n = rows * width
     workspace = None
@@ -136,7 +134,7 @@ def batch_constants(
         )
     elements = param_count[0] * x.shape[1] + param_count[1]
     record = elements * x.element_size() <= RECORD_BYTES
-    found = (ones, scalar(float(n), x), scalar(2.0 / n, x), scalar(1.0, x), workspace, record)
+    found = (scalar(float(n), x), scalar(2.0 / n, x), scalar(1.0, x), workspace, record)
     if len(cache) > 8:  # a few batch shapes: keep the workspaces few
         cache.clear()
     cache[(rows, x.dtype, x.device)] = found
@@ -205,8 +203,6 @@ def _generate(
             "        if constants is None:",
             "            return None",
         ]
-        if any(plan[i][2] for i in dense):  # Σₙ dy as dyᵀ·1, as Dense's VJP: fnn/_constants.py
-            code.append("    ones = constants[0]")
     # The params, each checked once: what torch would let through silently. A weight of the
     # wrong width makes `linear` raise; one of the wrong height or rank is caught here, and
     # so is a bias of the wrong height (it would broadcast).
@@ -249,7 +245,7 @@ def _generate(
     if batch:
         assert layout is not None
         code += [
-            "    workspace = constants[4]",
+            "    workspace = constants[3]",
             "    if workspace is not None and workspace[0].acquire(False):",
             "        try:",
             f"            {', '.join(['_', 'buffers', *layout.names])} = workspace",
@@ -399,7 +395,7 @@ def _body(
             else:
                 code += [
                     f"    gw{i} = dyt.mm({kept[i]})",
-                    f"    gb{i} = dyt.mv(ones)" if has_constants else f"    gb{i} = dy.sum(0)",
+                    f"    gb{i} = dy.sum(0)",  # as autograd sums it: the same bits
                     f"    g{i} = {{'weight': gw{i}, 'bias': gb{i}}}",
                 ]
             code.append("    del dyt  # a view: it would keep the old cotangent alive")
@@ -434,7 +430,7 @@ def _body(
             for kind in ("wb" if spec[2] else "w")
         ]
         code += [
-            "    if constants[5]:  # small params: see RECORD_BYTES",
+            "    if constants[4]:  # small params: see RECORD_BYTES",
             f"        FRESH[0] = (TAG, {', '.join(made)})",
         ]
     full = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names))

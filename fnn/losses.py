@@ -188,7 +188,7 @@ def mse_value_and_dpred(
             scales = _mean_scales(key, diff)
         n_scalar, two_over_n = scales
     else:
-        n_scalar, two_over_n = constants[1], constants[2]
+        n_scalar, two_over_n = constants[0], constants[1]
     value = torch.dot(flat, flat).div_(n_scalar)
     return value, diff.mul_(two_over_n)  # diff is ours: dp = 2 (p − t) / n in place
 
@@ -302,7 +302,7 @@ def cross_entropy_value_and_dlogits(
         return None  # (nll_loss itself rejects labels of the wrong shape, and non-tensors)
     log_probs = torch.log_softmax(logits, 1)
     del logits
-    one = _one(log_probs) if constants is None else constants[3]
+    one = _one(log_probs) if constants is None else constants[2]
     value, total_weight = aten.nll_loss_forward.default(log_probs, labels, None, 1, -100)
     return value, _dlogits(one, log_probs, labels, 1, total_weight)
 
@@ -327,7 +327,7 @@ def cross_entropy_value_and_dlogits_eager(
         return None
     log_probs = torch.log_softmax(logits, 1)
     del logits
-    one = _one(log_probs) if constants is None else constants[3]
+    one = _one(log_probs) if constants is None else constants[2]
     value, total_weight = _NLL_LOSS_FORWARD(log_probs, labels, None, 1, -100)
     dlog_probs = _NLL_LOSS_BACKWARD(one, log_probs, labels, None, 1, -100, total_weight)
     if buffers is None:

@@ -8,7 +8,6 @@ import torch
 import fnn
 from fnn import _dicts
 from fnn import layers as L
-from fnn._constants import sum_rows
 from fnn.errors import FnnError
 
 
@@ -122,19 +121,6 @@ def test_update_and_optimizers_work_on_every_tree_the_general_path_takes():
         state = opt.init(tree)
         new, state = opt.update(tree, fnn.tree.map(torch.ones_like, tree), state)
         assert _equal(new, fnn.tree.map(lambda t: t * 0.5, tree))
-
-
-@pytest.mark.parametrize("shape", [(1, 3), (7, 5), (0, 4), (100, 25)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sum_rows_matches_sum(shape, dtype):
-    m = fnn.random.normal(fnn.random.key(3), shape, dtype=dtype)
-    torch.testing.assert_close(sum_rows(m), m.sum(0))
-    assert sum_rows(m).shape == (shape[1],) and sum_rows(m).dtype == dtype
-
-
-def test_sum_rows_of_half_precision_is_sum():
-    m = torch.randn(6, 3).to(torch.bfloat16)
-    assert torch.equal(sum_rows(m), m.sum(0))
 
 
 def test_params_an_update_made_are_trusted_only_by_the_model_that_checked_them():

@@ -23,9 +23,10 @@ import torch
 from typing_extensions import Protocol
 
 from .. import tree
+from .._dicts import BUILT
 from ..core import PyTree
 from ..errors import FnnError, FnnTypeError, TreeError, with_context
-from ..update import flat_pair, vouch
+from ..update import flat_pair
 
 __all__ = [
     "Optimizer",
@@ -217,8 +218,9 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
             raise _bad_state(name, state, keys) from None
         if type(step) is not int:
             _check_step(name, step)
-        if keys:
-            _check_lengths(name, keys, old, len(leaves))
+        for buffer in old:
+            if len(buffer) != len(leaves):
+                _check_lengths(name, keys, old, len(leaves))
         if not leaves:
             return params, {**state, "step": step + 1}
         try:
@@ -231,7 +233,7 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
             names = state[keys[0]].keys()
             for key, values in zip(keys, new):
                 new_state[key] = dict(zip(names, values))
-        vouch(tag, new_leaves)
+        BUILT[0] = (tag, *new_leaves) if tag is not None else None  # see fnn/update.py vouch
         return build(new_leaves), new_state
 
     return Optimizer(init, update)

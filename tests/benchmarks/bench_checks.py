@@ -35,7 +35,6 @@ import torch.nn.functional as F
 import fnn
 from fnn import _dicts, core, fastpath
 from fnn import layers as L
-from fnn._constants import sum_rows
 from fnn.combinators import serial_backward
 from fnn.core import VJP, Layer
 from fnn.update import flat_pair
@@ -84,7 +83,7 @@ def _dense_grads(x, weight, has_bias, dy, need_dx):
         dx = dy.matmul(weight) if need_dx else None
         dy = dy2
     if has_bias:
-        grads["bias"] = sum_rows(dy)
+        grads["bias"] = dy.sum(0)
     return grads, dx
 
 
@@ -231,7 +230,7 @@ def _cross_entropy_kernel(box, labels, constants=None, buffers=None):
     logits = box.pop()
     log_probs = torch.log_softmax(logits, 1)
     del logits
-    one = constants[3]
+    one = constants[2]
     value, total_weight = _NLL_LOSS_FORWARD(log_probs, labels, None, 1, -100)
     dlog_probs = _NLL_LOSS_BACKWARD(one, log_probs, labels, None, 1, -100, total_weight)
     if buffers is None:
