@@ -107,11 +107,13 @@ def batch_constants(
     cache: dict[Any, BatchConstants],
     width: int,
     buffer_widths: tuple[int, ...],
+    transposed: tuple[bool, ...],
     param_count: tuple[int, int],
     x: torch.Tensor,
 ) -> BatchConstants | None:
     """The `BatchConstants` for a batch like `x` and a model of output width `width` whose
-    workspace holds `(rows, w)` buffers for `buffer_widths` (the loss's buffer first) and
+    workspace holds `(rows, w)` buffers for `buffer_widths` (the loss's buffer first, each
+    followed by its transpose where `transposed` says so) and
     whose params have `a · x.shape[1] + b` elements for `param_count = (a, b)`, stored in
     `cache`; `None` (take the general path) for an empty batch or a dtype other than float32
     and float64. The same cached tensors as `fnn._constants.scalar` gives the losses, so the
@@ -130,7 +132,7 @@ def batch_constants(
         workspace = (
             threading.Lock(),
             (loss_out, loss_out.view(-1)),
-            *(view for b in buffers for view in (b, b.t())),
+            *(view for b, t in zip(buffers, transposed) for view in ((b, b.t()) if t else (b,))),
         )
     elements = param_count[0] * x.shape[1] + param_count[1]
     record = elements * x.element_size() <= RECORD_BYTES
@@ -179,9 +181,9 @@ def _generate(
         "def run(loss, params, x, target, keep_y):",
         # (an integer x makes `linear` raise, and has no batch constants)
         *unless("type(params) is not dict or type(x) is not Tensor or x.ndim != 2"),
-        "    given = tuple(params)" if checks else "",
-        f"    full = given == {names!r}" if checks else "    full = True",
-        *unless(f"not full and given != {param_names!r}"),
+        # (a missing key raises KeyError below: the general path then names it)
+        f"    full = len(params) == {len(names)}" if checks else "    full = True",
+        *unless(f"not full and len(params) != {len(param_names)}"),
     ]
     widths = _widths(plan)
     dense = [i for i, spec in enumerate(plan) if spec[0] is DENSE]
@@ -193,7 +195,12 @@ def _generate(
         namespace.update(
             CONSTANTS=cache,
             batch_constants=functools.partial(
-                batch_constants, cache, plan[dense[-1]][1], layout.widths, _param_count(plan)
+                batch_constants,
+                cache,
+                plan[dense[-1]][1],
+                layout.widths,
+                layout.transposed,
+                _param_count(plan),
             ),
         )
         code += [
@@ -287,19 +294,20 @@ def _widths(plan: tuple[tuple[Any, ...], ...]) -> list[int | None]:
 
 
 class _Workspace:
-    """The workspace body's buffers, in the order `batch_constants` makes them, each with its
-    transpose: `L` for the loss's cotangent, two cotangent buffers `D{w}a` and `D{w}b` for
-    each width a Dense's input gradient has (a product may not write into its own input),
-    and `H{i}` for each Dense output."""
+    """The workspace body's buffers, in the order `batch_constants` makes them: `L` for the
+    loss's cotangent and two cotangent buffers `D{w}a` and `D{w}b` for each width a Dense's
+    input gradient has (a product may not write into its own input), each with its
+    transpose, and `H{i}` for each Dense output."""
 
     def __init__(self, plan: tuple[tuple[Any, ...], ...], widths: list[int | None]):
         dense = [i for i, spec in enumerate(plan) if spec[0] is DENSE]
         grad_widths = sorted({w for i in dense if i and (w := widths[i - 1]) is not None})
-        buffers = [("L", plan[dense[-1]][1])]
-        buffers += [(f"D{w}{half}", w) for w in grad_widths for half in "ab"]
-        buffers += [(f"H{i}", plan[i][1]) for i in dense]
-        self.names = [n for name, _ in buffers for n in (name, f"{name}T")]
-        self.widths = tuple(w for _, w in buffers)
+        buffers = [("L", plan[dense[-1]][1], True)]
+        buffers += [(f"D{w}{half}", w, True) for w in grad_widths for half in "ab"]
+        buffers += [(f"H{i}", plan[i][1], False) for i in dense]
+        self.names = [n for name, _, t in buffers for n in ((name, f"{name}T") if t else (name,))]
+        self.widths = tuple(w for _, w, _ in buffers)
+        self.transposed = tuple(t for _, _, t in buffers)
 
 
 def _body(
