@@ -309,8 +309,8 @@ def cross_entropy_value_and_dlogits(
 
 _NLL_LOSS_FORWARD = eager_kernel(aten.nll_loss_forward.default)
 _NLL_LOSS_BACKWARD = eager_kernel(aten.nll_loss_backward.default)
-_LOG_SOFTMAX_BACKWARD = eager_kernel(aten._log_softmax_backward_data.default)
-_LOG_SOFTMAX_BACKWARD_OUT = eager_kernel(aten._log_softmax_backward_data.out)
+# (torch._log_softmax_backward_data is the same kernel behind a faster binding than `_op`)
+_LOG_SOFTMAX_BACKWARD = torch._log_softmax_backward_data
 
 
 def cross_entropy_value_and_dlogits_eager(
@@ -330,10 +330,8 @@ def cross_entropy_value_and_dlogits_eager(
     one = _one(log_probs) if constants is None else constants[2]
     value, total_weight = _NLL_LOSS_FORWARD(log_probs, labels, None, 1, -100)
     dlog_probs = _NLL_LOSS_BACKWARD(one, log_probs, labels, None, 1, -100, total_weight)
-    if buffers is None:
-        return value, _LOG_SOFTMAX_BACKWARD(dlog_probs, log_probs, 1, log_probs.dtype)
-    out = buffers[0]
-    return value, _LOG_SOFTMAX_BACKWARD_OUT(dlog_probs, log_probs, 1, log_probs.dtype, out=out)
+    out = None if buffers is None else buffers[0]
+    return value, _LOG_SOFTMAX_BACKWARD(dlog_probs, log_probs, 1, log_probs.dtype, out=out)
 
 
 def bce_with_logits(

@@ -221,8 +221,7 @@ def make_general_steps(batch: int = 100):
 
 _NLL_LOSS_FORWARD = fastpath.eager_kernel(aten.nll_loss_forward.default)
 _NLL_LOSS_BACKWARD = fastpath.eager_kernel(aten.nll_loss_backward.default)
-_LOG_SOFTMAX_BACKWARD = fastpath.eager_kernel(aten._log_softmax_backward_data.default)
-_LOG_SOFTMAX_BACKWARD_OUT = fastpath.eager_kernel(aten._log_softmax_backward_data.out)
+_LOG_SOFTMAX_BACKWARD = torch._log_softmax_backward_data
 
 
 def _cross_entropy_kernel(box, labels, constants=None, buffers=None):
@@ -233,10 +232,8 @@ def _cross_entropy_kernel(box, labels, constants=None, buffers=None):
     one = constants[2]
     value, total_weight = _NLL_LOSS_FORWARD(log_probs, labels, None, 1, -100)
     dlog_probs = _NLL_LOSS_BACKWARD(one, log_probs, labels, None, 1, -100, total_weight)
-    if buffers is None:
-        return value, _LOG_SOFTMAX_BACKWARD(dlog_probs, log_probs, 1, log_probs.dtype)
-    out = buffers[0]
-    return value, _LOG_SOFTMAX_BACKWARD_OUT(dlog_probs, log_probs, 1, log_probs.dtype, out=out)
+    out = None if buffers is None else buffers[0]
+    return value, _LOG_SOFTMAX_BACKWARD(dlog_probs, log_probs, 1, log_probs.dtype, out=out)
 
 
 def _update_dict_of_dicts(layout):
