@@ -13,7 +13,7 @@ output, a temporary nobody else sees.
 
 Two variants are generated: the eager one calls aten's backward kernels through
 their C++ entry points (`eager_kernel`), the one `torch.compile` traces calls the
-`OpOverload`s themselves and sums biases with `sum` (no cached tensors to guard on).
+`OpOverload`s themselves and uses no cached tensors (nothing to guard on).
 
 Small CPU batches are bound by per-op overhead, and a fresh tensor costs an
 allocation, a Python object and, later, its release. So for a workspace of at most
@@ -30,7 +30,9 @@ silently (a bias that broadcasts, a weight of the wrong shape, a params dict wit
 extra entries). Everything else (a weight of the wrong width, the wrong dtype or
 device) makes a kernel raise. Anything unusual makes it return `None` (or raise),
 and `value_and_grad` takes the general path, which raises the clear error naming
-the layer.
+the layer. The shape reads are skipped for params the last update made from params
+this model checked (`BUILT`), and the eager variant records what it checked and made
+for the update (`FRESH`): see fnn/_dicts.py.
 """
 
 from __future__ import annotations
