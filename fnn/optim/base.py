@@ -211,9 +211,11 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
 
     def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
         leaves, g, treedef, build, tag = flat_pair(params, grads, name, last_layout)
-        try:  # the state's step and buffers (inline: this runs at every step)
+        old: list[list[torch.Tensor]] = []
+        try:  # the state's step and buffers (inline and loop-free: this runs at every step)
             step = state["step"]
-            old = [list(state[k].values()) for k in keys] if keys else []
+            for k in keys:
+                old.append(list(state[k].values()))
         except (KeyError, TypeError, AttributeError):
             raise _bad_state(name, state, keys) from None
         if type(step) is not int:
@@ -230,7 +232,7 @@ def build_optimizer(name: str, buffers: dict[str, float], step_fn: StepFn) -> Op
             raise
         new_state: dict[str, Any] = {"step": step + 1}
         if keys:
-            names = state[keys[0]].keys()
+            names = state[keys[0]]
             for key, values in zip(keys, new):
                 new_state[key] = dict(zip(names, values))
         BUILT[0] = (tag, *new_leaves) if tag is not None else None  # see fnn/update.py vouch
