@@ -325,6 +325,7 @@ def _body(
     ws = workspace is not None
     dense = [i for i, spec in enumerate(plan) if spec[0] is DENSE]
     last_dense = dense[-1] if dense else -1
+    widths = _widths(plan)
     code: list[str] = []
     kept: list[str] = []
     current, fresh = "x", False
@@ -333,8 +334,8 @@ def _body(
             bias = f"b{i}" if spec[2] else "None"
             if not ws:
                 out = ""
-            elif i == len(plan) - 1 or (i == last_dense and _all_elementwise(plan[i + 1 :])):
-                out = f", out=None if keep_y else H{i}"  # y leaves the step: fresh
+            elif i == last_dense:  # only activations after it: y may leave the step, fresh
+                out = f", out=None if keep_y else H{i}"
             else:
                 out = f", out=H{i}"
             code += [
@@ -410,7 +411,7 @@ def _body(
                 ]
             code.append("    del dyt  # a view: it would keep the old cotangent alive")
             if i:
-                width = _widths(plan)[i - 1] if ws else None
+                width = widths[i - 1] if ws else None
                 if width is None:
                     code.append(f"    dy = dy.mm(w{i})")
                     where = "fresh"
@@ -451,10 +452,6 @@ def _body(
         f"    return value, y, {{{partial}}}",
     ]
     return code
-
-
-def _all_elementwise(specs: tuple[tuple[Any, ...], ...]) -> bool:
-    return all(spec[0] is ELEMENTWISE for spec in specs)
 
 
 def _names_in(expression: str) -> list[str]:

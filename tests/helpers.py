@@ -34,3 +34,28 @@ def assert_trees_close(actual, expected, atol=1e-10, rtol=1e-7):
 
 def randn(seed, *shape, dtype=torch.float64):
     return fnn.random.normal(fnn.random.key(seed), shape, dtype=dtype)
+
+
+def torch_disk_mlp(params, activation=torch.nn.ReLU):
+    """The torch.nn twin of the disk MLP 2→25→25→25→2, loaded with fnn `params`."""
+    seq = torch.nn.Sequential(
+        torch.nn.Linear(2, 25),
+        activation(),
+        torch.nn.Linear(25, 25),
+        activation(),
+        torch.nn.Linear(25, 25),
+        activation(),
+        torch.nn.Linear(25, 2),
+    ).to(fnn.tree.leaves(params)[0].dtype)
+    seq.load_state_dict(fnn.tree.to_state_dict(params))
+    return seq
+
+
+def autograd_loss_and_grads(seq, loss_fn, x, target):
+    """`(loss, grads)` of a torch.nn model by autograd, grads as an fnn params tree."""
+    with torch.enable_grad():
+        seq.zero_grad()
+        loss = loss_fn(seq(x), target)
+        loss.backward()
+    grads = {name: p.grad for name, p in seq.named_parameters()}
+    return loss.detach(), fnn.tree.from_state_dict(grads)

@@ -12,32 +12,9 @@ import torch.nn.functional as F
 import fnn
 from fnn import layers as L
 
-from .helpers import assert_trees_close, randn
+from .helpers import assert_trees_close, autograd_loss_and_grads, randn, torch_disk_mlp
 
 DISK_MLP = [L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(25), L.Relu(), L.Dense(2)]
-
-
-def _torch_mlp(params, activation=torch.nn.ReLU):
-    seq = torch.nn.Sequential(
-        torch.nn.Linear(2, 25),
-        activation(),
-        torch.nn.Linear(25, 25),
-        activation(),
-        torch.nn.Linear(25, 25),
-        activation(),
-        torch.nn.Linear(25, 2),
-    ).to(fnn.tree.leaves(params)[0].dtype)
-    seq.load_state_dict(fnn.tree.to_state_dict(params))
-    return seq
-
-
-def _autograd_loss_and_grads(seq, loss_fn, x, target):
-    with torch.enable_grad():
-        seq.zero_grad()
-        loss = loss_fn(seq(x), target)
-        loss.backward()
-    grads = {name: p.grad for name, p in seq.named_parameters()}
-    return loss.detach(), fnn.tree.from_state_dict(grads)
 
 
 LOSS_CASES = [
@@ -56,8 +33,8 @@ def test_value_and_grad_matches_autograd(name, loss, torch_loss, target_of, batc
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
     x, target = x.double(), target_of(labels)
     value, grads = fnn.value_and_grad(model.apply, loss)(params, x, target)
-    expected_value, expected_grads = _autograd_loss_and_grads(
-        _torch_mlp(params), torch_loss, x, target
+    expected_value, expected_grads = autograd_loss_and_grads(
+        torch_disk_mlp(params), torch_loss, x, target
     )
     assert value.ndim == 0
     torch.testing.assert_close(value, expected_value, atol=1e-12, rtol=1e-12)
@@ -192,7 +169,7 @@ def test_update_rejects_mismatched_trees(grads, fragment):
 def test_sgd_matches_torch_optim_step_for_step(momentum, dampening, nesterov, weight_decay):
     model = fnn.serial(*DISK_MLP)
     _, params = model.init(fnn.random.key(0), (-1, 2), dtype=torch.float64)
-    seq = _torch_mlp(params)
+    seq = torch_disk_mlp(params)
     kwargs = dict(
         momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay
     )
@@ -207,7 +184,7 @@ def test_sgd_matches_torch_optim_step_for_step(momentum, dampening, nesterov, we
             group["lr"] = 0.1 * 0.99**step
         _, grads = f(params, x, labels)
         params, state = opt.update(params, grads, state)
-        _autograd_loss_and_grads(seq, F.cross_entropy, x, labels)
+        autograd_loss_and_grads(seq, F.cross_entropy, x, labels)
         torch_opt.step()
     expected = fnn.tree.from_state_dict({k: v.detach() for k, v in seq.state_dict().items()})
     assert_trees_close({k: v for k, v in params.items() if v}, expected, atol=1e-12, rtol=1e-10)

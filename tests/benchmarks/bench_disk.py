@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import fnn
 from fnn import layers as L
 
+from ..helpers import torch_disk_mlp
 from ._timing import compare, pin_threads, report
 
 BATCHES = (1, 10, 100, 1000)
@@ -39,16 +40,7 @@ def make_fnn_step(batch: int, momentum: float, loss: str = "mse"):
 
 
 def make_torch_step(batch: int, momentum: float, params, loss: str = "mse"):
-    seq = torch.nn.Sequential(
-        torch.nn.Linear(2, 25),
-        torch.nn.ReLU(),
-        torch.nn.Linear(25, 25),
-        torch.nn.ReLU(),
-        torch.nn.Linear(25, 25),
-        torch.nn.ReLU(),
-        torch.nn.Linear(25, 2),
-    )
-    seq.load_state_dict(fnn.tree.to_state_dict(params))
+    seq = torch_disk_mlp(params)
     x, labels = fnn.data.disk(fnn.random.key(1), batch)
     target = fnn.data.one_hot(labels, 2) if loss == "mse" else labels
     loss_fn = F.mse_loss if loss == "mse" else F.cross_entropy
