@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import random
-from .core import VJP, Layer, Shapes, layer_name
+from .core import VJP, Layer, Shapes, layer_info, layer_name
 from .errors import FnnTypeError, ShapeError, describe
 
 __all__ = ["summary", "graph_repr"]
@@ -30,9 +30,8 @@ def _check_layer(where: str, layer: Any) -> None:
 
 
 def _children(layer: Layer) -> tuple[Layer, ...] | None:
-    kind = getattr(layer.apply, "layer_name", None)
-    children = getattr(layer.apply, "children", None)
-    return tuple(children) if kind in _COMBINATORS and children is not None else None
+    info = layer_info(layer)
+    return info.children if info.kind in _COMBINATORS else None
 
 
 def graph_repr(layer: Layer) -> str:

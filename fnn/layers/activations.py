@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
-from ..fastpath import ELEMENTWISE
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from . import _checks
 
 # torch.ops.aten has no type annotations: its ops return Any (the no-any-return ignores below)
@@ -103,49 +102,35 @@ def elementwise(
         saved = x if keep_input else y
         return y, VJP(backward, (saved, *constants) if constants else saved)
 
-    apply.__dict__.update(
-        layer_name=name,  # see fnn.core.layer_name
-        fast_spec=(  # see fnn/fastpath.py
-            ELEMENTWISE,
-            forward,
-            None,
-            functools.partial(_dx, backward),
-            keep_input,
-            constants,
-            None,  # (aten op, extra args) when the backward is one aten op: see _fast
-        ),
+    return declare(
+        init, apply, LayerInfo(name, backward=backward, step=_step(forward, keep_input, constants))
     )
-    return Layer(init, apply)
 
 
-def _dx(
-    backward: Callable[[Any, torch.Tensor], tuple[Params, torch.Tensor]],
-    saved: Any,
-    dy: torch.Tensor,
-) -> torch.Tensor:
-    return backward(saved, dy)[1]
+def _step(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    keep_input: bool,
+    constants: tuple[Any, ...],
+    inplace: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    kernel: Any = None,
+) -> tuple[Any, ...]:
+    """How `fnn.train_step` computes an elementwise layer inline: `(kind, forward, in-place
+    forward or None, keep_input, constants, (aten op, extra args) or None)`; with an aten op,
+    `dx = op(dy, saved, *extra)` is exactly what the layer's backward computes."""
+    return ("elementwise", forward, inplace, keep_input, constants, kernel)
 
 
-def _fast(
+def _with_kernels(
     layer: Layer,
-    forward_: Callable[[torch.Tensor], torch.Tensor],
-    dx: Callable[[Any, torch.Tensor], torch.Tensor],
-    aten_dx: Any,
+    inplace: Callable[[torch.Tensor], torch.Tensor],
+    kernel: Any,
     *extra: Any,
 ) -> Layer:
-    """`layer` with an in-place forward and a check-free backward kernel for `fnn.fastpath`;
-    `aten_dx` is the aten op that kernel calls as `aten_dx(dy, y, *extra)`."""
-    kind, forward, _, _, keep_input, constants, _ = layer.apply.__dict__["fast_spec"]
-    layer.apply.__dict__["fast_spec"] = (
-        kind,
-        forward,
-        forward_,
-        dx,
-        keep_input,
-        constants,
-        (aten_dx, extra),
-    )
-    return layer
+    """`layer` declared with an in-place forward and the aten op its backward is, for the step."""
+    info = layer.apply.info  # type: ignore[attr-defined]
+    _, forward, _, keep_input, constants, _ = info.step
+    step = _step(forward, keep_input, constants, inplace, (kernel, extra))
+    return declare(layer.init, layer.apply.func, info._replace(step=step))  # type: ignore[attr-defined]
 
 
 def _check_dy(name: str, saved: torch.Tensor, dy: object) -> None:
@@ -174,6 +159,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 # y = x   ⇒   dx = dy
+@backward
 def identity_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Identity", y, dy)
     return {}, dy
@@ -192,16 +178,13 @@ def Relu() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([0., 0., 2.]), ({}, tensor([0., 0., 1.])))
     """
-    return _fast(
-        elementwise("Relu", torch.relu, relu_backward),
-        torch.relu_,
-        _relu_dx,
-        _threshold_backward,
-        0,
+    return _with_kernels(
+        elementwise("Relu", torch.relu, relu_backward), torch.relu_, _threshold_backward, 0
     )
 
 
 # y = max(x, 0)   ⇒   dx = dy · [y > 0]
+@backward
 def relu_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Relu", y, dy)
     return {}, _relu_dx(y, dy)
@@ -238,6 +221,7 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
 
 
 # y = x if x > 0 else a·x   ⇒   dx = dy if x > 0 else a·dy
+@backward
 def leaky_relu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -259,12 +243,13 @@ def Tanh() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([-0.7616,  0.0000,  0.9640]), ({}, tensor([0.4200, 1.0000, 0.0707])))
     """
-    return _fast(
-        elementwise("Tanh", torch.tanh, tanh_backward), torch.tanh_, _tanh_dx, _tanh_backward
+    return _with_kernels(
+        elementwise("Tanh", torch.tanh, tanh_backward), torch.tanh_, _tanh_backward
     )
 
 
 # y = tanh x   ⇒   dx = dy · (1 − y²)
+@backward
 def tanh_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Tanh", y, dy)
     return {}, _tanh_dx(y, dy)
@@ -287,15 +272,13 @@ def Sigmoid() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([0.2689, 0.5000, 0.8808]), ({}, tensor([0.1966, 0.2500, 0.1050])))
     """
-    return _fast(
-        elementwise("Sigmoid", torch.sigmoid, sigmoid_backward),
-        torch.sigmoid_,
-        _sigmoid_dx,
-        _sigmoid_backward,
+    return _with_kernels(
+        elementwise("Sigmoid", torch.sigmoid, sigmoid_backward), torch.sigmoid_, _sigmoid_backward
     )
 
 
 # y = σ(x)   ⇒   dx = dy · y (1 − y)
+@backward
 def sigmoid_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Sigmoid", y, dy)
     return {}, _sigmoid_dx(y, dy)
@@ -330,6 +313,7 @@ def Elu(alpha: float = 1.0) -> Layer:
 
 
 # y = x if x > 0 else α(eˣ − 1)   ⇒   dx = dy if x > 0 else dy · α eˣ
+@backward
 def elu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -364,6 +348,7 @@ def Gelu(approximate: str = "none") -> Layer:
 
 
 # y = x Φ(x)   ⇒   dx = dy · (Φ(x) + x φ(x))
+@backward
 def gelu_backward(
     residuals: tuple[torch.Tensor, str], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -401,6 +386,7 @@ def Softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
 
 
 # y = log(1 + e^(βx)) / β   ⇒   dx = dy · σ(βx)   (dx = dy where βx > threshold)
+@backward
 def softplus_backward(
     residuals: tuple[torch.Tensor, float, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -431,6 +417,7 @@ def _softmax_last(x: torch.Tensor) -> torch.Tensor:
 
 
 # y = softmax(x)   ⇒   dx = y · (dy − Σ dy·y)
+@backward
 def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Softmax", y, dy)
     return {}, aten._softmax_backward_data.default(dy, y, -1, y.dtype)
@@ -458,6 +445,49 @@ def _log_softmax_last(x: torch.Tensor) -> torch.Tensor:
 
 
 # y = x − logΣeˣ   ⇒   dx = dy − eʸ · Σ dy
+@backward
 def log_softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("LogSoftmax", y, dy)
     return {}, aten._log_softmax_backward_data.default(dy, y, -1, y.dtype)
+
+
+# Per example (fnn.per_example_grads): elementwise layers are their own rule; softmax over
+# the last axis is too, unless that axis is the batch axis.
+for _elementwise_backward in (
+    identity_backward,
+    relu_backward,
+    leaky_relu_backward,
+    tanh_backward,
+    sigmoid_backward,
+    elu_backward,
+    gelu_backward,
+    softplus_backward,
+):
+    _elementwise_backward.example_wise()
+del _elementwise_backward
+
+
+@softmax_backward.per_example_rule
+def _softmax_per_example(
+    y: torch.Tensor, dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor]:
+    del need_dx
+    _last_axis_not_batch("Softmax", y)
+    return softmax_backward.function(y, dy)  # type: ignore[no-any-return]
+
+
+@log_softmax_backward.per_example_rule
+def _log_softmax_per_example(
+    y: torch.Tensor, dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor]:
+    del need_dx
+    _last_axis_not_batch("LogSoftmax", y)
+    return log_softmax_backward.function(y, dy)  # type: ignore[no-any-return]
+
+
+def _last_axis_not_batch(name: str, y: torch.Tensor) -> None:
+    if y.ndim < 2:
+        raise _checks.FnnError(
+            f"{name}: on an input of shape {tuple(y.shape)} its last axis is the batch axis, so it "
+            "mixes examples and per-example gradients are not defined"
+        )

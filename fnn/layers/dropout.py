@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .. import random
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from ..errors import FnnError, KeyArrayError
 from . import _checks
 
@@ -74,10 +74,11 @@ def Dropout(rate: float) -> Layer:
             dropout_backward, (keep, scale, x.shape)
         )
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("Dropout", keywords=frozenset({"key"})))
 
 
 # y = x · m / (1 − p)   ⇒   dx = dy · m / (1 − p)      (m the kept-mask)
+@backward
 def dropout_backward(
     residuals: tuple[torch.Tensor | None, float, torch.Size], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -87,3 +88,6 @@ def dropout_backward(
     if keep is None:
         return {}, dy
     return {}, aten.native_dropout_backward.default(dy, keep, scale)
+
+
+dropout_backward.example_wise()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from ..errors import FnnError, ShapeError, describe
 from . import _checks
 
@@ -93,10 +93,11 @@ def FanOut(num: int) -> Layer:
             raise ShapeError(f"FanOut: expected a tensor input, got {describe(x)}")
         return (x,) * num, VJP(fan_out_backward, (num, x.shape))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("FanOut"))
 
 
 # (y₁ … yₙ) = (x … x)   ⇒   dx = Σᵢ dyᵢ
+@backward
 def fan_out_backward(
     residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]
 ) -> tuple[Params, torch.Tensor]:
@@ -160,10 +161,11 @@ def FanInSum() -> Layer:
             y = y + xi
         return y, VJP(fan_in_sum_backward, (len(xs), xs[0].shape))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("FanInSum"))
 
 
 # y = Σᵢ xᵢ   ⇒   dxᵢ = dy
+@backward
 def fan_in_sum_backward(
     residuals: tuple[int, torch.Size], dy: torch.Tensor
 ) -> tuple[Params, tuple[torch.Tensor, ...]]:
@@ -229,13 +231,33 @@ def FanInConcat(axis: int = 1) -> Layer:
             ) from None
         return y, VJP(fan_in_concat_backward, (axis, tuple(xi.shape[axis] for xi in xs), y.shape))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("FanInConcat"))
 
 
 # y = concat(x₁ … xₙ)   ⇒   (dx₁ … dxₙ) = split(dy)
+@backward
 def fan_in_concat_backward(
     residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor
 ) -> tuple[Params, tuple[torch.Tensor, ...]]:
     axis, sizes, shape = residuals
     _checks.cotangent("FanInConcat", dy, shape)
     return {}, tuple(torch.split(dy, list(sizes), axis))
+
+
+fan_out_backward.example_wise()
+fan_in_sum_backward.example_wise()
+
+
+# concatenation: example-wise unless it joins along the batch axis
+@fan_in_concat_backward.per_example_rule
+def _concat_per_example(
+    residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, tuple[torch.Tensor, ...]]:
+    del need_dx
+    axis, _, shape = residuals
+    if axis % len(shape) == 0:
+        raise FnnError(
+            "FanInConcat: joining along the batch axis mixes examples; per-example "
+            "gradients are not defined"
+        )
+    return fan_in_concat_backward.function(residuals, dy)  # type: ignore[no-any-return]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, PyTree, Shape, Shapes
+from ..core import VJP, Key, Layer, LayerInfo, Params, PyTree, Shape, Shapes, backward, declare
 from ..errors import FnnError, ShapeError, TreeError, describe
 from . import _checks
 
@@ -115,11 +115,11 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
         y, mean, rstd = aten.native_layer_norm(x, normalized, weight, bias, eps)
         return y, VJP(layer_norm_backward, (x, weight, bias, mean, rstd, normalized))
 
-    apply.__dict__.update(layer_name="LayerNorm")  # see fnn.core.layer_name
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("LayerNorm"))
 
 
 # y = γ x̂ + β, x̂ = (x − μ)/σ per row   ⇒   dγ = Σ dy x̂,  dβ = Σ dy,  dx = (g − mean(g) − x̂ mean(g x̂)) / σ  with g = γ dy
+@backward
 def layer_norm_backward(
     residuals: tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]
@@ -258,11 +258,12 @@ def BatchNorm(momentum: float | None = 0.1, eps: float = 1e-5) -> Layer:
         }
         return y, VJP(batch_norm_backward, (x, weight, mean, invstd, True, eps)), new_state
 
-    apply.__dict__.update(layer_name="BatchNorm", init_state=init_state)  # see fnn.state
-    return Layer(init, apply)
+    info = LayerInfo("BatchNorm", keywords=frozenset({"state", "train"}), init_state=init_state)
+    return declare(init, apply, info)
 
 
 # train: y = γ x̂ + β, x̂ = (x − μ_B)/σ_B  ⇒  dγ = Σ dy x̂,  dβ = Σ dy,  dx = γ/σ_B (dy − mean(dy) − x̂ mean(dy x̂));  eval: dx = γ dy / σ_run
+@backward
 def batch_norm_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool, float],
     dy: torch.Tensor,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from ..errors import ShapeError
 from . import _checks
 
@@ -57,7 +57,7 @@ def Flatten() -> Layer:
         y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         return y, VJP(reshape_backward, ("Flatten", tuple(x.shape)))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("Flatten"))
 
 
 def Reshape(shape: Sequence[int]) -> Layer:
@@ -117,10 +117,11 @@ def Reshape(shape: Sequence[int]) -> Layer:
             ) from None
         return y, VJP(reshape_backward, ("Reshape", tuple(x.shape)))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("Reshape"))
 
 
 # y = reshape(x)   ⇒   dx = reshape(dy, x.shape)
+@backward
 def reshape_backward(residuals: tuple[str, Shape], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     name, x_shape = residuals
     if (
@@ -133,3 +134,6 @@ def reshape_backward(residuals: tuple[str, Shape], dy: torch.Tensor) -> tuple[Pa
             f"elements, got {_checks.describe(dy)}"
         )
     return {}, dy.reshape(x_shape)
+
+
+reshape_backward.example_wise()
