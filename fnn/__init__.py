@@ -47,6 +47,7 @@ from .remat import remat
 from .rules import with_vjp
 from .state import init_state
 from .summary import graph_repr, summary
+from .train import TrainStep, train_step
 from .update import update
 
 __version__ = "0.1.0"
@@ -66,6 +67,8 @@ __all__ = [
     "serial",
     "parallel",
     "value_and_grad",
+    "train_step",
+    "TrainStep",
     "init_state",
     "state",
     "per_example_grads",
