@@ -39,6 +39,7 @@ from .core import (
     Backward,
     Params,
     check_keywords,
+    declare,
     layer_info,
     layer_name,
     per_example_rule,
@@ -134,19 +135,43 @@ def per_example_grads(
         params: Params, x: Any, target: Any, kwargs: dict[str, Any]
     ) -> tuple[Any, Params]:
         batch = _batch_size(x)
-        # The model's own forward pass; only if some layer in it has no rule is it re-run
-        # with serial/parallel opened up, so that just that layer is vmapped.
-        y, tape = _forward_leaf(apply, apply, params, x, kwargs)
-        if type(tape) is _VmapTape and type(plan) is _Composite:
-            y, tape = _forward(plan, params, x, kwargs)
+        new_state = None
+        if "state" in kwargs:  # running statistics: example-wise in evaluation (train=False)
+            kwargs = dict(kwargs)
+            state = kwargs.pop("state")
+            y, vjp, new_state = apply(params, x, state=state, **kwargs)
+            bound = declare(
+                _no_init, functools.partial(_with_state, apply, state), layer_info(apply)
+            ).apply
+            tape: Any = _RuleTape(vjp) if _has_rule(vjp) else _VmapTape(bound, params, x, kwargs, y)
+            del vjp
+        else:
+            # The model's own forward pass; only if some layer in it has no rule is it re-run
+            # with serial/parallel opened up, so that just that layer is vmapped.
+            y, tape = _forward_leaf(apply, apply, params, x, kwargs)
+            if type(tape) is _VmapTape and type(plan) is _Composite:
+                y, tape = _forward(plan, params, x, kwargs)
         if reducible is not None:
             losses, dy = _per_example_loss(reducible, y, target, batch)
         else:
             losses, dy = _vmapped_loss(loss, y, target, batch)
         grads, _ = _backward(tape, dy, False)
-        return ((losses, y), grads) if has_aux else (losses, grads)
+        result = ((losses, y), grads) if has_aux else (losses, grads)
+        return result if new_state is None else (*result, new_state)
 
     return losses_and_grads
+
+
+def _no_init(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("not called")
+
+
+def _with_state(
+    apply: ApplyFn, state: Any, params: Params, x: Any, **kwargs: Any
+) -> tuple[Any, VJP]:
+    """`apply` with its running statistics fixed: `(y, vjp)`, the new state dropped."""
+    y, vjp, _ = apply(params, x, state=state, **kwargs)
+    return y, vjp
 
 
 def _batch_size(x: Any) -> int:

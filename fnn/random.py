@@ -143,6 +143,10 @@ def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
     return g
 
 
+def _on_meta(device: torch.device | str) -> bool:
+    return isinstance(device, torch.device | str) and torch.device(device).type == "meta"
+
+
 def _shape(shape: Sequence[int] | int) -> tuple[int, ...]:
     out = (shape,) if isinstance(shape, int) else tuple(shape)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in out):
@@ -181,6 +185,8 @@ def uniform(
         tensor([[0.4604, 0.3453, 0.9581],
                 [0.5577, 0.9528, 0.1147]])
     """
+    if _on_meta(device):  # sizes only (no data, no generator): `init(..., device="meta")`
+        return torch.empty(_shape(shape), dtype=dtype, device="meta")
     g = generator(k, device)
     u = torch.rand(_shape(shape), generator=g, dtype=dtype, device=device)
     if low != 0.0 or high != 1.0:
@@ -218,6 +224,8 @@ def normal(
         >>> normal(key(0), 2)
         tensor([-0.6037, -1.3497])
     """
+    if _on_meta(device):  # sizes only (no data, no generator): `init(..., device="meta")`
+        return torch.empty(_shape(shape), dtype=dtype, device="meta")
     g = generator(k, device)
     z = torch.randn(_shape(shape), generator=g, dtype=dtype, device=device)
     if mean != 0.0 or std != 1.0:
