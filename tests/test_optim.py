@@ -522,16 +522,18 @@ def test_bad_state():
         O.rmsprop().update(params, grads, O.adam().init(params))
     other = {"w": torch.zeros(2)}
     with pytest.raises(
-        TreeError, match=r"adam: the state's 'exp_avg' has 1 tensors but the params have 5 leaves"
+        TreeError, match=r"adam: the state's 'exp_avg' has no entry for params leaf '0.weight'"
     ):
         O.adam().update(params, grads, O.adam().init(other))
+    with pytest.raises(TreeError, match=r"adam: the state's 'exp_avg' has entries for \['w'\]"):
+        O.adam().update(params, grads, O.adam().init({**params, "w": torch.zeros(2)}))
     transposed = {
         **params,
         "0": {"weight": torch.zeros(3, 5, dtype=F64), "bias": params["0"]["bias"]},
     }
     with pytest.raises(
         TreeError,
-        match=r"adam: the state's 'exp_avg' holds shape \(3, 5\) for leaf 0 of shape \(5, 3\)",
+        match=r"adam: the state's 'exp_avg' holds shape \(3, 5\) for '0.weight' of shape \(5, 3\)",
     ):
         O.adam().update(params, grads, O.adam().init(transposed))
     with pytest.raises(FnnTypeError, match=r"sgd: the state's step must be an int"):

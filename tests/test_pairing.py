@@ -1,6 +1,5 @@
-"""Pairing params with grads in `update` and the optimizers (fnn/_dicts.py): the generated
-code for dict-of-dicts params accepts exactly what the general path accepts, and the
-fast path's record of fresh gradients (FRESH) never lets a mismatched gradient through."""
+"""Pairing params with grads in `update` and the optimizers (fnn/_dicts.py): every call
+checks structure, shapes and dtypes, by name, with nothing remembered between calls."""
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch
 import fnn
 from fnn import _dicts
 from fnn import layers as L
-from fnn.errors import FnnError
+from fnn.errors import FnnError, TreeError
 
 
 def _setup(batch=5):
@@ -30,18 +29,10 @@ def _equal(a, b):
     )
 
 
-def test_fast_path_records_its_gradients_and_update_consumes_them():
-    loss_and_grads, params, x, target = _setup()
-    _, grads = loss_and_grads(params, x, target)
-    fresh = _dicts.FRESH[0]
-    assert fresh is not None and len(fresh) == 9
-    assert all(a is b for a, b in zip(fresh[1::2], fnn.tree.leaves(params)))
-    assert all(a is b for a, b in zip(fresh[2::2], fnn.tree.leaves(grads)))
-    new = fnn.update(params, grads, lr=0.1)
-    assert _dicts.FRESH[0] is None
-    assert _equal(new, _expected(params, grads, 0.1))
-    built = _dicts.BUILT[0]  # the update vouches for what it made, for the next fast path run
-    assert built[0] is fresh[0] and all(a is b for a, b in zip(built[1:], fnn.tree.leaves(new)))
+def test_no_module_level_records():
+    for name in ("FRESH", "BUILT", "_LAYOUTS", "_LAST_LAYOUT"):
+        assert not hasattr(_dicts, name)
+        assert not hasattr(fnn.update, name)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +45,7 @@ def test_fast_path_records_its_gradients_and_update_consumes_them():
     ids=["row", "broadcastable", "float64"],
 )
 @pytest.mark.parametrize("how", ["update", "sgd", "adam"])
-def test_a_gradient_replaced_after_the_fast_path_is_still_checked(bad, how):
+def test_a_replaced_gradient_is_checked(bad, how):
     loss_and_grads, params, x, target = _setup()
     _, grads = loss_and_grads(params, x, target)
     grads["0"]["weight"] = bad
@@ -66,24 +57,47 @@ def test_a_gradient_replaced_after_the_fast_path_is_still_checked(bad, how):
             opt.update(params, grads, opt.init(params))
 
 
-def test_other_params_than_the_fast_path_saw_are_checked():
+@pytest.mark.parametrize("how", ["update", "sgd"])
+def test_params_resized_in_place_after_an_update_are_checked(how):
+    """The same check on fresh params and on params an update made: nothing vouches."""
+    loss_and_grads, params, x, target = _setup()
+    opt = fnn.optim.sgd(lr=0.1, momentum=0.9)
+    state = opt.init(params)
+    for _ in range(2):
+        _, grads = loss_and_grads(params, x, target)
+        if how == "update":
+            params = fnn.update(params, grads, lr=0.1)
+        else:
+            params, state = opt.update(params, grads, state)
+    params["2"]["bias"].data = torch.zeros(1)  # a (3,) gradient would broadcast into it
+    with pytest.raises(FnnError, match="bias"):
+        if how == "update":
+            fnn.update(params, grads, lr=0.1)
+        else:
+            opt.update(params, grads, state)
+
+
+def test_other_params_than_the_grads_were_made_for_are_checked():
     loss_and_grads, params, x, target = _setup()
     _, grads = loss_and_grads(params, x, target)
     other = fnn.tree.map(torch.clone, params)
-    other["2"]["bias"] = torch.zeros(1)  # a (3,) gradient would broadcast into it
+    other["2"]["bias"] = torch.zeros(1)
     with pytest.raises(FnnError, match="bias"):
         fnn.update(other, grads, lr=0.1)
 
 
-def test_layout_pair_rejects_what_the_general_path_must_explain():
+def test_pair_accepts_exactly_what_matches():
     params = {"0": {"weight": torch.ones(2, 3), "bias": torch.ones(2)}, "1": {}}
     grads = fnn.tree.map(torch.zeros_like, params)
-    layout = _dicts.layout_of(params)
-    leaves, grad_leaves, tag = layout.pair(params, grads, None)
-    assert tag is None
-    assert [t.shape for t in leaves] == [t.shape for t in grad_leaves] == [(2, 3), (2,)]
-    assert _equal(layout.build(leaves), params)
-    assert list(layout.build(leaves)) == ["0", "1"]
+    paired = _dicts.pair(params, grads, "test")
+    assert paired.names == ["0.weight", "0.bias"]
+    assert all(a is b for a, b in zip(paired.params, fnn.tree.leaves(params)))
+    assert all(a is b for a, b in zip(paired.grads, fnn.tree.leaves(grads)))
+    assert _equal(paired.rebuild(paired.params), params)
+    assert list(paired.rebuild(paired.params)) == ["0", "1"]
+    # the grads' dict order does not matter: pairing is by key
+    swapped = {"1": {}, "0": {"bias": grads["0"]["bias"], "weight": grads["0"]["weight"]}}
+    assert all(a is b for a, b in zip(_dicts.pair(params, swapped, "test").grads, paired.grads))
     cases = [
         {"0": dict(grads["0"])},  # missing "1"
         {**grads, "2": {}},  # extra key
@@ -96,59 +110,35 @@ def test_layout_pair_rejects_what_the_general_path_must_explain():
         [grads["0"], grads["1"]],
     ]
     for bad in cases:
-        assert layout.pair(params, bad, None) is None, bad
-    reordered = {"1": {}, "0": params["0"]}
-    assert layout.pair(reordered, grads, None) is None  # another layout's job
-    # a fresh record of other tensors (or of another length) changes nothing
-    record = ("tag", leaves[0], grad_leaves[0], leaves[1], grad_leaves[1])
-    assert layout.pair(params, cases[4], record) is None
-    assert layout.pair(params, grads, record[:3])[2] is None
-    assert layout.pair(params, grads, record)[2] == "tag"
+        with pytest.raises(FnnError, match="test:"):
+            _dicts.pair(params, bad, "test")
 
 
-def test_update_and_optimizers_work_on_every_tree_the_general_path_takes():
+def test_update_and_optimizers_work_on_every_tree():
     params = {"b": {"bias": torch.ones(2), "weight": torch.ones(2, 2)}, "a": {}}  # odd order
     grads = fnn.tree.map(torch.ones_like, params)
     new = fnn.update(params, grads, lr=0.5)
     assert list(new) == ["b", "a"] and list(new["b"]) == ["bias", "weight"]
     assert _equal(new, _expected(params, grads, 0.5))
-    nested = {"a": {"b": {"c": torch.ones(2)}}, "d": [torch.ones(1)]}
+    nested = {"a": {"b": {"c": torch.ones(2)}}, "d": [torch.ones(1)], "e": (torch.ones(3), None)}
     new = fnn.update(nested, fnn.tree.map(torch.ones_like, nested), lr=0.5)
     assert _equal(new, fnn.tree.map(lambda t: t * 0.5, nested))
     opt = fnn.optim.sgd(lr=0.5, momentum=0.9)
-    state = opt.init(params)
-    for tree in (params, nested, params):  # the optimizer's remembered layout changes
+    for tree in (params, nested, params):
         state = opt.init(tree)
         new, state = opt.update(tree, fnn.tree.map(torch.ones_like, tree), state)
         assert _equal(new, fnn.tree.map(lambda t: t * 0.5, tree))
 
 
-def test_params_an_update_made_are_trusted_only_by_the_model_that_checked_them():
-    loss_and_grads, params, x, target = _setup()
-    _, grads = loss_and_grads(params, x, target)
-    params = fnn.update(params, grads, lr=0.1)
-    assert _dicts.BUILT[0] is not None
-    # the same tree, shaped for another model: its own fast path checks it
-    other = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
-    other_loss_and_grads = fnn.value_and_grad(other.apply, fnn.losses.mse)
-    with pytest.raises(FnnError, match=r"serial\[2\] Dense"):
-        other_loss_and_grads(params, x, target[:, :2])
-    # a replaced leaf is checked again
-    params["2"]["bias"] = torch.zeros(1)
-    with pytest.raises(FnnError, match="bias"):
-        loss_and_grads(params, x, target)
-
-
-def test_large_params_are_not_recorded():
-    """The records keep tensors alive until the next step: only small params (≤ RECORD_BYTES,
-    where checks are a noticeable share of a step) are recorded."""
-    model = fnn.serial(L.Dense(600), L.Relu(), L.Dense(2))
-    _, params = model.init(fnn.random.key(0), (-1, 500))
-    assert fnn.fastpath.RECORD_BYTES < 600 * 500 * 4
-    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.mse)
-    _dicts.FRESH[0] = None
-    _, grads = loss_and_grads(params, torch.randn(3, 500), torch.randn(3, 2))
-    assert _dicts.FRESH[0] is None
-    new = fnn.update(params, grads, lr=0.1)
-    assert _dicts.BUILT[0] is None
-    assert _equal(new, _expected(params, grads, 0.1))
+def test_lr_too_large_for_the_dtype_is_named():
+    """`lr=1e39` on float32 params: torch cannot convert it; the message says so (issue 15.9)."""
+    params = {"w": torch.ones(2)}
+    with pytest.raises(FnnError, match=r"update: lr=1e\+39 does not fit the params' dtype torch.float32") as info:
+        fnn.update(params, params, lr=1e39)
+    assert not isinstance(info.value, TreeError)
+    assert fnn.update(fnn.tree.map(torch.Tensor.double, params), fnn.tree.map(torch.Tensor.double, params), lr=1e39)[
+        "w"
+    ].dtype == torch.float64
+    opt = fnn.optim.sgd(lr=1e39)
+    with pytest.raises(FnnError, match=r"sgd: lr=1e\+39 does not fit"):
+        opt.update(params, params, opt.init(params))

@@ -8,7 +8,7 @@ step for step; learning-rate schedules; gradient clipping and `chain`.
 
 from .adagrad import adagrad
 from .adam import adam, adamw
-from .base import GradientTransformation, LearningRate, Mask, Optimizer, Schedule
+from .base import LearningRate, Mask, Optimizer, Schedule, Transform, flat_form
 from .rmsprop import rmsprop
 from .schedules import (
     constant,
@@ -31,7 +31,8 @@ from .transforms import (
 
 __all__ = [
     "Optimizer",
-    "GradientTransformation",
+    "Transform",
+    "flat_form",
     "Schedule",
     "LearningRate",
     "Mask",
