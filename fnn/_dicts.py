@@ -15,8 +15,8 @@ a leaf; `tests/benchmarks/bench_update.py` measures it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -26,27 +26,76 @@ from .errors import FnnError, FnnTypeError, TreeError, describe
 __all__ = ["Paired", "pair", "diagnose", "check_devices"]
 
 
-class Paired(NamedTuple):
-    """Both trees' leaves in the params' order, with their dotted names.
+class Paired:
+    """Both trees' leaves in the params' order.
 
     Attributes:
-        names: each leaf's dotted name, as `fnn.tree.to_state_dict(params)` lists them.
+        tree: the params tree itself.
         params: the params' leaves.
         grads: the matching gradients.
-        rebuild: `rebuild(leaves)` is a new tree of the params' structure holding `leaves`.
     """
 
-    names: list[str]
-    params: list[torch.Tensor]
-    grads: list[torch.Tensor]
-    rebuild: Callable[[list[torch.Tensor] | tuple[torch.Tensor, ...]], Any]
+    __slots__ = ("_dicts", "grads", "params", "tree")
+
+    def __init__(
+        self, tree: Any, params: list[torch.Tensor], grads: list[torch.Tensor], dicts: bool
+    ) -> None:
+        self.tree = tree
+        self.params = params
+        self.grads = grads
+        self._dicts = dicts  # a dict of dicts of tensors (a serial model's params)
+
+    def names(self) -> list[str]:
+        """Each leaf's dotted name, as `fnn.tree.to_state_dict(params)` lists them."""
+        if self._dicts:
+            return [f"{k}.{n}" for k, sub in self.tree.items() for n in sub]
+        names: list[str] = []
+        _names(self.tree, "", names)
+        return names
+
+    def rebuild(self, leaves: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> Any:
+        """A new tree of the params' structure holding `leaves` (in the params' order)."""
+        if not self._dicts:
+            return _build(self.tree, iter(leaves))
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        i = 0
+        for k, sub in self.tree.items():
+            n = len(sub)
+            out[k] = dict(zip(sub, leaves[i : i + n]))
+            i += n
+        return out
+
+
+def _pair_dicts(
+    p: Any, g: Any
+) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """The common case, a dict of dicts of tensors, in one flat loop; `None` if `p` is not
+    one or anything differs (the general walk then takes over and names the difference)."""
+    if type(p) is not dict or type(g) is not dict or len(g) != len(p):
+        return None
+    ps: list[torch.Tensor] = []
+    gs: list[torch.Tensor] = []
+    for k, sub in p.items():
+        gsub = g.get(k)
+        if type(sub) is not dict or type(gsub) is not dict or len(gsub) != len(sub):
+            return None
+        for n, leaf in sub.items():
+            ps.append(leaf)
+            gs.append(gsub.get(n))
+    try:
+        for a, b in zip(ps, gs):
+            if a.shape != b.shape or a.dtype is not b.dtype or not isinstance(a, torch.Tensor):
+                return None
+    except AttributeError:  # a leaf that is not a tensor (or a missing key: None)
+        return None
+    return ps, gs
 
 
 class _Mismatch(Exception):
     """Raised inside the walk; `pair` turns it into a clear error."""
 
 
-def _walk(p: Any, g: Any, prefix: str, out: Paired) -> None:
+def _walk(p: Any, g: Any, ps: list[torch.Tensor], gs: list[torch.Tensor]) -> None:
     kind = type(p)
     if kind is dict or (kind is not list and kind is not tuple and isinstance(p, Mapping)):
         if not isinstance(g, Mapping) or len(g) != len(p):
@@ -54,12 +103,12 @@ def _walk(p: Any, g: Any, prefix: str, out: Paired) -> None:
         for k, v in p.items():
             if k not in g:
                 raise _Mismatch
-            _walk(v, g[k], f"{prefix}{k}.", out)
+            _walk(v, g[k], ps, gs)
     elif kind is list or kind is tuple or isinstance(p, list | tuple):
         if not isinstance(g, list | tuple) or len(g) != len(p):
             raise _Mismatch
-        for i, (v, w) in enumerate(zip(p, g)):
-            _walk(v, w, f"{prefix}{i}.", out)
+        for v, w in zip(p, g):
+            _walk(v, w, ps, gs)
     elif p is None:
         if g is not None:
             raise _Mismatch
@@ -71,9 +120,19 @@ def _walk(p: Any, g: Any, prefix: str, out: Paired) -> None:
             or p.dtype is not g.dtype
         ):
             raise _Mismatch
-        out.names.append(prefix[:-1])
-        out.params.append(p)
-        out.grads.append(g)
+        ps.append(p)
+        gs.append(g)
+
+
+def _names(p: Any, prefix: str, out: list[str]) -> None:
+    if isinstance(p, Mapping):
+        for k, v in p.items():
+            _names(v, f"{prefix}{k}.", out)
+    elif isinstance(p, list | tuple):
+        for i, v in enumerate(p):
+            _names(v, f"{prefix}{i}.", out)
+    elif p is not None:
+        out.append(prefix[:-1])
 
 
 def _build(node: Any, it: Any) -> Any:
@@ -97,19 +156,23 @@ def _build(node: Any, it: Any) -> Any:
 
 
 def pair(params: Any, grads: Any, where: str) -> Paired:
-    """Pair `params` with `grads`: both trees' leaves, names and a rebuild function.
+    """Pair `params` with `grads`: both trees' leaves, in the params' order.
 
     Raises:
         TreeError: the structures or a leaf's shape differ (naming the first difference).
         FnnTypeError: a leaf that is not a tensor.
         FnnError: a gradient of another dtype than its parameter.
     """
-    out = Paired([], [], [], lambda leaves: _build(params, iter(leaves)))
+    found = _pair_dicts(params, grads)
+    if found is not None:
+        return Paired(params, found[0], found[1], True)
+    ps: list[torch.Tensor] = []
+    gs: list[torch.Tensor] = []
     try:
-        _walk(params, grads, "", out)
+        _walk(params, grads, ps, gs)
     except _Mismatch:
         diagnose(params, grads, where)
-    return out
+    return Paired(params, ps, gs, False)
 
 
 def diagnose(params: Any, grads: Any, where: str) -> None:

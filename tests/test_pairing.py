@@ -90,7 +90,7 @@ def test_pair_accepts_exactly_what_matches():
     params = {"0": {"weight": torch.ones(2, 3), "bias": torch.ones(2)}, "1": {}}
     grads = fnn.tree.map(torch.zeros_like, params)
     paired = _dicts.pair(params, grads, "test")
-    assert paired.names == ["0.weight", "0.bias"]
+    assert paired.names() == ["0.weight", "0.bias"]
     assert all(a is b for a, b in zip(paired.params, fnn.tree.leaves(params)))
     assert all(a is b for a, b in zip(paired.grads, fnn.tree.leaves(grads)))
     assert _equal(paired.rebuild(paired.params), params)
@@ -121,6 +121,8 @@ def test_update_and_optimizers_work_on_every_tree():
     assert list(new) == ["b", "a"] and list(new["b"]) == ["bias", "weight"]
     assert _equal(new, _expected(params, grads, 0.5))
     nested = {"a": {"b": {"c": torch.ones(2)}}, "d": [torch.ones(1)], "e": (torch.ones(3), None)}
+    paired = _dicts.pair(nested, nested, "test")
+    assert paired.names() == list(fnn.tree.to_state_dict(nested)) == ["a.b.c", "d.0", "e.0"]
     new = fnn.update(nested, fnn.tree.map(torch.ones_like, nested), lr=0.5)
     assert _equal(new, fnn.tree.map(lambda t: t * 0.5, nested))
     opt = fnn.optim.sgd(lr=0.5, momentum=0.9)

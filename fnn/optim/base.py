@@ -490,7 +490,7 @@ class FlatForm(ABC):
     def update(self, params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
         """Pair the trees by name, then `flat_state`, `decayed`, `step` and `tree_state`."""
         paired = pair(params, grads, self.name)
-        names = paired.names
+        names = paired.names()
         buffers, count = self.flat_state(state, names)
         decayed = self.decayed(params, names)
         try:
@@ -508,7 +508,7 @@ class FlatForm(ABC):
         """After a torch error: name its cause if it is one fnn knows, else return."""
         check_devices(params, grads, self.name)
         for k, values in zip(self.buffers, buffers):
-            for n, b, p in zip(paired.names, values, paired.params):
+            for n, b, p in zip(paired.names(), values, paired.params):
                 if b.shape != p.shape:
                     raise TreeError(
                         f"{self.name}: the state's {k!r} holds shape {tuple(b.shape)} for "

@@ -187,7 +187,11 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Transform:
         paired = pair(params, grads, "add_decayed_weights")
         if not paired.params or not weight_decay:
             return grads, state
-        decayed = decay_indices("add_decayed_weights", mask, by_name, params, paired.names)
+        decayed = (
+            decay_indices("add_decayed_weights", mask, by_name, params, paired.names())
+            if mask is not None
+            else None
+        )
         new = add_weight_decay(paired.grads, paired.params, weight_decay, decayed)
         return paired.rebuild(new), state
 
