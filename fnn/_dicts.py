@@ -66,15 +66,13 @@ class Paired:
         return out
 
 
-def _pair_dicts(
-    p: Any, g: Any
-) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+def _pair_dicts(p: Any, g: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """The common case, a dict of dicts of tensors, in one flat loop; `None` if `p` is not
     one or anything differs (the general walk then takes over and names the difference)."""
     if type(p) is not dict or type(g) is not dict or len(g) != len(p):
         return None
     ps: list[torch.Tensor] = []
-    gs: list[torch.Tensor] = []
+    gs: list[Any] = []  # None for a missing key: caught below
     for k, sub in p.items():
         gsub = g.get(k)
         if type(sub) is not dict or type(gsub) is not dict or len(gsub) != len(sub):

@@ -41,7 +41,9 @@ def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
     """
     if type(lr) is not float or not lr >= 0:
         if callable(lr):  # a schedule needs a step count: optimizers keep one
-            raise FnnTypeError(f"update: lr must be a number (use an optimizer for a schedule), got {lr!r}")
+            raise FnnTypeError(
+                f"update: lr must be a number (use an optimizer for a schedule), got {lr!r}"
+            )
         check_lr("update", lr)
     paired = pair(params, grads, "update")
     if not paired.params:

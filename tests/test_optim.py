@@ -303,8 +303,13 @@ ALL = [
     O.rmsprop(lr=0.01, momentum=0.5, centered=True),
     O.adagrad(lr=0.1, lr_decay=0.01),
     O.chain(O.clip_by_global_norm(0.5), O.add_decayed_weights(0.01, O.decay_mask), O.adam(lr=0.01)),
+    O.nadam(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+    O.radam(lr=0.01, weight_decay=0.1),
+    O.adamax(lr=0.01, weight_decay=0.1),
+    O.adadelta(lr=0.5, weight_decay=0.1),
 ]
 IDS = ["sgd", "momentum", "amsgrad", "adamw", "rmsprop", "adagrad", "chain"]
+IDS += ["nadam", "radam", "adamax", "adadelta"]
 
 
 def grads_at(params):

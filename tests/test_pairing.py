@@ -135,12 +135,19 @@ def test_update_and_optimizers_work_on_every_tree():
 def test_lr_too_large_for_the_dtype_is_named():
     """`lr=1e39` on float32 params: torch cannot convert it; the message says so (issue 15.9)."""
     params = {"w": torch.ones(2)}
-    with pytest.raises(FnnError, match=r"update: lr=1e\+39 does not fit the params' dtype torch.float32") as info:
+    with pytest.raises(
+        FnnError, match=r"update: lr=1e\+39 does not fit the params' dtype torch.float32"
+    ) as info:
         fnn.update(params, params, lr=1e39)
     assert not isinstance(info.value, TreeError)
-    assert fnn.update(fnn.tree.map(torch.Tensor.double, params), fnn.tree.map(torch.Tensor.double, params), lr=1e39)[
-        "w"
-    ].dtype == torch.float64
+    assert (
+        fnn.update(
+            fnn.tree.map(torch.Tensor.double, params),
+            fnn.tree.map(torch.Tensor.double, params),
+            lr=1e39,
+        )["w"].dtype
+        == torch.float64
+    )
     opt = fnn.optim.sgd(lr=1e39)
     with pytest.raises(FnnError, match=r"sgd: lr=1e\+39 does not fit"):
         opt.update(params, params, opt.init(params))

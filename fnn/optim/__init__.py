@@ -1,14 +1,18 @@
 """Optimizers as `Optimizer(init, update)` pairs with explicit state, matching `torch.optim`
 step for step; learning-rate schedules; gradient clipping and `chain`.
 
-    opt = fnn.optim.adam(lr=1e-3)                 # or sgd, adamw, rmsprop, adagrad
+    opt = fnn.optim.adam(lr=1e-3)   # or sgd, adamw, rmsprop, adagrad, nadam, radam, adamax, adadelta
     state = opt.init(params)
     params, state = opt.update(params, grads, state)
 """
 
+from .adadelta import adadelta
 from .adagrad import adagrad
 from .adam import adam, adamw
+from .adamax import adamax
 from .base import LearningRate, Mask, Optimizer, Schedule, Transform, flat_form
+from .nadam import nadam
+from .radam import radam
 from .rmsprop import rmsprop
 from .schedules import (
     constant,
@@ -41,6 +45,10 @@ __all__ = [
     "adamw",
     "rmsprop",
     "adagrad",
+    "nadam",
+    "radam",
+    "adamax",
+    "adadelta",
     "constant",
     "step_decay",
     "exponential_decay",

@@ -151,7 +151,11 @@ class _Adam(FlatForm):
 
     @property
     def buffers(self) -> dict[str, float]:
-        return {"exp_avg": 0.0, "exp_avg_sq": 0.0, **({"max_exp_avg_sq": 0.0} if self.amsgrad else {})}
+        return {
+            "exp_avg": 0.0,
+            "exp_avg_sq": 0.0,
+            **({"max_exp_avg_sq": 0.0} if self.amsgrad else {}),
+        }
 
     def _math(
         self, params: TensorList, grads: TensorList, state: Buffers, count: int, lr: float

@@ -51,7 +51,7 @@ import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, ClassVar, NamedTuple, TypeAlias
 
 import torch
 from typing_extensions import Protocol
@@ -185,7 +185,7 @@ def learning_rate(name: str, lr: LearningRate, step: int) -> float:
         raise FnnTypeError(
             f"{name}: the schedule must give a real number, got {value!r} at step {step}"
         )
-    if not value >= 0:
+    if not float(value) >= 0:
         raise FnnError(
             f"{name}: the schedule gave a negative or NaN learning rate {value!r} at step {step}"
         )
@@ -382,6 +382,10 @@ class FlatForm(ABC):
     mask: Mask = None
     _by_name: dict[str, Any] | None = field(init=False, default=None, repr=False)
 
+    scalar_buffers: ClassVar[tuple[str, ...]] = ()
+    """Buffers holding one 0-d tensor per leaf (NAdam's `mu_product`), not one of the
+    leaf's shape; `_init_buffer` makes them."""
+
     def __post_init__(self) -> None:
         check_lr(self.name, self.lr)
         check_hyper(self.name, "weight_decay", self.weight_decay)
@@ -398,6 +402,10 @@ class FlatForm(ABC):
     ) -> tuple[TensorList, Buffers]:
         """The optimizer's own update on non-empty flat lists, after `maximize` and weight
         decay: `(new params, new buffers)`, `count` the updates done before this one."""
+
+    def _init_buffer(self, key: str, fill: float, p: torch.Tensor) -> torch.Tensor:
+        """The initial value of buffer `key` for leaf `p`: `fill` in `p`'s shape."""
+        return torch.full_like(p, fill)
 
     def optimizer(self) -> Optimizer:
         """`Optimizer(self.init, self.update)`."""
@@ -484,7 +492,7 @@ class FlatForm(ABC):
             raise with_context(error, f"{self.name}: init:") from None
         state: dict[str, Any] = {"step": 0}
         for key, fill in self.buffers.items():
-            state[key] = {n: torch.full_like(p, fill) for n, p in named.items()}
+            state[key] = {n: self._init_buffer(key, fill, p) for n, p in named.items()}
         return state
 
     def update(self, params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
@@ -494,7 +502,9 @@ class FlatForm(ABC):
         buffers, count = self.flat_state(state, names)
         decayed = self.decayed(params, names)
         try:
-            new_params, new_buffers = self.step(paired.params, paired.grads, buffers, count, decayed)
+            new_params, new_buffers = self.step(
+                paired.params, paired.grads, buffers, count, decayed
+            )
         except RuntimeError:
             self._explain(params, grads, paired, buffers, count)
             raise
@@ -508,6 +518,8 @@ class FlatForm(ABC):
         """After a torch error: name its cause if it is one fnn knows, else return."""
         check_devices(params, grads, self.name)
         for k, values in zip(self.buffers, buffers):
+            if k in self.scalar_buffers:
+                continue
             for n, b, p in zip(paired.names(), values, paired.params):
                 if b.shape != p.shape:
                     raise TreeError(

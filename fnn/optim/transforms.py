@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from .. import tree
+from .._dicts import pair
 from ..core import PyTree
 from ..errors import FnnError, FnnTypeError
-from .._dicts import pair
 from .base import (
     Mask,
     Optimizer,

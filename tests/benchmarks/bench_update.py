@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 import fnn
-from fnn import layers as L
 
 from ._timing import compare, pin_threads, report
 
@@ -51,9 +50,15 @@ def load_before(rev: str) -> object:
 
 
 def setup(lib, batch):
-    model = lib.serial(lib.layers.Dense(25), lib.layers.Relu(), lib.layers.Dense(25),
-                       lib.layers.Relu(), lib.layers.Dense(25), lib.layers.Relu(),
-                       lib.layers.Dense(2))
+    model = lib.serial(
+        lib.layers.Dense(25),
+        lib.layers.Relu(),
+        lib.layers.Dense(25),
+        lib.layers.Relu(),
+        lib.layers.Dense(25),
+        lib.layers.Relu(),
+        lib.layers.Dense(2),
+    )
     _, params = model.init(lib.random.key(0), (-1, 2))
     x, labels = lib.data.disk(lib.random.key(1), batch)
     loss_and_grads = lib.value_and_grad(model.apply, lib.losses.cross_entropy)
@@ -65,17 +70,19 @@ def main(rev: str = "34e23d4") -> None:
     before = load_before(rev)
     libs = {"before": before, "after": fnn}
     made = {name: setup(lib, 10) for name, lib in libs.items()}
-    for name, (params, x, labels, lg) in made.items():
-        assert all(torch.equal(a, b) for a, b in zip(fnn.tree.leaves(params), fnn.tree.leaves(made["after"][0])))
+    first = [fnn.tree.leaves(made[name][0]) for name in libs]
+    assert all(torch.equal(a, b) for a, b in zip(*first))  # the same initial params
     cases_alone = {}
     for name, lib in libs.items():
         params, x, labels, lg = made[name]
         _, grads = lg(params, x, labels)
         sgd, adam = lib.optim.sgd(lr=0.1, momentum=0.9), lib.optim.adam(lr=1e-3)
         s_state, a_state = sgd.update(params, grads, sgd.init(params))[1], adam.init(params)
-        cases_alone[f"{name} update"] = (lambda p=params, g=grads, lib=lib: lib.update(p, g, lr=0.1))
-        cases_alone[f"{name} sgd momentum"] = (lambda p=params, g=grads, o=sgd, s=s_state: o.update(p, g, s))
-        cases_alone[f"{name} adam"] = (lambda p=params, g=grads, o=adam, s=a_state: o.update(p, g, s))
+        cases_alone[f"{name} update"] = lambda p=params, g=grads, lib=lib: lib.update(p, g, lr=0.1)
+        cases_alone[f"{name} sgd momentum"] = lambda p=params, g=grads, o=sgd, s=s_state: o.update(
+            p, g, s
+        )
+        cases_alone[f"{name} adam"] = lambda p=params, g=grads, o=adam, s=a_state: o.update(p, g, s)
     # the same bits from both versions
     for what in ("update", "sgd momentum", "adam"):
         a, b = cases_alone[f"before {what}"](), cases_alone[f"after {what}"]()
@@ -84,8 +91,11 @@ def main(rev: str = "34e23d4") -> None:
         assert all(torch.equal(u, v) for u, v in zip(la, lb)), what
     times = compare(cases_alone, number=200, repeats=30)
     for what in ("update", "sgd momentum", "adam"):
-        report(f"{what} alone, disk MLP (8 leaves)",
-               {k: v for k, v in times.items() if k.endswith(what)}, baseline=f"before {what}")
+        report(
+            f"{what} alone, disk MLP (8 leaves)",
+            {k: v for k, v in times.items() if k.endswith(what)},
+            baseline=f"before {what}",
+        )
 
     loops = {}
     for name, lib in libs.items():
