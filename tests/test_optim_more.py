@@ -161,3 +161,176 @@ def test_schedule_matches_torch_scheduler(name):
 def test_bad_hyperparameters(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+# The state follows names (issue 15.5), clear errors (15.8, 15.9), one error family.
+
+EVERY = {
+    "sgd": lambda **kw: O.sgd(momentum=0.9, **kw),
+    "adam": lambda **kw: O.adam(amsgrad=True, **kw),
+    "adamw": O.adamw,
+    "rmsprop": lambda **kw: O.rmsprop(momentum=0.5, centered=True, **kw),
+    "adagrad": O.adagrad,
+    "nadam": O.nadam,
+    "radam": O.radam,
+    "adamax": O.adamax,
+    "adadelta": O.adadelta,
+}
+
+
+def grads_of(params):
+    x, y = make_data()
+    p = tree.map(lambda t: t.detach().requires_grad_(True), params)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss_fn(p, x, y), tree.leaves(p))
+    return tree.unflatten(tree.structure(params), list(grads))
+
+
+def reordered(params):
+    """The same keys and tensors, every dict in reverse order."""
+    if isinstance(params, dict):
+        return {k: reordered(params[k]) for k in reversed(list(params))}
+    return params
+
+
+@pytest.mark.parametrize("name", list(EVERY))
+def test_state_follows_names_when_the_params_dict_is_reordered(name):
+    opt = EVERY[name](lr=0.01, weight_decay=0.1, mask=O.decay_mask)
+    params = make_params()
+    state = opt.init(params)
+    for _ in range(3):
+        params, state = opt.update(params, grads_of(params), state)
+    ref_params, ref_state = params, state
+    params = reordered(params)  # mid-training: each buffer must still go to its own leaf
+    for _ in range(3):
+        ref_params, ref_state = opt.update(ref_params, grads_of(ref_params), ref_state)
+        params, state = opt.update(params, grads_of(params), state)
+    assert list(params) == list(reordered(ref_params))  # the new order is kept
+    mine, theirs = tree.to_state_dict(params), tree.to_state_dict(ref_params)
+    assert set(mine) == set(theirs) and all(torch.equal(mine[n], theirs[n]) for n in mine)
+    for key, table in state.items():
+        if key != "step":
+            assert list(table) == list(mine)  # the state lists the names in the new order
+            assert all(torch.equal(table[n], ref_state[key][n]) for n in table), key
+
+
+@pytest.mark.parametrize("name", list(EVERY))
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (None, FnnTypeError, r"the schedule must give a real number, got None at step 0"),
+        ("0.1", FnnTypeError, r"the schedule must give a real number, got '0.1'"),
+        (0.1 + 0.2j, FnnTypeError, r"the schedule must give a real number, got \(0.1\+0.2j\)"),
+        (torch.tensor(0.1 + 0j), FnnTypeError, r"the schedule must give a real number"),
+        (True, FnnTypeError, r"the schedule must give a real number, got True"),
+        (-0.1, FnnError, r"the schedule gave a negative or NaN learning rate -0.1 at step 0"),
+        (float("nan"), FnnError, r"the schedule gave a negative or NaN learning rate nan"),
+    ],
+    ids=["None", "str", "complex", "complex-tensor", "bool", "negative", "nan"],
+)
+def test_bad_schedule_values(name, value, error, message):
+    opt = EVERY[name](lr=lambda step: value)
+    params = {"w": torch.ones(2)}
+    with pytest.raises(error, match=rf"^{name}: {message}"):
+        opt.update(params, params, opt.init(params))
+
+
+def test_schedule_giving_a_tensor_or_numpy_number_is_read():
+    np = pytest.importorskip("numpy")
+    params = {"w": torch.ones(2)}
+    for value in (torch.tensor(0.5), np.float32(0.5), 1):
+        opt = O.sgd(lr=lambda step, value=value: value)
+        new, _ = opt.update(params, params, opt.init(params))
+        assert torch.equal(new["w"], torch.full((2,), 0.5 if value != 1 else 0.0))
+
+
+@pytest.mark.parametrize("name", list(EVERY))
+def test_negative_or_bad_step_count_is_a_clear_error(name):
+    opt = EVERY[name]()
+    params = {"w": torch.ones(2)}
+    state = {**opt.init(params), "step": -1}
+    with pytest.raises(FnnError, match=rf"^{name}: the state's step must be ≥ 0, got -1"):
+        opt.update(params, params, state)
+    for bad in (1.0, True, torch.tensor(1)):
+        with pytest.raises(FnnTypeError, match=rf"^{name}: the state's step must be an int"):
+            opt.update(params, params, {**opt.init(params), "step": bad})
+
+
+def test_a_string_lr_is_the_same_error_everywhere():
+    """One error family: `FnnTypeError` (an `FnnError` and a `TypeError`) in `update` and in
+    every optimizer; a negative lr is an `FnnError` (not a TypeError) in all of them."""
+    params = {"w": torch.ones(2)}
+    with pytest.raises(FnnTypeError, match=r"^update: lr must be a number"):
+        fnn.update(params, params, lr="0.1")
+    with pytest.raises(FnnError, match=r"^update: lr must be ≥ 0") as info:
+        fnn.update(params, params, lr=-0.1)
+    assert not isinstance(info.value, TypeError)
+    with pytest.raises(FnnTypeError, match=r"^update: lr must be a number"):
+        fnn.update(params, params, lr=O.constant(0.1))
+    for name, make in EVERY.items():
+        with pytest.raises(FnnTypeError, match=rf"^{name}: lr must be a number or a schedule"):
+            make(lr="0.1")
+        with pytest.raises(FnnError, match=rf"^{name}: lr must be ≥ 0") as info:
+            make(lr=-0.1)
+        assert not isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize("name", list(EVERY))
+def test_lr_that_overflows_float32_is_named(name):
+    """Issue 15.9: not "grads tree does not match" but the real cause."""
+    params = {"w": torch.ones(2)}
+    opt = EVERY[name](lr=1e39)
+    state = opt.init(params)
+    try:
+        new, _ = opt.update(params, params, state)
+    except FnnError as error:
+        assert str(error).startswith(f"{name}: lr=1e+39 does not fit the params' dtype"), error
+    else:  # an optimizer whose kernels take the huge lr without converting it to float32
+        assert new["w"].dtype == torch.float32
+
+
+# The flat form (for fnn.train_step): opt.update is pairing + exactly this.
+
+
+@pytest.mark.parametrize("name", list(EVERY))
+def test_flat_step_equals_update_bit_for_bit(name):
+    opt = EVERY[name](lr=O.cosine_decay(0.01, 10), weight_decay=0.1, mask=O.decay_mask)
+    form = O.flat_form(opt)
+    assert isinstance(form, O.base.FlatForm) and form.name == name
+    params = make_params()
+    state = opt.init(params)
+    names = list(tree.to_state_dict(params))
+    leaves = tree.leaves(params)
+    buffers, count = form.flat_state(state, names)
+    decayed = form.decayed(params, names)
+    assert decayed == (0, 2)  # the two weights
+    for _ in range(4):
+        grads = grads_of(params)
+        params, state = opt.update(params, grads, state)
+        g = tree.leaves(grads)
+        before = [t.clone() for t in (*leaves, *g, *(b for bs in buffers for b in bs))]
+        inputs = [*leaves, *g, *(b for bs in buffers for b in bs)]
+        new_leaves, new_buffers = form.step(leaves, g, buffers, count, decayed)
+        assert all(torch.equal(a, b) for a, b in zip(inputs, before))  # pure: inputs unchanged
+        assert not any(n is p for n in new_leaves for p in inputs)
+        leaves, buffers, count = list(new_leaves), new_buffers, count + 1
+        assert all(torch.equal(a, b) for a, b in zip(leaves, tree.leaves(params)))
+        rebuilt = form.tree_state(buffers, count, names)
+        assert rebuilt["step"] == state["step"] == count
+        for key in form.buffers:
+            assert all(torch.equal(rebuilt[key][n], state[key][n]) for n in names)
+
+
+def test_flat_form_is_declared_data():
+    opt = O.adam(lr=0.1)
+    form = O.flat_form(opt)
+    assert opt.update.__self__ is form and opt.init.__self__ is form
+    assert isinstance(opt, O.Optimizer) and len(opt) == 2
+    with pytest.raises(AttributeError):
+        form.lr = 1.0  # frozen
+    assert O.flat_form(O.Optimizer(opt.init, lambda p, g, s: (p, s))) is None  # hand-made
+    assert O.flat_form(O.Optimizer(O.sgd().init, opt.update)) is None  # a mixed pair
+    assert O.flat_form(O.chain(O.clip_by_global_norm(1.0), opt)) is None
+    assert O.flat_form(opt.update) is None
+    empty, buffers = form.step([], [], [[], []], 0, None)
+    assert empty == [] and buffers == [[], []]

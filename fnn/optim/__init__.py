@@ -17,9 +17,11 @@ from .rmsprop import rmsprop
 from .schedules import (
     constant,
     cosine_decay,
+    cyclic,
     exponential_decay,
     join_schedules,
     linear_warmup,
+    one_cycle,
     piecewise_constant,
     step_decay,
 )
@@ -56,6 +58,8 @@ __all__ = [
     "linear_warmup",
     "piecewise_constant",
     "join_schedules",
+    "one_cycle",
+    "cyclic",
     "global_norm",
     "clip_grad_norm",
     "clip_by_global_norm",
