@@ -1,195 +1,216 @@
-"""Generated code for the commonest params tree, a dict of dicts of tensors (a serial
-model's params), which `update` and every optimizer pair with grads and rebuild at
-every step.
+"""Pairing params with grads, leaf by leaf and by name, at every call.
 
-For one such structure (its keys, in order), `DictsLayout` holds two straight-line
-functions written out for it:
+`pair(params, grads, where)` walks both trees once, in the params' order, and looks
+each gradient up by its key (so the grads' own dict order does not matter). It
+checks what torch would let through silently: the structure (same keys, same
+container kinds and lengths), and for each leaf that both are tensors of the same
+shape (a (1, n) gradient would broadcast into an (m, n) parameter) and dtype (a
+float64 gradient would promote a float32 parameter). Devices are left to torch's
+kernels: a gradient on another device makes them raise, and the caller names it.
 
-- `pair(params, grads, fresh)`: both trees' leaves in the params' order (and a tag,
-  below), or `None` unless `params` has exactly this structure and `grads` the same
-  keys, with each gradient of its parameter's shape and dtype. (What `None` means is
-  the caller's to say: it then takes the general path, which names the first
-  mismatch.)
-- `build(leaves)`: a new tree of this structure holding `leaves`.
-
-A generic walk over the two trees costs about as much as the shape and dtype reads
-themselves; the written-out code leaves only those reads (about 1 µs a leaf pair on
-a small CPU).
-
-Two records skip even those reads in the commonest loop, `value_and_grad` then an
-update, over and over:
-
-- `FRESH`: the eager fast path of `value_and_grad` (fnn/fastpath.py) records the
-  tensors it just used and made, `(tag, param₀, grad₀, param₁, grad₁, …)`, after
-  checking the params against its model (the tag names that model). Each gradient
-  was computed from its parameter, so their shapes and dtypes agree by construction.
-  When `pair` finds every leaf of both trees to be those very objects (`is`), in
-  that order, it skips the comparison and returns the tag.
-- `BUILT`: an update whose pairing was vouched for that way records the params it
-  made, `(tag, leaf₀, leaf₁, …)`: each of its parameter's shape and dtype, so still
-  right for that model. When the fast path of that model finds its params to be
-  those very objects, it skips its shape checks.
-
-Any other tree (a gradient or parameter replaced, other params, another model) gets
-the full checks. A record holds its tensors, so no other tensor can take their
-identity; `FRESH` is cleared once used. (What neither can see is a tensor resized
-in place, `resize_` or `.data =`, between two fnn calls: fnn does not support that.)
+There is nothing to remember between calls: no cache, no record of earlier calls.
+Walking a serial model's params (a dict of dicts) costs a fraction of a microsecond
+a leaf; `tests/benchmarks/bench_update.py` measures it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-from .tree import TreeDef
+from . import tree
+from .errors import FnnError, FnnTypeError, TreeError, describe
 
-__all__ = ["BUILT", "FRESH", "DictsLayout", "layout_of"]
-
-Keys = tuple[tuple[str, tuple[str, ...]], ...]
-Pair = Callable[
-    [Any, Any, Any], "tuple[list[torch.Tensor], list[torch.Tensor], object | None] | None"
-]
-"""`pair(params, grads, fresh) -> (leaves, grad_leaves, tag or None)`, or `None`."""
-
-FRESH: list[tuple[Any, ...] | None] = [None]
-"""The fast path's last `(tag, param, grad, param, grad, …)`, in params order; see above."""
-BUILT: list[tuple[Any, ...] | None] = [None]
-"""The last vouched-for update's `(tag, leaf, leaf, …)`, in params order; see above."""
-
-_LAYOUTS: dict[Keys, DictsLayout] = {}
-_MAX_LAYOUTS = 64
+__all__ = ["Paired", "pair", "diagnose", "check_devices"]
 
 
-class DictsLayout:
-    """The generated `pair` and `build` for one dict-of-dicts structure, and its `treedef`."""
+class Paired:
+    """Both trees' leaves in the params' order.
 
-    __slots__ = ("build", "keys", "num_leaves", "pair", "treedef")
-
-    def __init__(self, keys: Keys, checks: bool = True):
-        self.keys = keys
-        self.num_leaves = sum(len(names) for _, names in keys)
-        skeleton = {key: dict.fromkeys(names, 0) for key, names in keys}  # 0: a leaf
-        self.treedef = TreeDef.of_dicts(skeleton, self.num_leaves)
-        namespace: dict[str, Any] = {}
-        exec(compile(_source(keys, checks), "<fnn._dicts>", "exec"), namespace)
-        self.pair: Pair = namespace["pair"]
-        self.build: Callable[[Any], dict[str, dict[str, Any]]] = namespace["build"]
-
-
-def layout_of(params: Any) -> DictsLayout | None:
-    """The layout of `params` if it is a dict of dicts with `str` keys, else `None`."""
-    if type(params) is not dict or not params:
-        return None
-    keys = []
-    for key, sub in params.items():
-        if type(key) is not str or type(sub) is not dict:
-            return None
-        names = tuple(sub)
-        if not all(type(name) is str for name in names):
-            return None
-        keys.append((key, names))
-    frozen = tuple(keys)
-    layout = _LAYOUTS.get(frozen)
-    if layout is None:
-        if len(_LAYOUTS) >= _MAX_LAYOUTS:
-            _LAYOUTS.clear()
-        layout = _LAYOUTS[frozen] = DictsLayout(frozen)
-    return layout
-
-
-def _source(keys: Keys, checks: bool = True) -> str:
-    """`pair` and `build` for `keys`, e.g. for `{"0": {"weight": …, "bias": …}, "1": {}}`:
-
-    def pair(P, G, fresh):
-        try:
-            if type(P) is not dict or type(G) is not dict or tuple(P) != ('0', '1') or len(G) != 2:
-                return None
-            p0 = P['0']; q0 = G['0']
-            p1 = P['1']; q1 = G['1']
-            if (type(p0) is not dict or type(q0) is not dict or tuple(p0) != ('weight', 'bias')
-                    or len(q0) != 2 or type(p1) is not dict or p1 or type(q1) is not dict or q1):
-                return None
-            a0 = p0['weight']; b0 = q0['weight']
-            a1 = p0['bias']; b1 = q0['bias']
-            if (fresh is not None and len(fresh) == 5 and a0 is fresh[1] and b0 is fresh[2]
-                    and a1 is fresh[3] and b1 is fresh[4]):
-                tag = fresh[0]
-            else:
-                tag = None
-                if (a0.shape != b0.shape or a0.dtype is not b0.dtype
-                        or a1.shape != b1.shape or a1.dtype is not b1.dtype):
-                    return None
-        except (KeyError, AttributeError, TypeError):
-            return None
-        return [a0, a1], [b0, b1], tag
-
-    def build(leaves):
-        return {'0': {'weight': leaves[0], 'bias': leaves[1]}, '1': {}}
+    Attributes:
+        tree: the params tree itself.
+        params: the params' leaves.
+        grads: the matching gradients.
     """
-    outer = tuple(key for key, _ in keys)
-    fetch_subs: list[str] = []
-    sub_checks: list[str] = []
-    fetch_leaves: list[str] = []
-    leaf_checks: list[str] = []
-    leaves: list[str] = []
-    grads: list[str] = []
-    built: list[str] = []
-    n = 0
-    for i, (key, names) in enumerate(keys):
-        fetch_subs.append(f"p{i} = P[{key!r}]; q{i} = G[{key!r}]")
-        if names:
-            sub_checks.append(
-                f"type(p{i}) is not dict or type(q{i}) is not dict or tuple(p{i}) != {names!r}"
-                f" or len(q{i}) != {len(names)}"
+
+    __slots__ = ("_dicts", "grads", "params", "tree")
+
+    def __init__(
+        self, tree: Any, params: list[torch.Tensor], grads: list[torch.Tensor], dicts: bool
+    ) -> None:
+        self.tree = tree
+        self.params = params
+        self.grads = grads
+        self._dicts = dicts  # a dict of dicts of tensors (a serial model's params)
+
+    def names(self) -> list[str]:
+        """Each leaf's dotted name, as `fnn.tree.to_state_dict(params)` lists them."""
+        if self._dicts:
+            return [f"{k}.{n}" for k, sub in self.tree.items() for n in sub]
+        names: list[str] = []
+        _names(self.tree, "", names)
+        return names
+
+    def rebuild(self, leaves: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> Any:
+        """A new tree of the params' structure holding `leaves` (in the params' order)."""
+        if not self._dicts:
+            return _build(self.tree, iter(leaves))
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        i = 0
+        for k, sub in self.tree.items():
+            n = len(sub)
+            out[k] = dict(zip(sub, leaves[i : i + n]))
+            i += n
+        return out
+
+
+def _pair_dicts(p: Any, g: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """The common case, a dict of dicts of tensors, in one flat loop; `None` if `p` is not
+    one or anything differs (the general walk then takes over and names the difference)."""
+    if type(p) is not dict or type(g) is not dict or len(g) != len(p):
+        return None
+    ps: list[torch.Tensor] = []
+    gs: list[Any] = []  # None for a missing key: caught below
+    for k, sub in p.items():
+        gsub = g.get(k)
+        if type(sub) is not dict or type(gsub) is not dict or len(gsub) != len(sub):
+            return None
+        for n, leaf in sub.items():
+            ps.append(leaf)
+            gs.append(gsub.get(n))
+    try:
+        for a, b in zip(ps, gs):
+            if a.shape != b.shape or a.dtype is not b.dtype or not isinstance(a, torch.Tensor):
+                return None
+    except AttributeError:  # a leaf that is not a tensor (or a missing key: None)
+        return None
+    return ps, gs
+
+
+class _Mismatch(Exception):
+    """Raised inside the walk; `pair` turns it into a clear error."""
+
+
+def _walk(p: Any, g: Any, ps: list[torch.Tensor], gs: list[torch.Tensor]) -> None:
+    kind = type(p)
+    if kind is dict or (kind is not list and kind is not tuple and isinstance(p, Mapping)):
+        if not isinstance(g, Mapping) or len(g) != len(p):
+            raise _Mismatch
+        for k, v in p.items():
+            if k not in g:
+                raise _Mismatch
+            _walk(v, g[k], ps, gs)
+    elif kind is list or kind is tuple or isinstance(p, list | tuple):
+        if not isinstance(g, list | tuple) or len(g) != len(p):
+            raise _Mismatch
+        for v, w in zip(p, g):
+            _walk(v, w, ps, gs)
+    elif p is None:
+        if g is not None:
+            raise _Mismatch
+    else:
+        if (
+            not isinstance(p, torch.Tensor)
+            or not isinstance(g, torch.Tensor)
+            or p.shape != g.shape
+            or p.dtype is not g.dtype
+        ):
+            raise _Mismatch
+        ps.append(p)
+        gs.append(g)
+
+
+def _names(p: Any, prefix: str, out: list[str]) -> None:
+    if isinstance(p, Mapping):
+        for k, v in p.items():
+            _names(v, f"{prefix}{k}.", out)
+    elif isinstance(p, list | tuple):
+        for i, v in enumerate(p):
+            _names(v, f"{prefix}{i}.", out)
+    elif p is not None:
+        out.append(prefix[:-1])
+
+
+def _build(node: Any, it: Any) -> Any:
+    kind = type(node)
+    if kind is dict:
+        return {k: _build(v, it) for k, v in node.items()}
+    if kind is list:
+        return [_build(v, it) for v in node]
+    if kind is tuple:
+        return tuple([_build(v, it) for v in node])
+    if node is None:
+        return None
+    if isinstance(node, Mapping):
+        return {k: _build(v, it) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        items = [_build(v, it) for v in node]
+        if isinstance(node, list):
+            return items
+        return type(node)(*items) if hasattr(node, "_fields") else tuple(items)
+    return next(it)
+
+
+def pair(params: Any, grads: Any, where: str) -> Paired:
+    """Pair `params` with `grads`: both trees' leaves, in the params' order.
+
+    Raises:
+        TreeError: the structures or a leaf's shape differ (naming the first difference).
+        FnnTypeError: a leaf that is not a tensor.
+        FnnError: a gradient of another dtype than its parameter.
+    """
+    found = _pair_dicts(params, grads)
+    if found is not None:
+        return Paired(params, found[0], found[1], True)
+    ps: list[torch.Tensor] = []
+    gs: list[torch.Tensor] = []
+    try:
+        _walk(params, grads, ps, gs)
+    except _Mismatch:
+        diagnose(params, grads, where)
+    return Paired(params, ps, gs, False)
+
+
+def diagnose(params: Any, grads: Any, where: str) -> None:
+    """Name the first difference between `params` and `grads` (always raises)."""
+    tree.assert_same_structure(params, grads, f"{where}: grads tree")
+    for path, p, g in _leaf_pairs(params, grads, ""):
+        if not isinstance(p, torch.Tensor) or not isinstance(g, torch.Tensor):
+            raise FnnTypeError(
+                f"{where}: params{path} and its gradient must be tensors, got {describe(p)} "
+                f"and {describe(g)}"
             )
-        else:
-            sub_checks.append(f"type(p{i}) is not dict or p{i} or type(q{i}) is not dict or q{i}")
-        entries = []
-        for name in names:
-            fetch_leaves.append(f"a{n} = p{i}[{name!r}]; b{n} = q{i}[{name!r}]")
-            leaf_checks.append(f"a{n}.shape != b{n}.shape or a{n}.dtype is not b{n}.dtype")
-            leaves.append(f"a{n}")
-            grads.append(f"b{n}")
-            entries.append(f"{name!r}: leaves[{n}]")
-            n += 1
-        built.append(f"{key!r}: {{{', '.join(entries)}}}")
-    lines = [
-        "def pair(P, G, fresh):",
-        "    try:",
-        "        if type(P) is not dict or type(G) is not dict"
-        f" or tuple(P) != {outer!r} or len(G) != {len(outer)}:",
-        "            return None",
-        *(f"        {line}" for line in fetch_subs),
-        f"        if {' or '.join(sub_checks)}:",
-        "            return None",
-    ]
-    if not checks:
-        lines = ["def pair(P, G, fresh):", "    try:", *(f"        {line}" for line in fetch_subs)]
-    if leaf_checks:
-        same = " and ".join(
-            f"{leaf} is fresh[{2 * k + 1}] and {grad} is fresh[{2 * k + 2}]"
-            for k, (leaf, grad) in enumerate(zip(leaves, grads))
-        )
-        lines += [*(f"        {line}" for line in fetch_leaves)]
-        if checks:
-            lines += [
-                f"        if fresh is not None and len(fresh) == {2 * n + 1} and {same}:",
-                "            tag = fresh[0]",
-                "        else:",
-                "            tag = None",
-                f"            if {' or '.join(leaf_checks)}:",
-                "                return None",
-            ]
-    lines += [
-        "    except (KeyError, AttributeError, TypeError):",
-        "        return None",
-        f"    return [{', '.join(leaves)}], [{', '.join(grads)}], "
-        + ("tag" if checks and leaf_checks else "None"),
-        "",
-        "def build(leaves):",
-        f"    return {{{', '.join(built)}}}",
-        "",
-    ]
-    return "\n".join(lines)
+        if p.dtype != g.dtype:
+            raise FnnError(
+                f"{where}: the gradient of params{path} has dtype {g.dtype}, the param {p.dtype}"
+            )
+    check_devices(params, grads, where)
+    raise TreeError(f"{where}: grads tree does not match the params tree")
+
+
+def check_devices(params: Any, grads: Any, where: str) -> None:
+    """After a torch error: raise a clear `FnnError` if a gradient is on another device
+    than its parameter; return if none is (the caller re-raises torch's error)."""
+    for path, p, g in _leaf_pairs(params, grads, ""):
+        if isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor) and p.device != g.device:
+            raise FnnError(
+                f"{where}: the gradient of params{path} is on {g.device}, the param on {p.device}"
+            )
+
+
+def _leaf_pairs(p: Any, g: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """`(path, param leaf, grad leaf)` in the params' order, grads looked up by key; stops
+    where the structures differ."""
+    if isinstance(p, Mapping):
+        if isinstance(g, Mapping):
+            for k, v in p.items():
+                if k in g:
+                    yield from _leaf_pairs(v, g[k], f"{path}[{k!r}]")
+    elif isinstance(p, list | tuple):
+        if isinstance(g, list | tuple):
+            for i, (v, w) in enumerate(zip(p, g)):
+                yield from _leaf_pairs(v, w, f"{path}[{i}]")
+    elif p is not None:
+        yield path, p, g

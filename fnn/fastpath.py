@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 
 from ._constants import scalar
-from ._dicts import BUILT, FRESH
 from .core import Params
 
 __all__ = [
@@ -239,17 +238,7 @@ def _generate(
             structure.append(f"(full and params[{name!r}])")
     if checks and structure:
         code += unless(" or ".join(structure))
-    if checks and shapes and eager:  # skipped for params the last update made from these
-        namespace.update(BUILT=BUILT, TAG=plan)
-        same = " or ".join(f"built[{k + 1}] is not {leaf}" for k, leaf in enumerate(made))
-        code += [
-            "    built = BUILT[0]",
-            f"    if built is None or len(built) != {len(made) + 1} or built[0] is not TAG"
-            f" or {same}:",
-            f"        if {' or '.join(shapes)}:",
-            "            return None",
-        ]
-    elif checks and shapes:
+    if checks and shapes:
         code += unless(" or ".join(shapes))
     if batch:
         assert layout is not None
@@ -432,18 +421,6 @@ def _body(
         dead = [w for w in _names_in(kept[i]) if last_use[w] == i]
         if dead:
             code.append(f"    del {', '.join(dead)}")
-    if eager and checks and dense:  # what it used and made, for update's pairing: fnn/_dicts.py
-        namespace["FRESH"] = FRESH
-        made = [
-            f"{kind}{i}, g{kind}{i}"
-            for i, spec in enumerate(plan)
-            if spec[0] is DENSE
-            for kind in ("wb" if spec[2] else "w")
-        ]
-        code += [
-            "    if constants[4]:  # small params: see RECORD_BYTES",
-            f"        FRESH[0] = (TAG, {', '.join(made)})",
-        ]
     full = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names))
     partial = ", ".join(f"{name!r}: g{i}" for i, name in enumerate(names) if name in param_names)
     code += [

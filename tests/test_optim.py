@@ -303,8 +303,13 @@ ALL = [
     O.rmsprop(lr=0.01, momentum=0.5, centered=True),
     O.adagrad(lr=0.1, lr_decay=0.01),
     O.chain(O.clip_by_global_norm(0.5), O.add_decayed_weights(0.01, O.decay_mask), O.adam(lr=0.01)),
+    O.nadam(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+    O.radam(lr=0.01, weight_decay=0.1),
+    O.adamax(lr=0.01, weight_decay=0.1),
+    O.adadelta(lr=0.5, weight_decay=0.1),
 ]
 IDS = ["sgd", "momentum", "amsgrad", "adamw", "rmsprop", "adagrad", "chain"]
+IDS += ["nadam", "radam", "adamax", "adadelta"]
 
 
 def grads_at(params):
@@ -522,16 +527,18 @@ def test_bad_state():
         O.rmsprop().update(params, grads, O.adam().init(params))
     other = {"w": torch.zeros(2)}
     with pytest.raises(
-        TreeError, match=r"adam: the state's 'exp_avg' has 1 tensors but the params have 5 leaves"
+        TreeError, match=r"adam: the state's 'exp_avg' has no entry for params leaf '0.weight'"
     ):
         O.adam().update(params, grads, O.adam().init(other))
+    with pytest.raises(TreeError, match=r"adam: the state's 'exp_avg' has entries for \['w'\]"):
+        O.adam().update(params, grads, O.adam().init({**params, "w": torch.zeros(2)}))
     transposed = {
         **params,
         "0": {"weight": torch.zeros(3, 5, dtype=F64), "bias": params["0"]["bias"]},
     }
     with pytest.raises(
         TreeError,
-        match=r"adam: the state's 'exp_avg' holds shape \(3, 5\) for leaf 0 of shape \(5, 3\)",
+        match=r"adam: the state's 'exp_avg' holds shape \(3, 5\) for '0.weight' of shape \(5, 3\)",
     ):
         O.adam().update(params, grads, O.adam().init(transposed))
     with pytest.raises(FnnTypeError, match=r"sgd: the state's step must be an int"):

@@ -96,6 +96,107 @@ def test_schedule_equals_torch_scheduler(name):
         )
 
 
+CYCLES = {
+    "one_cycle": (O.one_cycle(LR, 100), lambda o: S.OneCycleLR(o, LR, 100, cycle_momentum=False)),
+    "one_cycle-linear-epochs": (
+        O.one_cycle(LR, epochs=5, steps_per_epoch=20, pct_start=0.25, anneal_strategy="linear"),
+        lambda o: S.OneCycleLR(
+            o,
+            LR,
+            epochs=5,
+            steps_per_epoch=20,
+            pct_start=0.25,
+            anneal_strategy="linear",
+            cycle_momentum=False,
+        ),
+    ),
+    "one_cycle-three-phase": (
+        O.one_cycle(
+            LR, 120, pct_start=0.4, div_factor=10.0, final_div_factor=100.0, three_phase=True
+        ),
+        lambda o: S.OneCycleLR(
+            o,
+            LR,
+            120,
+            pct_start=0.4,
+            div_factor=10.0,
+            final_div_factor=100.0,
+            three_phase=True,
+            cycle_momentum=False,
+        ),
+    ),
+    "one_cycle-three-phase-linear": (
+        O.one_cycle(LR, 100, anneal_strategy="linear", three_phase=True),
+        lambda o: S.OneCycleLR(
+            o, LR, 100, anneal_strategy="linear", three_phase=True, cycle_momentum=False
+        ),
+    ),
+    "one_cycle-no-rise": (
+        O.one_cycle(LR, 100, pct_start=0.0),
+        lambda o: S.OneCycleLR(o, LR, 100, pct_start=0.0, cycle_momentum=False),
+    ),
+    "cyclic-triangular": (
+        O.cyclic(0.01, LR, step_size_up=7),
+        lambda o: S.CyclicLR(o, 0.01, LR, step_size_up=7, cycle_momentum=False),
+    ),
+    "cyclic-triangular-down": (
+        O.cyclic(0.01, LR, step_size_up=5, step_size_down=12),
+        lambda o: S.CyclicLR(o, 0.01, LR, 5, 12, cycle_momentum=False),
+    ),
+    "cyclic-triangular2": (
+        O.cyclic(0.01, LR, 4, 9, mode="triangular2"),
+        lambda o: S.CyclicLR(o, 0.01, LR, 4, 9, mode="triangular2", cycle_momentum=False),
+    ),
+    "cyclic-exp_range": (
+        O.cyclic(0.01, LR, 6, mode="exp_range", gamma=0.97),
+        lambda o: S.CyclicLR(o, 0.01, LR, 6, mode="exp_range", gamma=0.97, cycle_momentum=False),
+    ),
+    "cyclic-scale_fn-cycle": (
+        O.cyclic(0.01, LR, 5, scale_fn=lambda x: 1 / x),
+        lambda o: S.CyclicLR(o, 0.01, LR, 5, scale_fn=lambda x: 1 / x, cycle_momentum=False),
+    ),
+    "cyclic-scale_fn-iterations": (
+        O.cyclic(
+            0.01, LR, 5, mode="triangular2", scale_fn=lambda x: 0.99**x, scale_mode="iterations"
+        ),
+        lambda o: S.CyclicLR(
+            o,
+            0.01,
+            LR,
+            5,
+            mode="triangular2",
+            scale_fn=lambda x: 0.99**x,
+            scale_mode="iterations",
+            cycle_momentum=False,
+        ),
+    ),
+    "cyclic-no-fall": (
+        O.cyclic(0.01, LR, 5, step_size_down=0),
+        lambda o: S.CyclicLR(o, 0.01, LR, 5, 0, cycle_momentum=False),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CYCLES))
+def test_cycles_equal_torch_bit_for_bit(name):
+    """one_cycle and cyclic evaluate torch's own formulas in torch's order: the same floats."""
+    schedule, make_scheduler = CYCLES[name]
+    steps = 120 if "three-phase" in name and "linear" not in name else 100
+    expected = torch_lrs(make_scheduler, steps=steps)
+    got = [schedule(k) for k in range(steps)]
+    assert all(isinstance(v, float) for v in got)
+    assert got == expected, name
+
+
+def test_one_cycle_past_its_steps_and_empty_phases():
+    schedule = O.one_cycle(1.0, 10)
+    assert schedule(10) >= 0.0  # torch allows step == total_steps
+    with pytest.raises(FnnError, match=r"one_cycle: step 11 is past the cycle's total_steps=10"):
+        schedule(11)
+    with pytest.raises(FnnError, match=r"one_cycle: phase 0 has no steps"):
+        O.one_cycle(1.0, 10, pct_start=0.1)(0)
+
+
 def test_closed_forms():
     assert [O.step_decay(1.0, 2, 0.5)(k) for k in range(6)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     assert O.exponential_decay(2.0, 0.5)(3) == 0.25
@@ -169,6 +270,24 @@ def test_closed_forms():
             FnnTypeError,
             r"schedules\[1\] must be a function",
         ),
+        (lambda: O.one_cycle(0.1), FnnError, r"one_cycle: give total_steps, or both epochs"),
+        (lambda: O.one_cycle(0.1, epochs=3), FnnError, r"one_cycle: give total_steps"),
+        (lambda: O.one_cycle(0.1, 0), FnnError, r"one_cycle: total_steps must be ≥ 1, got 0"),
+        (lambda: O.one_cycle(0.1, 10.0), FnnTypeError, r"one_cycle: total_steps must be an int"),
+        (lambda: O.one_cycle(-0.1, 10), FnnError, r"one_cycle: max_lr must be ≥ 0"),
+        (lambda: O.one_cycle(0.1, 10, pct_start=1.5), FnnError, r"pct_start must be in \[0, 1\]"),
+        (lambda: O.one_cycle(0.1, 10, anneal_strategy="exp"), FnnError, r"'cos' or 'linear'"),
+        (lambda: O.one_cycle(0.1, 10, div_factor=0.0), FnnError, r"div_factor .* must be > 0"),
+        (lambda: O.cyclic(0.1, 1.0, 0), FnnError, r"cyclic: step_size_up must be ≥ 1, got 0"),
+        (lambda: O.cyclic(0.1, 1.0, 2, -1), FnnError, r"cyclic: step_size_down must be ≥ 0"),
+        (lambda: O.cyclic(0.1, 1.0, mode="sine"), FnnError, r"cyclic: mode must be 'triangular'"),
+        (lambda: O.cyclic(0.1, 1.0, scale_mode="x"), FnnError, r"cyclic: scale_mode must be"),
+        (
+            lambda: O.cyclic(0.1, 1.0, scale_fn=3),
+            FnnTypeError,
+            r"cyclic: scale_fn must be a function",
+        ),
+        (lambda: O.cyclic("0.1", 1.0), FnnTypeError, r"cyclic: base_lr must be a number"),
     ],
 )
 def test_bad_schedule_arguments(make, error, message):

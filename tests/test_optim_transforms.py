@@ -143,7 +143,7 @@ def test_chain_matches_torch_clip_then_adam_with_param_groups():
 
 def test_chain_of_transformations_only():
     t = O.chain(O.add_decayed_weights(1.0), O.clip_by_global_norm(1.0))
-    assert isinstance(t, O.GradientTransformation)
+    assert isinstance(t, O.Transform)
     params = {"w": torch.tensor([3.0, 0.0])}
     grads, state = t.update(params, {"w": torch.tensor([0.0, 4.0])}, t.init(params))
     torch.testing.assert_close(grads["w"], torch.tensor([0.6, 0.8]))
@@ -182,7 +182,7 @@ def test_chain_errors():
     with pytest.raises(FnnError, match=r"chain: expected at least one"):
         O.chain()
     with pytest.raises(
-        FnnTypeError, match=r"chain: argument 0 must be a GradientTransformation \(only the last"
+        FnnTypeError, match=r"chain: argument 0 must be a Transform \(only the last"
     ):
         O.chain(O.sgd(), O.clip_by_global_norm(1.0))
     with pytest.raises(FnnTypeError, match=r"chain: the last argument must be"):

@@ -1,21 +1,27 @@
 """Optimizers as `Optimizer(init, update)` pairs with explicit state, matching `torch.optim`
 step for step; learning-rate schedules; gradient clipping and `chain`.
 
-    opt = fnn.optim.adam(lr=1e-3)                 # or sgd, adamw, rmsprop, adagrad
+    opt = fnn.optim.adam(lr=1e-3)   # or sgd, adamw, rmsprop, adagrad, nadam, radam, adamax, adadelta
     state = opt.init(params)
     params, state = opt.update(params, grads, state)
 """
 
+from .adadelta import adadelta
 from .adagrad import adagrad
 from .adam import adam, adamw
-from .base import GradientTransformation, LearningRate, Mask, Optimizer, Schedule
+from .adamax import adamax
+from .base import LearningRate, Mask, Optimizer, Schedule, Transform, flat_form
+from .nadam import nadam
+from .radam import radam
 from .rmsprop import rmsprop
 from .schedules import (
     constant,
     cosine_decay,
+    cyclic,
     exponential_decay,
     join_schedules,
     linear_warmup,
+    one_cycle,
     piecewise_constant,
     step_decay,
 )
@@ -31,7 +37,8 @@ from .transforms import (
 
 __all__ = [
     "Optimizer",
-    "GradientTransformation",
+    "Transform",
+    "flat_form",
     "Schedule",
     "LearningRate",
     "Mask",
@@ -40,6 +47,10 @@ __all__ = [
     "adamw",
     "rmsprop",
     "adagrad",
+    "nadam",
+    "radam",
+    "adamax",
+    "adadelta",
     "constant",
     "step_decay",
     "exponential_decay",
@@ -47,6 +58,8 @@ __all__ = [
     "linear_warmup",
     "piecewise_constant",
     "join_schedules",
+    "one_cycle",
+    "cyclic",
     "global_norm",
     "clip_grad_norm",
     "clip_by_global_norm",

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from ..core import PyTree
-from ..tree import TreeDef
-from .base import (
-    LearningRate,
-    Mask,
-    MaskResolver,
-    Optimizer,
-    TensorList,
-    add_weight_decay,
-    build_optimizer,
-    check_hyper,
-    check_lr,
-    learning_rate,
-)
+from .base import Buffers, FlatForm, LearningRate, Mask, Optimizer, TensorList, check_hyper
 
 __all__ = ["adagrad"]
 
@@ -67,31 +54,41 @@ def adagrad(
         >>> params["w"], state["sum"]["w"]
         (tensor([-0.5000,  0.5000]), tensor([ 4., 16.]))
     """
-    check_lr("adagrad", lr)
-    check_hyper("adagrad", "lr_decay", lr_decay)
-    check_hyper("adagrad", "weight_decay", weight_decay)
-    check_hyper("adagrad", "initial_accumulator_value", initial_accumulator_value)
-    check_hyper("adagrad", "eps", eps)
-    decay_indices = MaskResolver("adagrad", mask)
+    return _Adagrad(
+        name="adagrad",
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        initial_accumulator_value=initial_accumulator_value,
+        eps=eps,
+        maximize=maximize,
+        mask=mask,
+    ).optimizer()
 
-    def adagrad_step(
-        params: PyTree,
-        treedef: TreeDef,
-        leaves: TensorList,
-        g: TensorList,
-        buffers: Sequence[TensorList],
-        step: int,
-    ) -> tuple[TensorList, Sequence[TensorList]]:
-        eta = learning_rate("adagrad", lr, step)
-        if maximize:
-            g = torch._foreach_neg(g)
-        if weight_decay:
-            g = add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
-        t = step + 1
-        clr = eta / (1 + (t - 1) * lr_decay)
-        total = torch._foreach_addcmul(buffers[0], g, g, value=1)
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Adagrad(FlatForm):
+    """`adagrad`'s hyperparameters and math (the rest: `FlatForm`)."""
+
+    lr_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    eps: float = 1e-10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_hyper("adagrad", "lr_decay", self.lr_decay)
+        check_hyper("adagrad", "initial_accumulator_value", self.initial_accumulator_value)
+        check_hyper("adagrad", "eps", self.eps)
+
+    @property
+    def buffers(self) -> dict[str, float]:
+        return {"sum": self.initial_accumulator_value}
+
+    def _math(
+        self, params: TensorList, grads: TensorList, state: Buffers, count: int, lr: float
+    ) -> tuple[TensorList, Buffers]:
+        clr = lr / (1 + count * self.lr_decay)
+        total = torch._foreach_addcmul(state[0], grads, grads, value=1)
         std = torch._foreach_sqrt(total)
-        torch._foreach_add_(std, eps)
-        return torch._foreach_addcdiv(leaves, g, std, value=-clr), [total]
-
-    return build_optimizer("adagrad", {"sum": initial_accumulator_value}, adagrad_step)
+        torch._foreach_add_(std, self.eps)
+        return torch._foreach_addcdiv(params, grads, std, value=-clr), [total]

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from ..core import PyTree
-from ..tree import TreeDef
 from .base import (
+    Buffers,
+    FlatForm,
     LearningRate,
     Mask,
-    MaskResolver,
     Optimizer,
     TensorList,
-    add_weight_decay,
-    build_optimizer,
     check_betas,
     check_hyper,
-    check_lr,
-    learning_rate,
-    scale_leaves,
 )
 
 __all__ = ["adam", "adamw"]
@@ -129,39 +123,53 @@ def _adam(
     *,
     decoupled: bool,
 ) -> Optimizer:
-    check_lr(name, lr)
-    beta1, beta2 = check_betas(name, betas)
-    check_hyper(name, "eps", eps)
-    check_hyper(name, "weight_decay", weight_decay)
-    decay_indices = MaskResolver(name, mask)
+    return _Adam(
+        name=name,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        mask=mask,
+        decoupled=decoupled,
+    ).optimizer()
 
-    def adam_step(
-        params: PyTree,
-        treedef: TreeDef,
-        leaves: TensorList,
-        g: TensorList,
-        buffers: Sequence[TensorList],
-        step: int,
-    ) -> tuple[TensorList, Sequence[TensorList]]:
-        eta = learning_rate(name, lr, step)
-        t = step + 1
-        if maximize:
-            g = torch._foreach_neg(g)
-        if weight_decay and decoupled:
-            leaves = scale_leaves(leaves, 1 - eta * weight_decay, decay_indices(params, treedef))
-        elif weight_decay:
-            g = add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
-        m = torch._foreach_lerp(buffers[0], g, 1 - beta1)
-        v = torch._foreach_mul(buffers[1], beta2)
-        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-        new_buffers = [m, v]
-        if amsgrad:
-            new_buffers.append(torch._foreach_maximum(buffers[2], v))
-        denom = torch._foreach_sqrt(new_buffers[-1])
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Adam(FlatForm):
+    """`adam`'s and `adamw`'s hyperparameters and math (the rest: `FlatForm`)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    amsgrad: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self.name, self.betas)
+        check_hyper(self.name, "eps", self.eps)
+
+    @property
+    def buffers(self) -> dict[str, float]:
+        return {
+            "exp_avg": 0.0,
+            "exp_avg_sq": 0.0,
+            **({"max_exp_avg_sq": 0.0} if self.amsgrad else {}),
+        }
+
+    def _math(
+        self, params: TensorList, grads: TensorList, state: Buffers, count: int, lr: float
+    ) -> tuple[TensorList, Buffers]:
+        beta1, beta2 = float(self.betas[0]), float(self.betas[1])
+        t = count + 1
+        m = torch._foreach_lerp(state[0], grads, 1 - beta1)
+        v = torch._foreach_mul(state[1], beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        new_state = [m, v]
+        if self.amsgrad:
+            new_state.append(torch._foreach_maximum(state[2], v))
+        denom = torch._foreach_sqrt(new_state[-1])
         torch._foreach_div_(denom, (1 - beta2**t) ** 0.5)
-        torch._foreach_add_(denom, eps)
-        step_size = eta / (1 - beta1**t)
-        return torch._foreach_addcdiv(leaves, m, denom, value=-step_size), new_buffers
-
-    buffers = {"exp_avg": 0.0, "exp_avg_sq": 0.0, **({"max_exp_avg_sq": 0.0} if amsgrad else {})}
-    return build_optimizer(name, buffers, adam_step)
+        torch._foreach_add_(denom, self.eps)
+        step_size = lr / (1 - beta1**t)
+        return torch._foreach_addcdiv(params, m, denom, value=-step_size), new_state

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from ..core import PyTree
-from ..tree import TreeDef
-from .base import (
-    LearningRate,
-    Mask,
-    MaskResolver,
-    Optimizer,
-    TensorList,
-    add_weight_decay,
-    build_optimizer,
-    check_hyper,
-    check_lr,
-    learning_rate,
-)
+from .base import Buffers, FlatForm, LearningRate, Mask, Optimizer, TensorList, check_hyper
 
 __all__ = ["rmsprop"]
 
@@ -72,50 +59,64 @@ def rmsprop(
         >>> params["w"]
         tensor([-0.0316,  0.0316])
     """
-    check_lr("rmsprop", lr)
-    check_hyper("rmsprop", "alpha", alpha)
-    check_hyper("rmsprop", "eps", eps)
-    check_hyper("rmsprop", "weight_decay", weight_decay)
-    check_hyper("rmsprop", "momentum", momentum)
-    decay_indices = MaskResolver("rmsprop", mask)
+    return _Rmsprop(
+        name="rmsprop",
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        maximize=maximize,
+        mask=mask,
+    ).optimizer()
 
-    def rmsprop_step(
-        params: PyTree,
-        treedef: TreeDef,
-        leaves: TensorList,
-        g: TensorList,
-        buffers: Sequence[TensorList],
-        step: int,
-    ) -> tuple[TensorList, Sequence[TensorList]]:
-        eta = learning_rate("rmsprop", lr, step)
-        if maximize:
-            g = torch._foreach_neg(g)
-        if weight_decay:
-            g = add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
-        square_avg = torch._foreach_mul(buffers[0], alpha)
-        torch._foreach_addcmul_(square_avg, g, g, value=1 - alpha)
-        new_buffers = [square_avg]
-        if centered:
-            grad_avg = torch._foreach_lerp(buffers[-1], g, 1 - alpha)
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Rmsprop(FlatForm):
+    """`rmsprop`'s hyperparameters and math (the rest: `FlatForm`)."""
+
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    centered: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_hyper("rmsprop", "alpha", self.alpha)
+        check_hyper("rmsprop", "eps", self.eps)
+        check_hyper("rmsprop", "momentum", self.momentum)
+
+    @property
+    def buffers(self) -> dict[str, float]:
+        buffers = {"square_avg": 0.0}
+        if self.momentum > 0:
+            buffers["momentum_buffer"] = 0.0
+        if self.centered:
+            buffers["grad_avg"] = 0.0
+        return buffers
+
+    def _math(
+        self, params: TensorList, grads: TensorList, state: Buffers, count: int, lr: float
+    ) -> tuple[TensorList, Buffers]:
+        alpha = self.alpha
+        square_avg = torch._foreach_mul(state[0], alpha)
+        torch._foreach_addcmul_(square_avg, grads, grads, value=1 - alpha)
+        new_state: list[TensorList] = [square_avg]
+        if self.centered:
+            grad_avg = torch._foreach_lerp(state[-1], grads, 1 - alpha)
             avg = torch._foreach_addcmul(square_avg, grad_avg, grad_avg, value=-1)
             torch._foreach_sqrt_(avg)
         else:
             avg = torch._foreach_sqrt(square_avg)
-        torch._foreach_add_(avg, eps)
-        if momentum > 0:
-            buf = torch._foreach_mul(buffers[1], momentum)
-            torch._foreach_addcdiv_(buf, g, avg)
-            new_buffers.append(buf)
-            new_leaves = torch._foreach_add(leaves, buf, alpha=-eta)
+        torch._foreach_add_(avg, self.eps)
+        if self.momentum > 0:
+            buf = torch._foreach_mul(state[1], self.momentum)
+            torch._foreach_addcdiv_(buf, grads, avg)
+            new_state.append(buf)
+            new_params = torch._foreach_add(params, buf, alpha=-lr)
         else:
-            new_leaves = torch._foreach_addcdiv(leaves, g, avg, value=-eta)
-        if centered:
-            new_buffers.append(grad_avg)
-        return new_leaves, new_buffers
-
-    buffers = {"square_avg": 0.0}
-    if momentum > 0:
-        buffers["momentum_buffer"] = 0.0
-    if centered:
-        buffers["grad_avg"] = 0.0
-    return build_optimizer("rmsprop", buffers, rmsprop_step)
+            new_params = torch._foreach_addcdiv(params, grads, avg, value=-lr)
+        if self.centered:
+            new_state.append(grad_avg)
+        return new_params, new_state

@@ -17,7 +17,8 @@ from __future__ import annotations
 import itertools
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from ..errors import FnnError, FnnTypeError
 from .base import Schedule, check_hyper
@@ -30,6 +31,8 @@ __all__ = [
     "linear_warmup",
     "piecewise_constant",
     "join_schedules",
+    "one_cycle",
+    "cyclic",
 ]
 
 
@@ -294,3 +297,192 @@ def join_schedules(schedules: Sequence[Schedule], milestones: Sequence[int]) -> 
         return schedules[i](step - starts[i])
 
     return joined_schedule
+
+
+def one_cycle(
+    max_lr: float,
+    total_steps: int | None = None,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    pct_start: float = 0.3,
+    anneal_strategy: Literal["cos", "linear"] = "cos",
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    three_phase: bool = False,
+) -> Schedule:
+    """The 1cycle policy: `OneCycleLR`'s learning rates.
+
+    From `max_lr / div_factor` up to `max_lr` over the first `pct_start` of the steps,
+    then down to `max_lr / div_factor / final_div_factor` at step `total_steps − 1`,
+    annealing by cosine or linearly; with `three_phase`, down to the initial rate over
+    as many steps as the rise, then to the minimum. The same floats as torch's (its
+    formulas, evaluated in the same order). torch's `cycle_momentum` (on by default
+    there) also cycles the optimizer's momentum; an fnn schedule gives the learning rate
+    only, so compare with `OneCycleLR(..., cycle_momentum=False)`.
+
+    Args:
+        max_lr: the peak learning rate, ≥ 0.
+        total_steps: the number of steps of the cycle, ≥ 1; or give `epochs` and
+            `steps_per_epoch` instead.
+        epochs: the number of epochs (with `steps_per_epoch`), ≥ 1.
+        steps_per_epoch: steps per epoch (with `epochs`), ≥ 1.
+        pct_start: the fraction of the steps spent rising, in [0, 1].
+        anneal_strategy: `"cos"` or `"linear"`.
+        div_factor: the initial rate is `max_lr / div_factor`; > 0.
+        final_div_factor: the final rate is the initial one divided by this; > 0.
+        three_phase: rise, fall back to the initial rate, then anneal to the minimum.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float. As torch's scheduler, it raises an `FnnError` past
+            step `total_steps`.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type.
+        FnnError: an argument out of range, or neither `total_steps` nor both `epochs` and
+            `steps_per_epoch`.
+
+    Example:
+        >>> schedule = fnn.optim.one_cycle(1.0, total_steps=10, anneal_strategy="linear")
+        >>> [round(schedule(k), 3) for k in (0, 2, 5, 9)]
+        [0.04, 1.0, 0.571, 0.0]
+    """
+    check_hyper("one_cycle", "max_lr", max_lr)
+    if total_steps is not None:
+        _check_count("one_cycle", "total_steps", total_steps)
+        total = total_steps
+    elif epochs is not None and steps_per_epoch is not None:
+        _check_count("one_cycle", "epochs", epochs)
+        _check_count("one_cycle", "steps_per_epoch", steps_per_epoch)
+        total = epochs * steps_per_epoch
+    else:
+        raise FnnError("one_cycle: give total_steps, or both epochs and steps_per_epoch")
+    check_hyper("one_cycle", "pct_start", pct_start)
+    if pct_start > 1:
+        raise FnnError(f"one_cycle: pct_start must be in [0, 1], got {pct_start!r}")
+    anneal = _anneal("one_cycle", anneal_strategy)
+    check_hyper("one_cycle", "div_factor", div_factor)
+    check_hyper("one_cycle", "final_div_factor", final_div_factor)
+    if not div_factor > 0 or not final_div_factor > 0:
+        raise FnnError(
+            f"one_cycle: div_factor and final_div_factor must be > 0, got {div_factor!r} and "
+            f"{final_div_factor!r}"
+        )
+    initial = max_lr / div_factor
+    low = initial / final_div_factor
+    rise = float(pct_start * total) - 1
+    if three_phase:  # (end step, start lr, end lr) of each phase, as torch's
+        phases = [(rise, initial, max_lr), (float(2 * pct_start * total) - 2, max_lr, initial)]
+        phases.append((total - 1, initial, low))
+    else:
+        phases = [(rise, initial, max_lr), (total - 1, max_lr, low)]
+
+    def one_cycle_schedule(step: int) -> float:
+        if step > total:
+            raise FnnError(
+                f"one_cycle: step {step} is past the cycle's total_steps={total} (as torch's "
+                "OneCycleLR, it does not extend past them)"
+            )
+        start = 0.0
+        for i, (end, start_lr, end_lr) in enumerate(phases):
+            if step <= end or i == len(phases) - 1:
+                if end == start:
+                    raise FnnError(
+                        f"one_cycle: phase {i} has no steps (pct_start={pct_start!r} × "
+                        f"total_steps={total}); torch's OneCycleLR divides by zero here"
+                    )
+                return float(anneal(start_lr, end_lr, (step - start) / (end - start)))
+            start = end
+        raise AssertionError("unreachable: the last phase always matches")
+
+    return one_cycle_schedule
+
+
+def _anneal(name: str, strategy: object) -> Callable[[float, float, float], float]:
+    """torch's `_annealing_cos` / `_annealing_linear`, from `start` to `end` as pct goes 0 → 1."""
+    if strategy == "cos":
+        return lambda start, end, pct: end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+    if strategy == "linear":
+        return lambda start, end, pct: (end - start) * pct + start
+    raise FnnError(f"{name}: anneal_strategy must be 'cos' or 'linear', got {strategy!r}")
+
+
+def cyclic(
+    base_lr: float,
+    max_lr: float,
+    step_size_up: int = 2000,
+    step_size_down: int | None = None,
+    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular",
+    gamma: float = 1.0,
+    scale_fn: Callable[[float], float] | None = None,
+    scale_mode: Literal["cycle", "iterations"] = "cycle",
+) -> Schedule:
+    """A cyclical learning rate between `base_lr` and `max_lr`: `CyclicLR`'s rates.
+
+    Each cycle rises from `base_lr` for `step_size_up` steps and falls back for
+    `step_size_down` (default: as many). The amplitude is scaled per cycle by `mode`:
+    `"triangular"` (constant), `"triangular2"` (halved each cycle), `"exp_range"`
+    (`gamma ** step`); or by `scale_fn(cycle)` / `scale_fn(step)` as `scale_mode` says,
+    which overrides `mode`. The same floats as torch's. torch's `cycle_momentum` (on by
+    default) also cycles the optimizer's momentum: an fnn schedule gives the learning
+    rate only, so compare with `CyclicLR(..., cycle_momentum=False)`.
+
+    Args:
+        base_lr: the lower bound, ≥ 0.
+        max_lr: the upper bound of the first cycle, ≥ 0.
+        step_size_up: steps of the rising half, ≥ 1.
+        step_size_down: steps of the falling half, ≥ 0 (None: `step_size_up`).
+        mode: `"triangular"`, `"triangular2"` or `"exp_range"`.
+        gamma: the factor of `"exp_range"`, ≥ 0.
+        scale_fn: a custom scaling of the amplitude, called with the cycle number (from 1)
+            or the step count; overrides `mode`.
+        scale_mode: what `scale_fn` is called with: `"cycle"` or `"iterations"`.
+
+    Returns:
+        A schedule: a function from the step count (0 at the first update) to the learning
+            rate, a Python float.
+
+    Raises:
+        FnnTypeError: an argument of the wrong type (`scale_fn` not callable).
+        FnnError: an argument out of range, or an unknown `mode` or `scale_mode`.
+
+    Example:
+        >>> schedule = fnn.optim.cyclic(0.1, 1.0, step_size_up=2, mode="triangular2")
+        >>> [round(schedule(k), 3) for k in range(9)]
+        [0.1, 0.55, 1.0, 0.55, 0.1, 0.325, 0.55, 0.325, 0.1]
+    """
+    check_hyper("cyclic", "base_lr", base_lr)
+    check_hyper("cyclic", "max_lr", max_lr)
+    _check_count("cyclic", "step_size_up", step_size_up)
+    if step_size_down is not None:
+        _check_count("cyclic", "step_size_down", step_size_down, low=0)
+    check_hyper("cyclic", "gamma", gamma)
+    if scale_mode not in ("cycle", "iterations"):
+        raise FnnError(f"cyclic: scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+    up = float(step_size_up)
+    total = up + (float(step_size_down) if step_size_down is not None else up)
+    ratio = up / total
+    scale: Callable[[float], float]
+    if scale_fn is not None:
+        if not callable(scale_fn):
+            raise FnnTypeError(f"cyclic: scale_fn must be a function, got {scale_fn!r}")
+        scale, by_cycle = scale_fn, scale_mode == "cycle"
+    elif mode == "triangular":
+        scale, by_cycle = (lambda x: 1.0), True
+    elif mode == "triangular2":
+        scale, by_cycle = (lambda x: 1 / (2.0 ** (x - 1))), True
+    elif mode == "exp_range":
+        scale, by_cycle = (lambda x: gamma**x), False
+    else:
+        raise FnnError(
+            f"cyclic: mode must be 'triangular', 'triangular2' or 'exp_range', got {mode!r}"
+        )
+
+    def cyclic_schedule(step: int) -> float:
+        cycle = math.floor(1 + step / total)
+        x = 1.0 + step / total - cycle
+        factor = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+        height = (max_lr - base_lr) * factor
+        return float(base_lr + height * scale(cycle if by_cycle else step))
+
+    return cyclic_schedule

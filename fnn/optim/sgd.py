@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from ..core import PyTree
 from ..errors import FnnError
-from ..tree import TreeDef
 from .base import (
+    Buffers,
+    FlatForm,
     LearningRate,
     Mask,
-    MaskResolver,
     Optimizer,
     TensorList,
-    add_weight_decay,
-    build_optimizer,
     check_hyper,
-    check_lr,
-    learning_rate,
+    scalar_for,
 )
 
 __all__ = ["sgd"]
@@ -72,53 +68,50 @@ def sgd(
         >>> params["w"]
         tensor([0.9000, 0.9000])
     """
-    check_lr("sgd", lr)
-    check_hyper("sgd", "momentum", momentum)
-    check_hyper("sgd", "dampening", dampening)
-    check_hyper("sgd", "weight_decay", weight_decay)
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise FnnError("sgd: nesterov momentum requires momentum > 0 and dampening = 0")
-    decay_indices = MaskResolver("sgd", mask)
-    schedule, fixed_lr = (lr, 0.0) if callable(lr) else (None, float(lr))
+    return _Sgd(
+        name="sgd",
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+        mask=mask,
+    ).optimizer()
 
-    def sgd_step(
-        params: PyTree,
-        treedef: TreeDef,
-        leaves: TensorList,
-        g: TensorList,
-        buffers: Sequence[TensorList],
-        step: int,
-    ) -> tuple[TensorList, Sequence[TensorList]]:
-        eta = fixed_lr if schedule is None else learning_rate("sgd", schedule, step)
-        if maximize:
-            g = torch._foreach_neg(g)
-        if weight_decay:
-            g = add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Sgd(FlatForm):
+    """`sgd`'s hyperparameters and math (checks, lr, maximize, weight decay: `FlatForm`)."""
+
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_hyper("sgd", "momentum", self.momentum)
+        check_hyper("sgd", "dampening", self.dampening)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise FnnError("sgd: nesterov momentum requires momentum > 0 and dampening = 0")
+
+    @property
+    def buffers(self) -> dict[str, float]:
+        return {"momentum_buffer": 0.0} if self.momentum else {}
+
+    def _math(
+        self, params: TensorList, grads: TensorList, state: Buffers, count: int, lr: float
+    ) -> tuple[TensorList, Buffers]:
+        momentum = self.momentum
         if not momentum:
-            return torch._foreach_add(leaves, g, alpha=-eta), []
-        if step == 0:
-            b = torch._foreach_mul(g, _scalar(1.0, g[0]))  # a copy of g (x · 1.0 is exact)
+            return torch._foreach_add(params, grads, alpha=-lr), []
+        if count == 0:
+            b = torch._foreach_mul(grads, 1.0)  # a copy of g (x · 1.0 is exact)
         else:
-            b = torch._foreach_mul(buffers[0], _scalar(momentum, g[0]))
-            if dampening:
-                torch._foreach_add_(b, g, alpha=1.0 - dampening)
+            b = torch._foreach_mul(state[0], scalar_for(momentum, grads))
+            if self.dampening:
+                torch._foreach_add_(b, grads, alpha=1.0 - self.dampening)
             else:  # the same sums (x + 1·y is x + y), without parsing an alpha
-                torch._foreach_add_(b, g)
-        g = torch._foreach_add(g, b, alpha=momentum) if nesterov else b
-        return torch._foreach_add(leaves, g, alpha=-eta), [b]
-
-    return build_optimizer("sgd", {"momentum_buffer": 0.0} if momentum else {}, sgd_step)
-
-
-_SCALARS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
-    """`value` as a cached 0-d tensor: `_foreach_mul` by a tensor skips the slow
-    Python-scalar path (half the time on CPU) with the same rounding. Never written to."""
-    found = _SCALARS.get((value, like.dtype, like.device))
-    if found is None:
-        found = _SCALARS[(value, like.dtype, like.device)] = torch.tensor(
-            value, dtype=like.dtype, device=like.device
-        )
-    return found
+                torch._foreach_add_(b, grads)
+        g = torch._foreach_add(grads, b, alpha=momentum) if self.nesterov else b
+        return torch._foreach_add(params, g, alpha=-lr), [b]

@@ -15,16 +15,17 @@ from typing import Any
 import torch
 
 from .. import tree
+from .._dicts import pair
 from ..core import PyTree
 from ..errors import FnnError, FnnTypeError
-from ..update import flat_pair
 from .base import (
-    GradientTransformation,
     Mask,
-    MaskResolver,
     Optimizer,
+    Transform,
     add_weight_decay,
     check_hyper,
+    decay_indices,
+    flat_mask,
 )
 
 __all__ = [
@@ -116,7 +117,7 @@ def clip_grad_norm(
     return tree.unflatten(treedef, torch._foreach_mul(leaves, factor)), norm
 
 
-def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTransformation:
+def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> Transform:
     """A transformation that clips the gradients with `clip_grad_norm`; its state is `{}`.
 
     Args:
@@ -124,7 +125,7 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTran
         norm_type: the p of the p-norm, > 0 (`float("inf")` for the max norm).
 
     Returns:
-        `GradientTransformation(init, update)`: `init(params)` gives `{}`, and
+        `Transform(init, update)`: `init(params)` gives `{}`, and
             `update(params, grads, state)` gives `(clipped grads, state)`, the clipped grads
             mirroring `grads`.
 
@@ -149,10 +150,10 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTran
         del params
         return clip_grad_norm(grads, max_norm, norm_type)[0], state
 
-    return GradientTransformation(init, update)
+    return Transform(init, update)
 
 
-def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTransformation:
+def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Transform:
     """A transformation `g ← g + λ θ`: L2 weight decay, as torch's `weight_decay=`.
 
     Args:
@@ -161,7 +162,7 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTrans
             `fnn.optim.decay_mask`); all leaves by default.
 
     Returns:
-        `GradientTransformation(init, update)`: `init(params)` gives `{}`, and
+        `Transform(init, update)`: `init(params)` gives `{}`, and
             `update(params, grads, state)` gives `(grads, state)`, the new grads mirroring
             `grads`.
 
@@ -176,22 +177,25 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTrans
         tensor([0.1000, 0.1000])
     """
     check_hyper("add_decayed_weights", "weight_decay", weight_decay)
-    decay_indices = MaskResolver("add_decayed_weights", mask)
-    last_layout: list[Any] = [None]  # see fnn.update.flat_pair
+    by_name = flat_mask("add_decayed_weights", mask)
 
     def init(params: PyTree) -> PyTree:
         del params
         return {}
 
     def update(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
-        leaves, g, treedef, build, _ = flat_pair(params, grads, "add_decayed_weights", last_layout)
-        if not leaves or not weight_decay:
+        paired = pair(params, grads, "add_decayed_weights")
+        if not paired.params or not weight_decay:
             return grads, state
-        return build(
-            add_weight_decay(g, leaves, weight_decay, decay_indices(params, treedef))
-        ), state
+        decayed = (
+            decay_indices("add_decayed_weights", mask, by_name, params, paired.names())
+            if mask is not None
+            else None
+        )
+        new = add_weight_decay(paired.grads, paired.params, weight_decay, decayed)
+        return paired.rebuild(new), state
 
-    return GradientTransformation(init, update)
+    return Transform(init, update)
 
 
 def decay_mask(params: PyTree) -> PyTree:
@@ -214,16 +218,16 @@ def decay_mask(params: PyTree) -> PyTree:
     return tree.map(lambda p: p.dim() >= 2, params)
 
 
-def chain(*transforms: GradientTransformation | Optimizer) -> Any:
+def chain(*transforms: Transform | Optimizer) -> Any:
     """Run gradient transformations in order, then (optionally) an optimizer.
 
     Args:
-        *transforms: `GradientTransformation`s, of which only the last may be an `Optimizer`.
+        *transforms: `Transform`s, of which only the last may be an `Optimizer`.
 
     Returns:
         `chain(t1, t2, optimizer)` is an `Optimizer` whose update passes the grads through
             `t1` and `t2` before `optimizer`; `chain(t1, t2)` (no optimizer) is a
-            `GradientTransformation`. The state is the tuple of their states, in order.
+            `Transform`. The state is the tuple of their states, in order.
 
     Raises:
         FnnError: no argument, or (from `update`) a state not made by this chain's `init`.
@@ -241,15 +245,15 @@ def chain(*transforms: GradientTransformation | Optimizer) -> Any:
         raise FnnError("chain: expected at least one transformation or optimizer, got none")
     *head, last = transforms
     for i, t in enumerate(head):
-        if not isinstance(t, GradientTransformation):
+        if not isinstance(t, Transform):
             what = "an optimizer" if isinstance(t, Optimizer) else type(t).__name__
             raise FnnTypeError(
-                f"chain: argument {i} must be a GradientTransformation (only the last may be an "
+                f"chain: argument {i} must be a Transform (only the last may be an "
                 f"optimizer), got {what}"
             )
-    if not isinstance(last, GradientTransformation | Optimizer):
+    if not isinstance(last, Transform | Optimizer):
         raise FnnTypeError(
-            f"chain: the last argument must be a GradientTransformation or an Optimizer, got {type(last).__name__}"
+            f"chain: the last argument must be a Transform or an Optimizer, got {type(last).__name__}"
         )
     parts = tuple(transforms)
     n = len(parts)
@@ -282,4 +286,4 @@ def chain(*transforms: GradientTransformation | Optimizer) -> Any:
         grads, s = last.update(params, grads, state[-1])
         return grads, (*states, s)
 
-    return GradientTransformation(init, transform)
+    return Transform(init, transform)
