@@ -29,6 +29,7 @@ from .._compat import is_compiling
 from ..core import ApplyFn, Params, PyTree, check_keywords
 from ..errors import FnnError, FnnTypeError, describe
 from ..grad import _SCALAR_COTANGENT_LOSSES, Loss, value_and_grad
+from ..optim.base import flat_form
 from ._codegen import compile_source, generate
 from ._plan import Plan, is_current, plan
 
@@ -68,6 +69,7 @@ class TrainStep:
         self._scalar_cotangent = loss in _SCALAR_COTANGENT_LOSSES
         self._inline = tuple(i for i, n in enumerate(self._plan.nodes) if n.inline)
         self._top_keys = frozenset(self._plan.top_keys)
+        self._form = flat_form(optimizer)
         self._steps: dict[Any, tuple[str, Callable[..., Any]]] = {}
         if self._plan.serial:  # the layout `init` gives, made now so torch.compile finds it
             self._code(self._plan.top_keys, False, self._current_inline(), False)
@@ -100,7 +102,7 @@ class TrainStep:
                 has_aux=self.has_aux,
                 scalar_cotangent=self._scalar_cotangent,
                 with_state=with_state,
-                flat_update=False,
+                flat_update=self._form is not None,
             )
             if len(self._steps) >= 16:  # a few params layouts at most: keep it bounded
                 self._steps.clear()
@@ -152,6 +154,7 @@ class TrainStep:
                     kwargs,
                     self.loss,
                     self.optimizer.update,
+                    self._form,
                     self._child_kwargs,
                     _reject,
                 )

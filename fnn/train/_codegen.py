@@ -34,7 +34,7 @@ def generate(
     ns: dict[str, Any] = {"linear": F.linear, "dense_grads": _dense_grads, "backprop": backprop}
     nodes = plan.nodes
     lines = [
-        "def step(params, opt_state, x, target, kwargs, loss, update, child_kwargs, bad):",
+        "def step(params, opt_state, x, target, kwargs, loss, update, form, child_kwargs, bad):",
         f'    """{len(nodes)} layers; inline: '
         + ", ".join(n.where for n in nodes if n.inline)
         + '."""',
@@ -140,10 +140,45 @@ def generate(
         else:
             emit(f"    g{v}, dh = backprop([vjp{v}, dh], {need_dx})  # {node.where}")
             emit(f"    del vjp{v}")
-    grads = ", ".join(f"{k!r}: {_grad_expr(nodes, k)}" for k in given)
-    emit(f"    grads = {{{grads}}}")
-    emit("    # the optimizer")
-    emit("    params, opt_state = update(params, grads, opt_state)")
+    dense = [n for n in nodes if n.inline and n.info.step[0] == "dense"]
+    with_params = {n.path[0] for n in dense} | {n.path[0] for n in nodes if not n.inline}
+    if flat_update and all(n.inline for n in nodes) and with_params <= set(given):
+        # every parameter is a Dense's: hand the leaves to the optimizer's flat form
+        leaves, grad_leaves, names = [], [], []
+        for i, n in enumerate(nodes):
+            if n.inline and n.info.step[0] == "dense":
+                key = n.path[0]
+                for leaf in ("weight", "bias") if n.info.step[2] else ("weight",):
+                    leaves.append(f"{leaf[0]}_{i}")
+                    grad_leaves.append(f"g_{i}[{leaf!r}]")
+                    names.append(f"{key}.{leaf}")
+        emit("    # the optimizer: its flat form on the leaves, no pairing of trees")
+        emit(f"    names = {tuple(names)!r}")
+        emit("    buffers, count = form.flat_state(opt_state, names)")
+        emit(f"    leaves = [{', '.join(leaves)}]")
+        emit(f"    grads = [{', '.join(grad_leaves)}]")
+        emit(
+            "    new, buffers = form.step(leaves, grads, buffers, count, form.decayed(params, names))"
+        )
+        emit("    del leaves, grads")
+        built, j = [], 0
+        for k in given:
+            node = next(n for n in nodes if n.path[0] == k)
+            if node.inline and node.info.step[0] == "dense":
+                entries = ["'weight': new[%d]" % j] + (
+                    ["'bias': new[%d]" % (j + 1)] if node.info.step[2] else []
+                )
+                j += len(entries)
+                built.append(f"{k!r}: {{{', '.join(entries)}}}")
+            else:
+                built.append(f"{k!r}: {{}}")
+        emit(f"    params = {{{', '.join(built)}}}")
+        emit("    opt_state = form.tree_state(buffers, count + 1, names)")
+    else:
+        grads = ", ".join(f"{k!r}: {_grad_expr(nodes, k)}" for k in given)
+        emit(f"    grads = {{{grads}}}")
+        emit("    # the optimizer")
+        emit("    params, opt_state = update(params, grads, opt_state)")
     out = "(value, y)" if has_aux else "value"
     emit(f"    return {out}, params, opt_state{', new_state' if with_state else ''}")
     return "\n".join(lines) + "\n", ns
