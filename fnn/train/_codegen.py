@@ -165,8 +165,8 @@ def generate(
         for k in given:
             node = next(n for n in nodes if n.path[0] == k)
             if node.inline and node.info.step[0] == "dense":
-                entries = ["'weight': new[%d]" % j] + (
-                    ["'bias': new[%d]" % (j + 1)] if node.info.step[2] else []
+                entries = [f"'weight': new[{j}]"] + (
+                    [f"'bias': new[{j + 1}]"] if node.info.step[2] else []
                 )
                 j += len(entries)
                 built.append(f"{k!r}: {{{', '.join(entries)}}}")
