@@ -68,6 +68,8 @@ class TrainStep:
         self._general_fn = value_and_grad(apply, loss, has_aux)
         self._scalar_cotangent = loss in _SCALAR_COTANGENT_LOSSES
         self._inline = tuple(i for i, n in enumerate(self._plan.nodes) if n.inline)
+        self._backwards = tuple({self._plan.nodes[i].info.backward for i in self._inline})
+        self._all_inline = (True,) * len(self._inline)
         self._top_keys = frozenset(self._plan.top_keys)
         self._form = flat_form(optimizer)
         self._steps: dict[Any, tuple[str, Callable[..., Any]]] = {}
@@ -83,6 +85,10 @@ class TrainStep:
         return self._code(self._plan.top_keys, False, self._current_inline(), False)[0]
 
     def _current_inline(self) -> tuple[bool, ...]:
+        """Which inline layers still have the backward their module names (all, unless one
+        was patched: that layer then runs through its VJP, so the patch is what runs)."""
+        if all(map(is_current, self._backwards)):
+            return self._all_inline
         nodes = self._plan.nodes
         return tuple(is_current(nodes[i].info.backward) for i in self._inline)
 
@@ -124,8 +130,11 @@ class TrainStep:
         if kwargs:
             check_keywords("train_step", self._plan_info_keywords(), kwargs)
         if torch.is_grad_enabled():  # inputs that require grad must not build a graph
-            with torch.no_grad():
+            torch.set_grad_enabled(False)
+            try:
                 return self._step(params, opt_state, x, target, kwargs)
+            finally:
+                torch.set_grad_enabled(True)
         return self._step(params, opt_state, x, target, kwargs)
 
     def _plan_info_keywords(self) -> Any:

@@ -59,6 +59,5 @@ def stateful(info: LayerInfo) -> bool:
 def is_current(backward: Any) -> bool:
     """Whether `backward` is still what its module names: a patched backward is not, and the
     step then runs that layer through its VJP (the patch)."""
-    module = sys.modules.get(getattr(backward, "__module__", ""), None)
-    name = getattr(backward, "__name__", None)
-    return module is not None and name is not None and getattr(module, name, None) is backward
+    module = sys.modules.get(backward.__module__)
+    return module is not None and getattr(module, backward.__name__, None) is backward
