@@ -289,11 +289,16 @@ CASES = [
         ["floating-point torch.dtype"],
     ),
     (
-        "init on meta device",
-        lambda: fnn.serial(L.Dense(2)).init(K, (-1, 3), device="meta"),
+        "misspelt keyword",
+        lambda: fnn.value_and_grad(fnn.serial(L.Dense(2), L.Dropout(0.5)).apply, fnn.losses.mse)(
+            fnn.serial(L.Dense(2), L.Dropout(0.5)).init(K, (-1, 3))[1],
+            torch.ones(4, 3),
+            torch.zeros(4, 2),
+            rng=K,
+        ),
         FnnError,
-        "serial[0] fnn.random:",
-        ["device 'meta'"],
+        "value_and_grad: unexpected keyword rng=",
+        ["takes key=, state=, train="],
     ),
     (
         "init bad device",
