@@ -232,7 +232,7 @@ def mse(
 def _sum_of_squares(diff: torch.Tensor, mean: bool) -> torch.Tensor:
     # One BLAS dot product: on small batches it is 2-3x cheaper than F.mse_loss, and dividing
     # by a cached 0-d tensor rounds as dividing by n does, without wrapping n at every call.
-    flat = diff.view(-1)
+    flat = diff.reshape(-1)  # a view unless diff kept a non-contiguous input's layout
     value = torch.dot(flat, flat)
     return value.div_(scalar(float(flat.numel()), value)) if mean else value
 
@@ -673,7 +673,7 @@ def cross_entropy(
         weighted = probs if weight is None else probs * weight
         product = log_probs * probs if weight is None else log_probs * probs * weight
         if reduction == "none":
-            value = -product.sum(1).reshape(shape[:1] + shape[2:])
+            value = -product.sum(1).reshape(shape[:1] + shape[2:] if len(shape) > 1 else ())
         elif reduction == "sum" or not product.numel():  # the mean of nothing: NaN
             value = -product.sum() if reduction == "sum" else product.sum().fill_(float("nan"))
         else:
