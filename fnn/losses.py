@@ -174,7 +174,9 @@ def _cotangent(
             raise FnnTypeError(
                 f"{name} VJP: expected a floating-point cotangent, got {describe(dvalue)}"
             )
-        return dvalue
+        # another float dtype (autocast's float32 loss of a bfloat16 prediction): cast, as
+        # autograd casts a gradient back through the cast that made it
+        return dvalue if dvalue.dtype == like.dtype else dvalue.to(like.dtype)
     if isinstance(dvalue, bool) or not isinstance(dvalue, int | float) or reduction == "none":
         raise FnnTypeError(
             f"{name} VJP: expected a {'tensor' if reduction == 'none' else 'scalar'} "

@@ -433,3 +433,19 @@ def test_value_and_grad_takes_every_loss():
             expected.backward()
         torch.testing.assert_close(value, expected.detach(), atol=1e-12, rtol=1e-12)
         torch.testing.assert_close(grads["0"]["weight"], seq.weight.grad, atol=1e-12, rtol=1e-12)
+
+
+def test_a_cotangent_of_another_float_dtype_is_cast():
+    """As autograd casts a gradient back through a cast (autocast's float32 losses)."""
+    z, y = randn(47, 4, 3), labels(48, (4,), 3)
+    for loss, target in [
+        (fnn.losses.cross_entropy, y),
+        (fnn.losses.multi_margin, y),
+        (fnn.losses.huber, torch.zeros_like(z)),
+        (fnn.losses.kl_div, torch.softmax(z, 1)),
+    ]:
+        value, vjp = loss(z, target, "none")
+        dvalue = randn(49, *value.shape)
+        dpred = vjp(dvalue.float())
+        assert dpred.dtype == D
+        torch.testing.assert_close(dpred, vjp(dvalue.float().double()), atol=0, rtol=0)
