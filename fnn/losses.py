@@ -518,7 +518,7 @@ def _nll_forward(
     return value, total_weight
 
 
-# L = Σᵢ −w[yᵢ] ((1 − ε) lp[i, yᵢ] + ε/C Σ_c w_c/w[yᵢ] lp[i, c]) / W   ⇒   dlp = dL · (−(1 − ε) w[yᵢ] onehot(yᵢ) − ε/C w) / W
+# Lᵢ = −(1 − ε) w[yᵢ] lp[i, yᵢ] − ε/C Σ_c w_c lp[i, c]  (mean: ÷ W = Σᵢ w[yᵢ])   ⇒   dlp[i] = dLᵢ · (−(1 − ε) w[yᵢ] one_hot(yᵢ) − ε/C w) / W
 def _nll_backward(
     name: str,
     dvalue: float | torch.Tensor,
