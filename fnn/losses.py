@@ -817,15 +817,25 @@ def multi_margin(
     return value, VJP(multi_margin_backward, (input, labels, reduction, int(p), margin, weight))
 
 
-# Lᵢ = Σ_{j≠t} w[t] max(0, m − x[t] + x[j])ᵖ / C   ⇒   dx[j] = dL · w[t] p hᵖ⁻¹ / C,  dx[t] = −Σ_j dx[j]
+# Lᵢ = Σ_{j≠t} w[t] hⱼᵖ / C,  hⱼ = max(0, m − x[t] + x[j])   ⇒   dx[j] = dLᵢ · w[t] p hⱼᵖ⁻¹ / C,  dx[t] = −Σ_{j≠t} dx[j]
 def multi_margin_backward(residuals: tuple[Any, ...], dvalue: float | torch.Tensor) -> torch.Tensor:
     input, labels, reduction, p, margin, weight = residuals
     grad = _cotangent("multi_margin", dvalue, reduction, input, tuple(labels.shape))
-    if not input.numel():  # no elements: nothing reaches the kernel
+    if not input.numel():  # no elements: nothing to compute
         return torch.zeros_like(input)
-    return aten.multi_margin_loss_backward.default(  # type: ignore[no-any-return]
-        grad, input, labels, p, margin, weight, _REDUCTION_ENUM[reduction]
-    )
+    # Plain ops, not aten's multi_margin_loss_backward: that kernel has no meta (fake
+    # tensor) implementation, so torch.compile could not trace it.
+    x = input.unsqueeze(0) if input.ndim == 1 else input  # (N, C)
+    t = labels.reshape(-1, 1)  # (N, 1)
+    h = x - x.gather(1, t) + margin  # (N, C)
+    active = (h > 0).scatter_(1, t, False)
+    scale = 1.0 / x.shape[1] / (x.shape[0] if reduction == "mean" else 1)
+    dx: torch.Tensor = (h * (2 * scale) if p == 2 else torch.full_like(h, scale)) * active
+    if weight is not None:
+        dx = dx * weight[t]
+    dx = dx * (grad.reshape(-1, 1) if reduction == "none" else grad)
+    dx = dx.scatter(1, t, -dx.sum(1, keepdim=True))
+    return dx.reshape(input.shape)
 
 
 def bce_with_logits(
