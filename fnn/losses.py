@@ -463,10 +463,13 @@ def _check_labels(
     # Checked here, not left to a kernel: a label is valid by the rule, never by accident.
     # (Data-dependent, so skipped while torch.compile traces; meta tensors hold no values.)
     if target.numel() and pred.device.type != "meta" and not torch.compiler.is_compiling():
-        bad = (target < 0) | (target >= n_classes)
-        if ignore_index is not None:
-            bad &= target != ignore_index
-        if bad.any():
+        low, high = torch.aminmax(target)  # one pass; the mask only when something is outside
+        bad = None
+        if int(low) < 0 or int(high) >= n_classes:
+            bad = (target < 0) | (target >= n_classes)
+            if ignore_index is not None:
+                bad &= target != ignore_index
+        if bad is not None and bad.any():
             ignored = "" if ignore_index is None else f" or ignore_index ({ignore_index})"
             raise FnnError(
                 f"{name}: labels must be class indices in [0, {n_classes}){ignored}, "
