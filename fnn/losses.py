@@ -15,7 +15,6 @@ Sections: the checks every loss shares; regression losses (`mse`, `l1`, `smooth_
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 from ._constants import scalar
 from .core import VJP
 from .errors import FnnError, FnnTypeError, ShapeError, describe
-from .fastpath import BatchConstants, eager_kernel
 
 __all__ = [
     "mse",
@@ -981,106 +979,3 @@ def kl_div_backward(
     elif reduction == "batchmean" and input.ndim and input.shape[0]:
         grad = grad / input.shape[0]
     return -(torch.exp(target) if log_target else target) * grad
-
-
-# ---------------------------------------------------------------------------- fast-path kernels
-# `fnn.value_and_grad`'s fast path (fnn/grad.py, fnn/fastpath.py) reads these: the value and
-# `vjp(1.0)` of `mse` and `cross_entropy` in one call, with the same kernels and constants.
-
-
-def mse_value_and_dpred(
-    box: list[torch.Tensor],
-    target: object,
-    constants: BatchConstants | None = None,
-    buffers: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`mse(pred, target)`'s value and `vjp(1.0)` in one go for `fnn.fastpath`, `box = [pred]`
-    (emptied, so `pred` dies early), `constants` the batch's (see `fnn.fastpath`) or `None`,
-    `buffers` a workspace `(out, out.view(-1))` for `dpred` or `None`; `None` where the general
-    path must decide (a target of another shape or dtype, no elements). The same kernels and
-    constants as `mse` and `mse_backward`, so the same bits."""
-    pred = box.pop()
-    if (
-        type(target) is not torch.Tensor
-        or target.shape != pred.shape
-        or target.dtype is not pred.dtype
-    ):
-        return None
-    if buffers is None:
-        diff = pred - target
-        flat = diff.view(-1)
-    else:
-        diff, flat = buffers
-        torch.sub(pred, target, out=diff)
-    del pred
-    if constants is None:
-        n = diff.numel()
-        if not n:
-            return None
-        key = (n, diff.dtype, diff.device)
-        scales = _MEAN_SCALES.get(key)
-        if scales is None:
-            scales = _mean_scales(key, diff)
-        n_scalar, two_over_n = scales
-    else:
-        n_scalar, two_over_n = constants[0], constants[1]
-    value = torch.dot(flat, flat).div_(n_scalar)
-    return value, diff.mul_(two_over_n)  # diff is ours: dp = 2 (p − t) / n in place
-
-
-_MEAN_SCALES: dict[tuple[int, torch.dtype, torch.device], tuple[Any, Any]] = {}
-
-
-def _mean_scales(key: tuple[int, torch.dtype, torch.device], like: torch.Tensor) -> tuple[Any, Any]:
-    """`(n, 2 / n)` as `scalar`s, cached by `(n, dtype, device)`."""
-    if len(_MEAN_SCALES) > 256:
-        _MEAN_SCALES.clear()
-    n = key[0]
-    scales = _MEAN_SCALES[key] = (scalar(float(n), like), scalar(2.0 / n, like))
-    return scales
-
-
-def _cross_entropy_kernel(
-    nll_loss_forward: Any,
-    nll_loss_backward: Any,
-    log_softmax_backward: Any,
-    box: list[torch.Tensor],
-    labels: Any,
-    constants: BatchConstants | None = None,
-    buffers: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`cross_entropy(logits, labels)`'s value and `vjp(1.0)` in one go for `fnn.fastpath`,
-    with the given aten kernels: `box = [logits]` (emptied, so the logits die early),
-    `constants` the batch's (see `fnn.fastpath`) or `None`, `buffers[0]` where the gradient
-    goes if given; `None` where the general path must decide (labels of another dtype). The
-    same kernels as `cross_entropy` and its VJP, so the same bits."""
-    logits = box.pop()
-    if labels.dtype is not torch.int64:
-        return None  # (nll_loss itself rejects labels of the wrong shape, and non-tensors)
-    log_probs = torch.log_softmax(logits, 1)
-    del logits
-    one = _one(log_probs) if constants is None else constants[2]
-    value, total_weight = nll_loss_forward(log_probs, labels, None, 1, -100)
-    dlog_probs = nll_loss_backward(one, log_probs, labels, None, 1, -100, total_weight)
-    if buffers is None:
-        return value, log_softmax_backward(dlog_probs, log_probs, 1, log_probs.dtype)
-    out = buffers[0]
-    return value, log_softmax_backward(dlog_probs, log_probs, 1, log_probs.dtype, out=out)
-
-
-cross_entropy_value_and_dlogits = functools.partial(
-    _cross_entropy_kernel,
-    aten.nll_loss_forward.default,
-    aten.nll_loss_backward.default,
-    aten._log_softmax_backward_data.default,
-)
-"""The fast-path kernel with aten's `OpOverload`s, the variant `torch.compile` traces."""
-
-cross_entropy_value_and_dlogits_eager = functools.partial(
-    _cross_entropy_kernel,
-    eager_kernel(aten.nll_loss_forward.default),
-    eager_kernel(aten.nll_loss_backward.default),
-    torch._log_softmax_backward_data,  # the same kernel behind a faster binding than `_op`
-)
-"""The eager fast-path kernel: the same kernels through their C++ entry points
-(`fnn.fastpath.eager_kernel`), about 1 µs less a call."""
