@@ -57,6 +57,12 @@ class TrainStep:
     """One training step of a model: `step(params, opt_state, x, target, **kwargs)`.
 
     Made by `fnn.train_step`; see there. `source` is the Python source of what runs.
+
+    Example:
+        >>> model = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
+        >>> step = fnn.train_step(model.apply, fnn.losses.mse, fnn.optim.sgd(0.1))
+        >>> "# backward" in step.source
+        True
     """
 
     def __init__(self, apply: ApplyFn, loss: Loss, optimizer: Any, has_aux: bool):
