@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
-from ..errors import FnnError, ShapeError, describe
+from ..errors import FnnError, FnnTypeError, ShapeError, describe
 from . import _checks
 
 __all__ = ["FanOut", "FanInSum", "FanInConcat"]
@@ -31,12 +31,10 @@ def _input_shapes(name: str, shapes: Any) -> list[Shape]:
 
 
 def _inputs(name: str, xs: Any) -> tuple[torch.Tensor, ...]:
-    if (
-        not isinstance(xs, tuple | list)
-        or not xs
-        or not all(isinstance(x, torch.Tensor) for x in xs)
-    ):
+    if not isinstance(xs, tuple | list) or not xs:
         raise ShapeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
+    if not all(isinstance(x, torch.Tensor) for x in xs):  # the same class as Dense's
+        raise FnnTypeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
     return tuple(xs)
 
 
@@ -61,8 +59,8 @@ def FanOut(num: int) -> Layer:
 
     Raises:
         FnnError: `num` is not a positive int.
-        ShapeError: (from `apply` and its VJP) an input that is not a tensor, or cotangents
-            of the wrong number or shape.
+        FnnTypeError: (from `apply`) an input that is not a tensor.
+        ShapeError: (from the VJP) cotangents of the wrong number or shape.
 
     Example:
         >>> init, apply = FanOut(2)
@@ -90,7 +88,7 @@ def FanOut(num: int) -> Layer:
         del kwargs
         _checks.no_params("FanOut", params)
         if not isinstance(x, torch.Tensor):
-            raise ShapeError(f"FanOut: expected a tensor input, got {describe(x)}")
+            raise FnnTypeError(f"FanOut: expected a tensor input, got {describe(x)}")
         return (x,) * num, VJP(fan_out_backward, (num, x.shape))
 
     return declare(init, apply, LayerInfo("FanOut"))
