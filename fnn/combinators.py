@@ -224,7 +224,11 @@ def serial(*layers: Layer) -> Layer:
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
         vjps = []
-        applies = debug.checked(children.applies) if debug.checking() else children.applies
+        applies = (
+            debug.checked_applies(children.applies)
+            if debug.is_checking_finite()
+            else children.applies
+        )
         for i, child_apply in enumerate(applies):
             try:
                 if keys is not None:
@@ -355,7 +359,11 @@ def parallel(*layers: Layer) -> Layer:
             raise ShapeError(f"parallel: expected a tuple of {count} inputs, got {describe(x)}")
         keys = children.init_keys(key) if key is not None else None
         ys, vjps = [], []
-        applies = debug.checked(children.applies) if debug.checking() else children.applies
+        applies = (
+            debug.checked_applies(children.applies)
+            if debug.is_checking_finite()
+            else children.applies
+        )
         for i, child_apply in enumerate(applies):
             child_kwargs = dict(kwargs, key=keys[i]) if keys is not None else kwargs
             try:

@@ -35,7 +35,13 @@ from . import tree
 from .core import VJP, ApplyFn, Params, backward, layer_name, per_example_rule
 from .errors import FnnError
 
-__all__ = ["check_finite", "NonFiniteError", "is_checking_finite"]
+__all__ = [
+    "check_finite",
+    "NonFiniteError",
+    "is_checking_finite",
+    "checked_applies",
+    "checked_backward",
+]
 
 _CHECK_FINITE: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "fnn_check_finite", default=False
@@ -89,15 +95,26 @@ def is_checking_finite() -> bool:
     return _CHECK_FINITE.get()
 
 
-checking = is_checking_finite
+def checked_applies(applies: tuple[ApplyFn, ...]) -> tuple[ApplyFn, ...]:
+    """The children's `apply` functions wrapped with finiteness checks (for combinators).
+
+    Args:
+        applies: the children's `apply` functions.
+
+    Returns:
+        The same functions, each checking its input, its output and (through its VJP, whose
+            backward becomes `checked_backward`) its cotangents and gradients.
+
+    Example:
+        >>> (checked,) = fnn.debug.checked_applies((L.Relu().apply,))
+        >>> y, vjp = checked({}, torch.ones(2))
+        >>> vjp.backward is fnn.debug.checked_backward
+        True
+    """
+    return tuple(functools.partial(_checked_apply, layer_name(a), a) for a in applies)
 
 
-def checked(applies: tuple[ApplyFn, ...]) -> tuple[ApplyFn, ...]:
-    """The children's `apply` functions wrapped with finiteness checks (used by combinators)."""
-    return tuple(functools.partial(checked_apply, layer_name(a), a) for a in applies)
-
-
-def checked_apply(
+def _checked_apply(
     name: str, apply: ApplyFn, params: Params, x: Any, **kwargs: Any
 ) -> tuple[Any, VJP]:
     """`apply(params, x, **kwargs)` with its input and output checked; its VJP checks too."""
@@ -110,6 +127,7 @@ def checked_apply(
 # the wrapped VJP, unchanged: (dparams, dx) = vjp(dy), with dy, dparams and dx checked
 @backward
 def checked_backward(residuals: tuple[VJP, str], dy: Any) -> tuple[Params, Any]:
+    """`(dparams, dx) = vjp(dy)` of the wrapped VJP, with `dy`, `dparams` and `dx` checked."""
     vjp, name = residuals
     _check(
         dy,

@@ -27,6 +27,7 @@ from .errors import FnnError
 
 __all__ = [
     "Initializer",
+    "fan_in_uniform",
     "fans",
     "torch_default",
     "uniform",
@@ -347,6 +348,18 @@ def torch_default() -> Initializer:
 
 
 def fan_in_uniform(fan_in: int) -> Initializer:
-    """U(±1/√fan_in): torch's default bias init for a layer with that fan-in."""
+    """U(±1/√fan_in): torch's default bias init for a layer with that fan-in.
+
+    Args:
+        fan_in: the layer's number of inputs per output (0 gives zeros).
+
+    Returns:
+        An initializer `f(key, shape, dtype, device)` drawing uniform in ±1/√fan_in.
+
+    Example:
+        >>> b = fan_in_uniform(4)(fnn.random.key(0), (3,), torch.float32, "cpu")
+        >>> bool((b.abs() <= 0.5).all())
+        True
+    """
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return uniform(-bound, bound)

@@ -325,7 +325,9 @@ def _forward(
     if "key" in kwargs:  # as in serial/parallel: the key is split, the other keywords go to all
         kwargs = {k: v for k, v in kwargs.items() if k != "key"}
     keys = children.init_keys(key) if key is not None else None
-    calls = debug.checked(children.applies) if debug.checking() else children.applies
+    calls = (
+        debug.checked_applies(children.applies) if debug.is_checking_finite() else children.applies
+    )
     ys, tapes = [], []
     for i, child in enumerate(node.nodes):
         child_kwargs = dict(kwargs, key=keys[i]) if keys is not None else kwargs

@@ -20,7 +20,17 @@ import torch
 
 from .errors import FnnError, KeyArrayError
 
-__all__ = ["key", "split", "fold_in", "uniform", "normal", "bernoulli", "permutation", "randint"]
+__all__ = [
+    "key",
+    "split",
+    "fold_in",
+    "uniform",
+    "normal",
+    "bernoulli",
+    "permutation",
+    "randint",
+    "generator",
+]
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -131,7 +141,23 @@ def fold_in(k: Key, data: int) -> Key:
 
 
 def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh `torch.Generator` on `device`, seeded from `k` (for users' own sampling)."""
+    """A fresh `torch.Generator` on `device`, seeded from `k` (for users' own sampling).
+
+    Args:
+        k: a key, shape `(2,)`.
+        device: the generator's device.
+
+    Returns:
+        A new `torch.Generator`; the same key gives the same generator state, always.
+
+    Raises:
+        FnnError: a device without a random generator (meta).
+
+    Example:
+        >>> g = generator(key(0))
+        >>> torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=generator(key(0))))
+        True
+    """
     hi, lo = _words(k)
     try:
         g = torch.Generator(device=device)

@@ -58,6 +58,12 @@ class TrainStep:
 
     Made by `fnn.train_step`; see there. `source` is the Python source of what runs.
 
+    Args:
+        apply: the model's `apply`.
+        loss: `loss(pred, target) -> (value, vjp)`.
+        optimizer: an `Optimizer(init, update)`.
+        has_aux: also return the model's output.
+
     Example:
         >>> model = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
         >>> step = fnn.train_step(model.apply, fnn.losses.mse, fnn.optim.sgd(0.1))
