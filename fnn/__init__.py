@@ -11,6 +11,7 @@ plus explicit residuals. No autograd anywhere.
 """
 
 from . import (
+    core,
     data,
     debug,
     distributed,
@@ -64,6 +65,7 @@ __all__ = [
     "ApplyFn",
     "BackwardFn",
     "FnnError",
+    "core",
     "serial",
     "parallel",
     "value_and_grad",

@@ -36,6 +36,9 @@ __all__ = [
     "Backward",
     "backward",
     "backprop",
+    "layer_name",
+    "check_keywords",
+    "per_example_rule",
 ]
 
 PyTree: TypeAlias = Any
@@ -257,12 +260,36 @@ def layer_info(layer: Layer | Callable[..., Any]) -> LayerInfo:
 
 
 def layer_name(layer: Layer | Callable[..., Any]) -> str:
-    """The constructor name of a layer made by fnn ("Dense"), else its apply's name."""
+    """The constructor name of a layer made by fnn ("Dense"), else its apply's name.
+
+    Args:
+        layer: a `Layer`, or its `apply`.
+
+    Returns:
+        `layer_info(layer).name`.
+
+    Example:
+        >>> fnn.core.layer_name(L.Dense(3))
+        'Dense'
+    """
     return layer_info(layer).name
 
 
 def check_keywords(where: str, info: LayerInfo, kwargs: Mapping[str, Any]) -> None:
-    """Raise an `FnnError` if `kwargs` holds a keyword no layer of the model uses."""
+    """Raise an `FnnError` if `kwargs` holds a keyword no layer of the model uses.
+
+    Args:
+        where: the caller, for the message (`"value_and_grad"`).
+        info: the model's declaration; `keywords=None` accepts anything.
+        kwargs: the keywords given.
+
+    Raises:
+        FnnError: a keyword outside `info.keywords`, naming the ones the model takes.
+
+    Example:
+        >>> info = fnn.core.layer_info(fnn.serial(L.Dense(2), L.Dropout(0.5)))
+        >>> fnn.core.check_keywords("f", info, {"key": fnn.random.key(0)})
+    """
     if not kwargs or info.keywords is None:
         return
     unknown = sorted(k for k in kwargs if k not in info.keywords)
@@ -292,6 +319,9 @@ class Backward:
 
     A backward replaced by a plain function (patched, or swapped with `fnn.with_vjp`) has no
     variants: engines then call it as it is.
+
+    Args:
+        function: the backward, `function(residuals, dy) -> (dparams, dx)`, module-level.
 
     Example:
         >>> @fnn.core.backward
@@ -382,8 +412,22 @@ def backprop(box: list[Any], need_dx: bool = True) -> tuple[Params, Any]:
     """`(dparams, dx)` for `box = [vjp, dy]`, emptying `box` so memory is freed as used.
 
     Runs the VJP's `consume` variant when its backward declares one (see `Backward`), else
-    the backward itself. With `need_dx=False`, `dx` may be `None`. The caller must keep no
-    other reference to the VJP or to `dy` for the memory to be released early.
+    the backward itself. The caller must keep no other reference to the VJP or to `dy` for
+    the memory to be released early.
+
+    Args:
+        box: `[vjp, dy]`, emptied by the call.
+        need_dx: whether the caller needs `dx` (`False` lets the first layer skip it).
+
+    Returns:
+        `(dparams, dx)` as `vjp(dy)` gives them; `dx` may be `None` when not needed.
+
+    Example:
+        >>> _, vjp = L.Dense(2).apply({"weight": torch.ones(2, 3), "bias": torch.zeros(2)},
+        ...                           torch.ones(4, 3))
+        >>> dparams, dx = fnn.core.backprop([vjp, torch.ones(4, 2)], need_dx=False)
+        >>> dx is None, dparams["weight"].shape
+        (True, torch.Size([2, 3]))
     """
     dy = box.pop()
     backward_fn, residuals = box.pop()
@@ -397,7 +441,24 @@ def backprop(box: list[Any], need_dx: bool = True) -> tuple[Params, Any]:
 
 
 def per_example_rule(vjp: VJP) -> Callable[[Any, Any, bool], tuple[Params, Any]]:
-    """The per-example rule a VJP's backward declares (see `Backward`); an `FnnError` if none."""
+    """The per-example rule a VJP's backward declares (see `Backward`).
+
+    Args:
+        vjp: a layer's VJP.
+
+    Returns:
+        `rule(residuals, dy, need_dx) -> (dparams, dx)`, `dparams` with a batch axis.
+
+    Raises:
+        FnnError: the backward declares no rule (a plain function).
+
+    Example:
+        >>> _, vjp = L.Dense(2).apply({"weight": torch.ones(2, 3), "bias": torch.zeros(2)},
+        ...                           torch.ones(4, 3))
+        >>> dparams, _ = fnn.core.per_example_rule(vjp)(vjp.residuals, torch.ones(4, 2), False)
+        >>> dparams["weight"].shape
+        torch.Size([4, 2, 3])
+    """
     backward_fn = vjp.backward
     rule = backward_fn.per_example if type(backward_fn) is Backward else None
     if rule is None:

@@ -21,4 +21,6 @@ def test_every_public_looking_name_is_in_all():
             defined_here = getattr(value, "__module__", None) == info.name
             if defined_here and callable(value):
                 missing.append(f"{info.name}.{name}")
-    assert missing == [], f"public-looking names outside __all__ (export or underscore them): {missing}"
+    assert missing == [], (
+        f"public-looking names outside __all__ (export or underscore them): {missing}"
+    )
