@@ -237,7 +237,7 @@ def _vmapped_loss(loss: Loss, y: Any, target: Any, batch: int) -> tuple[torch.Te
         return torch.func.vmap(functools.partial(_one_example_loss, loss))(y, target)
     except FnnError:
         raise
-    except Exception as error:  # vmap's own errors come as RuntimeError/ValueError/…
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:  # vmap's own
         raise FnnError(
             f"per_example_grads: the loss {getattr(loss, '__name__', describe(loss))} has no "
             f"`reduction` keyword, and running it per example under torch.func.vmap failed: {error}"
@@ -410,9 +410,8 @@ def _vmap_backward(tape: _VmapTape, dy: Any) -> tuple[Params, Any]:
     one = functools.partial(_one_example_layer, tape.apply, tape.kwargs)
     try:
         ys, dparams, dx = torch.func.vmap(one, in_dims=(None, 0, 0))(tape.params, tape.x, dy)
-    except (
-        Exception
-    ) as error:  # the batched forward worked, so this is about batches of one or vmap
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:
+        # the batched forward worked, so this is about batches of one or vmap
         raise FnnError(
             f"{name}: no per-example rule, and running it on batches of one under torch.func.vmap "
             f"failed ({type(error).__name__}: {error}). If it mixes examples (BatchNorm with batch "
