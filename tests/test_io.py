@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +32,7 @@ def same(a, b) -> bool:
         return False
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
+    if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, torch.Tensor):
         return (
@@ -63,7 +64,7 @@ def everything() -> dict:
             torch.ones(2, dtype=d)
             for d in (torch.float16, torch.bfloat16, torch.int32, torch.uint8, torch.bool)
         ]
-        + [torch.tensor([1 + 2j])],
+        + [torch.tensor([1 + 2j]), torch.tensor([[1 - 2j]], dtype=torch.complex128)],
         "odd": (
             torch.tensor(3.5),
             torch.zeros(0, 4),
@@ -252,19 +253,22 @@ def test_like_on_meta_device_validates_without_data(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "tree, fragments",
+    "make, fragments",
     [
-        ({"lr": lambda step: 0.1}, ["['lr']", "function"]),
-        ({"a": [1, object()]}, ["['a'][1]", "object"]),
-        ({1: torch.ones(1)}, ["dict keys must be str", "1"]),
-        ({"s": torch.ones(2).to_sparse()}, ["['s']", "cannot be saved"]),
-        ({"m": torch.ones(2, device="meta")}, ["['m']", "meta"]),
-        ({"c": torch.ones(2, dtype=torch.float8_e4m3fn)}, ["['c']", "float8"]),
+        (lambda: {"lr": lambda step: 0.1}, ["['lr']", "function"]),
+        (lambda: {"a": [1, object()]}, ["['a'][1]", "object"]),
+        (lambda: {1: torch.ones(1)}, ["dict keys must be str", "1"]),
+        (lambda: {"s": torch.ones(2).to_sparse()}, ["['s']", "cannot be saved"]),
+        (lambda: {"m": torch.ones(2, device="meta")}, ["['m']", "meta"]),
+        (lambda: {"c": torch.zeros(2, dtype=torch.complex32)}, ["['c']", "complex32"]),
+        (lambda: {"n": [numpy.float32(1.0)]}, ["['n'][0]", "float32"]),
     ],
 )
-def test_save_refuses_what_it_cannot_store_and_keeps_the_old_file(tmp_path, tree, fragments):
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_save_refuses_what_it_cannot_store_and_keeps_the_old_file(tmp_path, make, fragments):
     path = tmp_path / "c.fnn"
     fnn.io.save(path, {"old": 1})
+    tree = make()  # built here, not at import: some torch builds lack some dtypes
     with pytest.raises(fnn.errors.FnnTypeError) as info:
         fnn.io.save(path, tree)
     assert all(f in str(info.value) for f in fragments), str(info.value)
