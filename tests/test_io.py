@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import enum
 import math
 import os
 import pathlib
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy
 import pytest
@@ -167,6 +169,126 @@ def test_requires_grad_tensors_are_saved_detached(tmp_path):
 def test_any_tree_round_trips(tmp_path, tree):
     fnn.io.save(tmp_path / "c.fnn", tree)
     assert same(fnn.io.load(tmp_path / "c.fnn"), tree)
+
+
+def test_conjugate_and_negative_views_are_saved_as_their_values(tmp_path):
+    z = torch.tensor([1 + 2j, -3 - 4j])
+    tree = {
+        "conj": z.conj(),
+        "neg": torch.tensor([1.0, -2.0])._neg_view(),
+        "conj_neg": z.conj()._neg_view(),
+        "conj128": torch.tensor([[1 + 2j]], dtype=torch.complex128).conj(),
+        "conj_t": torch.arange(6.0).reshape(2, 3).mul(1j).conj().t(),
+    }
+    assert all(t.is_conj() or t.is_neg() for t in tree.values())
+    fnn.io.save(tmp_path / "c.fnn", tree)
+    back = fnn.io.load(tmp_path / "c.fnn")
+    assert back["conj"].tolist() == [1 - 2j, -3 + 4j]
+    assert back["neg"].tolist() == [-1.0, 2.0]
+    assert back["conj_neg"].tolist() == [-1 + 2j, 3 - 4j]
+    for name, t in tree.items():
+        assert not back[name].is_conj() and not back[name].is_neg()
+        assert back[name].dtype == t.dtype and torch.equal(
+            back[name], t.resolve_conj().resolve_neg()
+        )
+
+
+@pytest.mark.parametrize(
+    "name", ["float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64", "complex64"]
+)
+def test_every_safetensors_dtype_round_trips(tmp_path, name):
+    dtype = getattr(torch, name, None)
+    if dtype is None:
+        pytest.skip(f"this torch has no torch.{name}")
+    try:  # built here, never at import: some CPU builds cannot make these
+        t = (
+            torch.arange(6).reshape(2, 3).to(dtype)
+            if name.startswith("uint")
+            else torch.tensor([[0.0, 1.5, -2.0], [0.25, 448.0, -0.5]]).to(dtype)
+        )
+    except (RuntimeError, TypeError) as error:
+        pytest.skip(f"this torch build cannot make {name} tensors on the CPU: {error}")
+    fnn.io.save(tmp_path / "c.fnn", {"t": t, "tail": torch.ones(1, dtype=torch.int8)})
+    back = fnn.io.load(tmp_path / "c.fnn", like={"t": t, "tail": torch.ones(1, dtype=torch.int8)})
+    assert back["t"].dtype == dtype and same(back["t"], t)
+
+
+def test_ints_beyond_the_decimal_conversion_limit_round_trip(tmp_path):
+    values = [10**5000 + 1, -(2**20_000) + 3, 2**33_216, 7]  # over Python's 4300-digit limit
+    fnn.io.save(tmp_path / "c.fnn", {"big": values})
+    assert fnn.io.load(tmp_path / "c.fnn") == {"big": values}
+
+
+class Color(enum.IntEnum):
+    RED = 1
+    GREEN = 2
+
+
+class Name(str):
+    pass
+
+
+def test_int_float_and_str_subclasses_save_as_plain_values_and_come_back_from_like(tmp_path):
+    tree = {"color": Color.GREEN, "x": numpy.float64(0.25), "name": Name("sgd"), "flag": True}
+    path = tmp_path / "c.fnn"
+    fnn.io.save(path, tree)
+    plain = fnn.io.load(path)
+    assert plain == {"color": 2, "x": 0.25, "name": "sgd", "flag": True}
+    assert [type(v) for v in plain.values()] == [int, float, str, bool]
+    back = fnn.io.load(path, like=tree)
+    assert back == tree and [type(v) for v in back.values()] == [Color, numpy.float64, Name, bool]
+    fnn.io.save(path, {"color": 5, "x": 0.25, "name": "sgd", "flag": True})
+    with pytest.raises(CheckpointError, match=r"\['color'\] is 5, which Color does not accept"):
+        fnn.io.load(path, like=tree)
+    fnn.io.save(path, {"flag": 1})
+    with pytest.raises(CheckpointError, match=r"\['flag'\] is a int, expected a bool"):
+        fnn.io.load(path, like={"flag": True})
+
+
+def test_cyclic_and_too_deep_trees_are_clear_errors_and_write_nothing(tmp_path):
+    path = tmp_path / "c.fnn"
+    cyclic: dict = {"a": [1]}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(
+        fnn.errors.FnnTypeError, match=r"contains itself \(a cycle\) at \['a'\]\[1\]"
+    ):
+        fnn.io.save(path, cyclic)
+    deep: object = 0
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(fnn.errors.FnnTypeError, match="more than 100 containers deep at"):
+        fnn.io.save(path, {"d": deep})
+    assert os.listdir(tmp_path) == []
+    shared = [torch.ones(1)]  # the same list twice is not a cycle
+    ok: object = torch.ones(1)
+    for _ in range(100):
+        ok = {"k": ok} if isinstance(ok, list) else [ok]
+    fnn.io.save(path, ok)
+    assert same(fnn.io.load(path), ok)
+    fnn.io.save(path, {"a": shared, "b": shared})
+    assert same(fnn.io.load(path), {"a": shared, "b": shared})
+
+
+def test_a_tensor_changed_by_another_thread_during_save_always_gives_loadable_files(tmp_path):
+    w = torch.zeros(1 << 21)  # 8 MiB
+    stop = threading.Event()
+
+    def keep_changing():
+        while not stop.is_set():
+            w.add_(1)
+
+    changer = threading.Thread(target=keep_changing)
+    changer.start()
+    path = tmp_path / "c.fnn"
+    try:
+        for _ in range(6):
+            fnn.io.save(path, {"w": w, "step": 1})
+            back = fnn.io.load(path)  # the checksum matches what was written
+            assert back["w"].shape == w.shape and bool((back["w"] >= 0).all())
+    finally:
+        stop.set()
+        changer.join()
+    assert float(w[0]) > 0  # the tensor really changed during the saves
 
 
 # --------------------------------------------------------------------------- like=
