@@ -54,6 +54,8 @@ import torch
 from .core import PyTree
 from .errors import FnnError, FnnTypeError, TreeError
 from .tree import from_state_dict
+from .tree import leaves as tree_leaves
+from .tree import map as tree_map
 
 __all__ = ["save", "load", "CheckpointError", "MAGIC", "FORMAT_VERSION"]
 
@@ -470,9 +472,9 @@ def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
         size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         read = _load_v1 if head == MAGIC else _load_safetensors
-        tree = read(f, path, size, head)
+        tree, has_tree = read(f, path, size, head)
     if like is not None:
-        tree = _match(tree, like, "", path)
+        tree = _match(tree, like, "", path, not has_tree)
     return tree
 
 
@@ -496,7 +498,8 @@ def _looks_pickled(head: bytes) -> bool:
     return head[:1] == b"\x80" or head[:2] == b"PK"  # a pickle's PROTO opcode, a zip file
 
 
-def _load_safetensors(f: BufferedReader, path: str, size: int, head: bytes) -> PyTree:
+def _load_safetensors(f: BufferedReader, path: str, size: int, head: bytes) -> tuple[PyTree, bool]:
+    """The tree, and whether the file described it (else: nested dotted names)."""
     if len(head) < 8:
         raise _foreign(path, head, size)
     (header_len,) = struct.unpack("<Q", head)
@@ -556,7 +559,7 @@ def _load_safetensors(f: BufferedReader, path: str, size: int, head: bytes) -> P
 
     if not is_fnn:
         try:
-            return from_state_dict(tensors)
+            return from_state_dict(tensors), False
         except TreeError as error:
             raise _corrupt(path, f"the tensor names do not nest: {error}") from None
     assert metadata is not None
@@ -579,7 +582,7 @@ def _load_safetensors(f: BufferedReader, path: str, size: int, head: bytes) -> P
             t = t.clone()
         return torch.view_as_complex(t)
 
-    return _decode_checked(path, node, take)
+    return _decode_checked(path, node, take), True
 
 
 def _check_fnn_metadata(path: str, metadata: dict[str, str], raw: bytes) -> None:
@@ -707,7 +710,7 @@ def _decode(node: Any, take: Callable[[Any, Any], torch.Tensor], depth: int) -> 
 # --------------------------------------------------------------------------- format 1
 
 
-def _load_v1(f: BufferedReader, path: str, size: int, head: bytes) -> PyTree:
+def _load_v1(f: BufferedReader, path: str, size: int, head: bytes) -> tuple[PyTree, bool]:
     """A checkpoint of format 1: `MAGIC | header length (u64) | header CRC-32 (u32) | JSON | data`."""
     rest = f.read(_V1_PREAMBLE.size - 8)
     if len(rest) < _V1_PREAMBLE.size - 8:
@@ -754,7 +757,7 @@ def _load_v1(f: BufferedReader, path: str, size: int, head: bytes) -> PyTree:
         used.add(ref)
         return tensors[ref]
 
-    return _decode_checked(path, header["tree"], take)
+    return _decode_checked(path, header["tree"], take), True
 
 
 def _check_v1_header(path: str, header: Any) -> tuple[list[dict[str, Any]], int, int]:
@@ -801,8 +804,11 @@ def _check_v1_header(path: str, header: Any) -> tuple[list[dict[str, Any]], int,
 # --------------------------------------------------------------------------- like=
 
 
-def _match(got: PyTree, like: PyTree, where: str, path: str) -> PyTree:
-    """`got` checked against `like` (structure, shapes, dtypes), with `like`'s devices and types."""
+def _match(got: PyTree, like: PyTree, where: str, path: str, names_only: bool) -> PyTree:
+    """`got` checked against `like` (structure, shapes, dtypes), with `like`'s devices and types.
+
+    With `names_only` (a file without fnn's tree: only dotted names), `like`'s subtrees
+    without leaves (the `{}` of a parameter-free layer) need not be in the file."""
 
     def fail(why: str) -> CheckpointError:
         return CheckpointError(
@@ -812,14 +818,20 @@ def _match(got: PyTree, like: PyTree, where: str, path: str) -> PyTree:
     if isinstance(like, Mapping):
         if not isinstance(got, dict):
             raise fail(f"is {_kind(got)}, expected a dict")
-        missing = [k for k in like if k not in got]
+        empty = {k for k in like if k not in got and names_only and not tree_leaves(like[k])}
+        missing = [k for k in like if k not in got and k not in empty]
         extra = [k for k in got if k not in like]
         if missing or extra:
             parts = ([f"misses keys {missing}"] if missing else []) + (
                 [f"has unexpected keys {extra}"] if extra else []
             )
             raise fail(" and ".join(parts))
-        return {k: _match(got[k], like[k], f"{where}[{k!r}]", path) for k in like}
+        return {
+            k: tree_map(lambda leaf: leaf, like[k])
+            if k in empty
+            else _match(got[k], like[k], f"{where}[{k!r}]", path, names_only)
+            for k in like
+        }
     if isinstance(like, (list, tuple)):
         if (
             not isinstance(got, (list, tuple))
@@ -827,7 +839,10 @@ def _match(got: PyTree, like: PyTree, where: str, path: str) -> PyTree:
             or isinstance(got, list) != isinstance(like, list)
         ):
             raise fail(f"is {_kind(got)}, expected {_kind(like)}")
-        items = [_match(g, w, f"{where}[{i}]", path) for i, (g, w) in enumerate(zip(got, like))]
+        items = [
+            _match(g, w, f"{where}[{i}]", path, names_only)
+            for i, (g, w) in enumerate(zip(got, like))
+        ]
         if isinstance(like, list):
             return items
         return type(like)(*items) if hasattr(like, "_fields") else tuple(items)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import collections
 import enum
+import json
 import math
 import os
 import pathlib
 import pickle
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import threading
+import zlib
 
 import numpy
 import pytest
@@ -477,6 +480,72 @@ def test_killing_the_process_mid_save_leaves_the_previous_checkpoint_intact(tmp_
     assert child.returncode == -signal.SIGKILL
     assert path.read_bytes() == before
     assert same(fnn.io.load(path, like=old), old)
+    # The next save to the same file removes the dead process's temporary file.
+    fnn.io.save(path, old)
+    assert os.listdir(tmp_path) == ["c.fnn"]
+
+
+def test_only_temp_files_of_dead_processes_on_this_host_are_removed(tmp_path):
+    path = tmp_path / "c.fnn"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = fnn.io._host()
+    names = {
+        "dead": f".c.fnn.{host}.{dead.pid}.0123abcd.tmp",
+        "alive": f".c.fnn.{host}.{os.getppid()}.0123abcd.tmp",  # the parent process lives
+        "mine": f".c.fnn.{host}.{os.getpid()}.0123abcd.tmp",  # another thread's save
+        "other host": f".c.fnn.elsewhere-{host}.{dead.pid}.0123abcd.tmp",
+        "other file": f".d.fnn.{host}.{dead.pid}.0123abcd.tmp",
+        "not ours": f".c.fnn.{host}.{dead.pid}.notours.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"half")
+    fnn.io.save(path, {"w": torch.ones(2)})
+    left = set(os.listdir(tmp_path))
+    assert names["dead"] not in left
+    assert left == {"c.fnn"} | {n for k, n in names.items() if k != "dead"}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_new_files_respect_the_umask_and_replaced_files_keep_their_mode(tmp_path):
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    previous = os.umask(0o022)
+    try:
+        fnn.io.save(tmp_path / "a.fnn", {"w": torch.ones(2)})
+        with open(tmp_path / "by_open", "wb"):
+            pass
+        assert mode(tmp_path / "a.fnn") == mode(tmp_path / "by_open") == 0o644
+        os.umask(0o077)
+        fnn.io.save(tmp_path / "b.fnn", {"w": torch.ones(2)})
+        assert mode(tmp_path / "b.fnn") == 0o600
+        fnn.io.save(tmp_path / "a.fnn", {"w": torch.zeros(2)})  # replacing keeps 0o644
+        assert mode(tmp_path / "a.fnn") == 0o644
+        os.chmod(tmp_path / "a.fnn", 0o640)
+        fnn.io.save(tmp_path / "a.fnn", {"w": torch.ones(2)})
+        assert mode(tmp_path / "a.fnn") == 0o640
+        assert fnn.io.load(tmp_path / "a.fnn")["w"].tolist() == [1.0, 1.0]
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks here")
+def test_saving_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    fnn.io.save(store / "step1.fnn", {"step": 1})
+    link = tmp_path / "latest.fnn"
+    link.symlink_to(store / "step1.fnn")
+    fnn.io.save(link, {"step": 2})
+    assert link.is_symlink() and os.readlink(link) == str(store / "step1.fnn")
+    assert fnn.io.load(store / "step1.fnn") == fnn.io.load(link) == {"step": 2}
+    assert os.listdir(store) == ["step1.fnn"]
+    dangling = tmp_path / "next.fnn"
+    dangling.symlink_to(store / "step2.fnn")  # its target does not exist yet
+    fnn.io.save(dangling, {"step": 3})
+    assert dangling.is_symlink() and fnn.io.load(store / "step2.fnn") == {"step": 3}
+    assert sorted(os.listdir(tmp_path)) == ["latest.fnn", "next.fnn", "store"]
 
 
 # --------------------------------------------------------------------------- never unpickle
@@ -582,6 +651,12 @@ def test_foreign_files_are_refused(tmp_path, content, fragment):
     assert fragment in str(info.value) and str(path) in str(info.value)
 
 
+V1_HEADER = (
+    b'{"format": "fnn-checkpoint", "version": 1, "byte_order": "little", "tree": %s,'
+    b' "tensors": %s, "data_bytes": 0, "data_crc32": 0}'
+)
+
+
 def _write_with_header(path, header: bytes, data: bytes = b""):
     import struct
     import zlib
@@ -614,6 +689,22 @@ def _write_with_header(path, header: bytes, data: bytes = b""):
             "tree description is malformed",
         ),
         (b"[" * 100_000 + b"]" * 100_000, "header"),
+        # four that gave raw OverflowError, TypeError, ValueError, TypeError before
+        (V1_HEADER % (b'{"float": "0x1p99999"}', b"[]"), "tree description is malformed"),
+        (
+            V1_HEADER
+            % (b"null", b'[{"dtype": ["float32"], "shape": [0], "offset": 0, "nbytes": 0}]'),
+            "tensor entry 0 is malformed",
+        ),
+        (V1_HEADER % (b"1" + b"0" * 5000, b"[]"), "does not parse"),
+        (
+            V1_HEADER
+            % (
+                b'{"tensor": 0}',
+                b'[{"dtype": "float32", "shape": [0, %d], "offset": 0, "nbytes": 0}]' % 2**70,
+            ),
+            "tensor entry 0 is malformed",
+        ),
     ],
 )
 def test_malformed_headers_are_clear_errors(tmp_path, header, fragment):
@@ -631,6 +722,262 @@ def test_a_missing_file_is_file_not_found(tmp_path):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError) and issubclass(CheckpointError, fnn.FnnError)
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def test_safetensors_reads_fnn_checkpoints(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    seq = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    params = fnn.tree.from_state_dict({k: v.detach() for k, v in seq.state_dict().items()})
+    fnn.io.save(tmp_path / "params.fnn", params)
+    twin = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    twin.load_state_dict(st.load_file(tmp_path / "params.fnn"))  # strict: same names
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), params_list(params)))
+
+    tree = everything()  # every dtype fnn saves, complex128 included, and plain values
+    fnn.io.save(tmp_path / "all.fnn", tree)
+    flat = st.load_file(tmp_path / "all.fnn")
+    assert torch.equal(flat["params.0.weight"], tree["params"]["0"]["weight"])
+    assert torch.equal(flat["odd.2"], tree["odd"][2])  # a transposed view, saved contiguous
+    assert torch.equal(torch.view_as_complex(flat["dtypes.6"]), tree["dtypes"][6])  # complex128
+    tensors = [t for t in fnn.tree.leaves(tree) if isinstance(t, torch.Tensor)]
+    assert len(flat) == len(tensors)
+
+
+def params_list(params):
+    return list(fnn.tree.to_state_dict(params).values())
+
+
+def test_a_torch_models_safetensors_file_loads_into_fnn_with_like(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    seq = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    path = tmp_path / "model.safetensors"
+    st.save_file(seq.state_dict(), path, metadata={"format": "pt"})
+    _, params = fnn.serial(L.Dense(3), L.Relu(), L.Dense(2)).init(fnn.random.key(0), (-1, 2))
+    loaded = fnn.io.load(path, like=params)
+    assert loaded["1"] == {}  # Relu's empty params, which torch's file has no entry for
+    assert len(params_list(loaded)) == 4
+    assert all(torch.equal(a, b) for a, b in zip(params_list(loaded), seq.state_dict().values()))
+    assert list(fnn.tree.to_state_dict(loaded)) == list(seq.state_dict())
+    _, wrong = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2)).init(fnn.random.key(0), (-1, 2))
+    with pytest.raises(
+        CheckpointError, match=r"\['0'\]\['weight'\] has shape \(3, 2\), expected \(4, 2\)"
+    ):
+        fnn.io.load(path, like=wrong)
+    data = path.read_bytes()
+    for cut in (3, 8, 20, len(data) - 1):  # no checksum, but every length is checked
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="model.safetensors"):
+            fnn.io.load(path)
+
+
+def test_tensor_names_stay_unique_when_keys_hold_dots(tmp_path):
+    tree = {"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}, "__metadata__": torch.ones(2)}
+    fnn.io.save(tmp_path / "c.fnn", tree)
+    assert same(fnn.io.load(tmp_path / "c.fnn"), tree)
+
+
+# --------------------------------------------------------------------------- format 1
+
+
+def _save_v1(path, tree):
+    """The writer of format 1 (fnn before safetensors), to prove its files still load."""
+    tensors = []
+
+    def enc(x):
+        if isinstance(x, torch.Tensor):
+            tensors.append(x.detach().contiguous())
+            return {"tensor": len(tensors) - 1}
+        if x is None or isinstance(x, (bool, str)):
+            return x
+        if isinstance(x, int):
+            return {"int": str(x)}
+        if isinstance(x, float):
+            return {"float": x.hex()}
+        if isinstance(x, dict):
+            return {"dict": [[k, enc(v)] for k, v in x.items()]}
+        if isinstance(x, list):
+            return {"list": [enc(v) for v in x]}
+        if hasattr(x, "_fields"):
+            return {
+                "namedtuple": type(x).__name__,
+                "fields": list(x._fields),
+                "items": [enc(v) for v in x],
+            }
+        return {"tuple": [enc(v) for v in x]}
+
+    node = enc(tree)
+    blobs = [_bits(t).numpy().tobytes() for t in tensors]
+    entries, offset = [], 0
+    for t, blob in zip(tensors, blobs):
+        name = str(t.dtype).removeprefix("torch.")
+        entries.append(
+            {"dtype": name, "shape": list(t.shape), "offset": offset, "nbytes": len(blob)}
+        )
+        offset += len(blob)
+    data = b"".join(blobs)
+    header = {
+        "format": "fnn-checkpoint",
+        "version": 1,
+        "byte_order": "little",
+        "tree": node,
+        "tensors": entries,
+        "data_bytes": offset,
+        "data_crc32": zlib.crc32(data),
+    }
+    _write_with_header(path, json.dumps(header, separators=(",", ":")).encode(), data)
+
+
+def test_files_of_format_1_still_load(tmp_path):
+    tree = everything()
+    _save_v1(tmp_path / "v1.fnn", tree)
+    assert same(fnn.io.load(tmp_path / "v1.fnn"), tree)
+    saved = template()
+    _save_v1(tmp_path / "v1.fnn", saved)
+    assert same(fnn.io.load(tmp_path / "v1.fnn", like=template()), saved)
+    raw = bytearray((tmp_path / "v1.fnn").read_bytes())
+    raw[-3] ^= 1
+    (tmp_path / "v1.fnn").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="tensor data does not match its checksum"):
+        fnn.io.load(tmp_path / "v1.fnn")
+
+
+# --------------------------------------------------------------------------- hand-made headers
+
+
+def _write_v2(path, tree_node, entries=None, data=b"", **metadata):
+    """A format-2 file with valid checksums around whatever header parts are given."""
+    meta = {"format": "pt", "fnn.version": "2", "fnn.tree": json.dumps(tree_node), **metadata}
+    entries = {} if entries is None else entries
+    path.write_bytes(fnn.io._header(meta, entries, zlib.crc32(data)) + data)
+
+
+W = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+W_DATA = bytes(8)
+
+
+@pytest.mark.parametrize(
+    "tree, entries, metadata, fragment",
+    [
+        ({"float": "0x1p99999"}, None, {}, "tree description is malformed"),
+        ({"float": 5}, None, {}, "tree description is malformed"),
+        ({"int": "9" * 5000}, None, {}, "tree description is malformed"),
+        ({"int": "1_000"}, None, {}, "tree description is malformed"),
+        ({"dict": [[1, None]]}, None, {}, "tree description is malformed"),
+        ({"dict": [["a", None], ["a", None]]}, None, {}, "tree description is malformed"),
+        ({"dict": "ab"}, None, {}, "tree description is malformed"),
+        ({"tensor": "nope"}, W, {}, "tree description is malformed"),
+        ({"list": [{"tensor": "w"}, {"tensor": "w"}]}, W, {}, "tree description is malformed"),
+        ({"tensor": "w", "dtype": "complex128"}, W, {}, "tree description is malformed"),
+        ({"call": "os.system"}, None, {}, "tree description is malformed"),
+        ([[[]]], None, {}, "tree description is malformed"),
+        (
+            None,
+            {"w": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}},
+            {},
+            "'w' is malformed",
+        ),
+        (
+            None,
+            {"w": {"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}},
+            {},
+            "'w' is malformed",
+        ),
+        (None, {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, {}, "does not fit"),
+        (
+            None,
+            {"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+            {},
+            "starts at byte 4",
+        ),
+        (None, {"w": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, {}, "'X9'"),
+        (None, {"w": "F32"}, {}, "'w' is malformed"),
+        (None, None, {"fnn.version": "3"}, "version '3'"),
+        (None, None, {"fnn.tree": "{not json"}, "does not parse"),
+        (None, None, {"fnn.tree": "[" * 100_000 + "]" * 100_000}, "does not parse"),
+    ],
+)
+def test_hand_made_headers_with_valid_checksums_are_clear_errors(
+    tmp_path, tree, entries, metadata, fragment
+):
+    path = tmp_path / "c.fnn"
+    ends = [e["data_offsets"][1] for e in (entries or {}).values() if isinstance(e, dict)]
+    data = bytes(max(ends, default=0))  # as many bytes as the table claims
+    _write_v2(path, tree, entries, data, **metadata)
+    with pytest.raises(CheckpointError) as info:
+        fnn.io.load(path)
+    assert fragment in str(info.value) and str(path) in str(info.value), str(info.value)
+
+
+def test_a_checksum_mismatch_in_the_header_is_detected(tmp_path):
+    path = tmp_path / "c.fnn"
+    fnn.io.save(path, {"w": torch.ones(2)})
+    raw = path.read_bytes().replace(b'"format":"pt"', b'"format":"PT"')
+    path.write_bytes(raw)
+    with pytest.raises(CheckpointError, match="header does not match its checksum"):
+        fnn.io.load(path)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "tensor",
+                    "dtype",
+                    "int",
+                    "float",
+                    "dict",
+                    "list",
+                    "tuple",
+                    "namedtuple",
+                    "fields",
+                    "items",
+                    "w",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=3,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    tree=JSON,
+    entry=st.dictionaries(
+        st.sampled_from(["dtype", "shape", "data_offsets", "x"]), JSON, max_size=4
+    ),
+    v1=st.booleans(),
+)
+def test_fuzzed_headers_give_a_tree_or_a_checkpoint_error(tmp_path, tree, entry, v1):
+    path = tmp_path / "fuzz.fnn"
+    if v1:
+        header = {
+            "format": "fnn-checkpoint",
+            "version": 1,
+            "byte_order": "little",
+            "tree": tree,
+            "tensors": [entry] if entry else [],
+            "data_bytes": 0,
+            "data_crc32": 0,
+        }
+        _write_with_header(path, json.dumps(header).encode())
+    else:
+        _write_v2(path, tree, {"w": entry} if entry else W, W_DATA if not entry else b"")
+    try:
+        fnn.io.load(path)
+    except CheckpointError as error:
+        assert str(path) in str(error)
 
 
 # --------------------------------------------------------------------------- exact resume
