@@ -46,6 +46,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from io import BufferedReader
 from typing import Any, BinaryIO, TypeGuard
 
@@ -65,7 +66,10 @@ FORMAT_VERSION = 2
 """The version `save` writes (a safetensors file); `load` reads versions 1 and 2 and
 refuses versions it does not know."""
 
-_CHUNK = 1 << 24  # bytes per write/read call for big tensors
+_CHUNK = 1 << 24  # bytes per read call of format 1
+# Format 2 checksums the tensor bytes in blocks of 4 MiB, one CRC-32 each, so that load
+# verifies them in parallel threads while it reads.
+_BLOCK = 1 << 22
 _MAX_DEPTH = 100  # containers nested deeper than this are refused by save (and load)
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 _MAX_DIM = 1 << 62  # a larger tensor dimension is corruption, not a real tensor
@@ -193,11 +197,10 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
     fd, tmp = _create_temp(target)
     try:
         with os.fdopen(fd, "wb") as f:
-            first = _header(metadata, entries, 0)
-            f.write(first)
-            crc = _write_tensors(f, tensors)
+            f.write(_header(metadata, entries, [0] * -(-offset // _BLOCK)))
+            crcs = _write_tensors(f, tensors)
             f.seek(0)
-            f.write(_header(metadata, entries, crc))  # same length: only the CRCs change
+            f.write(_header(metadata, entries, crcs))  # same length: only the CRCs change
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -208,9 +211,14 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
     _fsync_folder(folder)
 
 
-def _header(metadata: dict[str, str], entries: dict[str, Any], data_crc: int) -> bytes:
-    """The length prefix and JSON header (padded to 8 bytes) with both CRC-32s filled in."""
-    meta = {**metadata, _DATA_CRC_KEY: f"{data_crc:08x}", _HEADER_CRC_KEY: _CRC_PLACEHOLDER}
+def _header(metadata: dict[str, str], entries: dict[str, Any], data_crcs: list[int]) -> bytes:
+    """The length prefix and JSON header (padded to 8 bytes) with the CRC-32s filled in:
+    the header's own, and one per `_BLOCK` bytes of tensor data."""
+    meta = {
+        **metadata,
+        _DATA_CRC_KEY: ",".join(f"{c:08x}" for c in data_crcs),
+        _HEADER_CRC_KEY: _CRC_PLACEHOLDER,
+    }
     text = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode("ascii")
     text += b" " * (-len(text) % 8)
     unsealed = struct.pack("<Q", len(text)) + text
@@ -327,18 +335,29 @@ def _raw(t: torch.Tensor) -> memoryview:
     return memoryview((ctypes.c_uint8 * nbytes).from_address(t.data_ptr())).cast("B")
 
 
-def _write_tensors(f: BinaryIO, tensors: list[torch.Tensor]) -> int:
-    """Write the tensors' bytes; their CRC-32. Each chunk is copied once, then both
-    checksummed and written, so a tensor changed meanwhile by another thread still gives
-    a file that matches its checksum (with values from before or after the change)."""
-    crc = 0
+def _write_tensors(f: BinaryIO, tensors: list[torch.Tensor]) -> list[int]:
+    """Write the tensors' bytes; the CRC-32 of each `_BLOCK` of them. Each chunk is copied
+    once, then both checksummed and written, so a tensor changed meanwhile by another
+    thread still gives a file that matches its checksums (with values from before or
+    after the change)."""
+    crcs: list[int] = []
+    crc = filled = 0
     for t in tensors:
         data = _raw(t)
-        for start in range(0, len(data), _CHUNK):
-            chunk = bytes(data[start : start + _CHUNK])
-            crc = zlib.crc32(chunk, crc)
+        for start in range(0, len(data), _BLOCK):
+            chunk = memoryview(bytes(data[start : start + _BLOCK]))
             f.write(chunk)
-    return crc
+            while chunk:
+                take = min(len(chunk), _BLOCK - filled)
+                crc = zlib.crc32(chunk[:take], crc)
+                filled += take
+                chunk = chunk[take:]
+                if filled == _BLOCK:
+                    crcs.append(crc)
+                    crc = filled = 0
+    if filled:
+        crcs.append(crc)
+    return crcs
 
 
 def _target(path: str) -> str:
@@ -533,18 +552,15 @@ def _load_safetensors(f: BufferedReader, path: str, size: int, head: bytes) -> t
             path,
             f"expected {data_bytes} bytes of tensor data, found {size - 8 - header_len}",
         )
-    buffer = torch.empty(data_bytes, dtype=torch.uint8)
-    view = _raw(buffer)
-    got = 0
-    while got < data_bytes:
-        n = f.readinto(view[got : got + _CHUNK])
-        if not n:
-            raise _corrupt(path, "the file ended inside the tensor data")
-        got += n
+    expected = None
     if is_fnn:
         assert metadata is not None
-        if zlib.crc32(view) != int(metadata[_DATA_CRC_KEY], 16):
-            raise _corrupt(path, "the tensor data does not match its checksum")
+        text = metadata[_DATA_CRC_KEY]
+        expected = [int(c, 16) for c in text.split(",")] if text else []
+        if len(expected) != -(-data_bytes // _BLOCK):
+            raise _corrupt(path, "the data checksums do not fit the data's length")
+    buffer = torch.empty(data_bytes, dtype=torch.uint8)
+    _read_checked(f, _raw(buffer), expected, path)
 
     tensors: dict[str, torch.Tensor] = {}
     for name, start, end in spans:
@@ -595,7 +611,9 @@ def _check_fnn_metadata(path: str, metadata: dict[str, str], raw: bytes) -> None
             f"this fnn reads versions 1 and {FORMAT_VERSION}"
         )
     crcs = metadata[_HEADER_CRC_KEY], metadata[_DATA_CRC_KEY]
-    if not all(re.fullmatch(r"[0-9a-f]{8}", c) for c in crcs):
+    if not re.fullmatch(r"[0-9a-f]{8}", crcs[0]) or not re.fullmatch(
+        r"([0-9a-f]{8}(,[0-9a-f]{8})*)?", crcs[1]
+    ):
         raise _corrupt(path, "the header's checksums are malformed")
     field = f'"{_HEADER_CRC_KEY}":"{crcs[0]}"'.encode()
     if raw.count(field) != 1:
@@ -603,6 +621,33 @@ def _check_fnn_metadata(path: str, metadata: dict[str, str], raw: bytes) -> None
     unsealed = raw.replace(field, f'"{_HEADER_CRC_KEY}":"{_CRC_PLACEHOLDER}"'.encode())
     if zlib.crc32(unsealed) != int(crcs[0], 16):
         raise _corrupt(path, "the header does not match its checksum")
+
+
+def _read_checked(
+    f: BufferedReader, view: memoryview, expected: list[int] | None, path: str
+) -> None:
+    """Fill `view` from `f`; with `expected`, check each block's CRC-32 (in up to
+    `torch.get_num_threads()` threads, each block as soon as it is read)."""
+    workers = min(len(expected), torch.get_num_threads()) if expected else 0
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
+        got: list[Future[int] | int] = []
+        for start in range(0, len(view), _BLOCK):
+            block = view[start : start + _BLOCK]
+            filled = 0
+            while filled < len(block):
+                n = f.readinto(block[filled:])
+                if not n:
+                    raise _corrupt(path, "the file ended inside the tensor data")
+                filled += n
+            if expected is not None:
+                got.append(pool.submit(zlib.crc32, block) if pool else zlib.crc32(block))
+        crcs = [c if isinstance(c, int) else c.result() for c in got]
+    if expected is not None and crcs != expected:
+        first = next(i for i, (a, b) in enumerate(zip(crcs, expected)) if a != b)
+        raise _corrupt(
+            path, f"the tensor data does not match its checksum (bytes {first * _BLOCK} on)"
+        )
 
 
 def _check_table(path: str, header: dict[str, Any]) -> list[tuple[str, int, int]]:

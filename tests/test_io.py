@@ -851,7 +851,11 @@ def _write_v2(path, tree_node, entries=None, data=b"", **metadata):
     """A format-2 file with valid checksums around whatever header parts are given."""
     meta = {"format": "pt", "fnn.version": "2", "fnn.tree": json.dumps(tree_node), **metadata}
     entries = {} if entries is None else entries
-    path.write_bytes(fnn.io._header(meta, entries, zlib.crc32(data)) + data)
+    path.write_bytes(fnn.io._header(meta, entries, _block_crcs(data)) + data)
+
+
+def _block_crcs(data):
+    return [zlib.crc32(data[i : i + fnn.io._BLOCK]) for i in range(0, len(data), fnn.io._BLOCK)]
 
 
 W = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
@@ -909,6 +913,28 @@ def test_hand_made_headers_with_valid_checksums_are_clear_errors(
     with pytest.raises(CheckpointError) as info:
         fnn.io.load(path)
     assert fragment in str(info.value) and str(path) in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_each_block_of_tensor_data_is_checked_in_parallel_threads(tmp_path, monkeypatch, threads):
+    monkeypatch.setattr(fnn.io, "_BLOCK", 1 << 12)  # 4 KiB blocks: 11 of them here
+    torch.set_num_threads(threads)
+    tree = {"a": torch.arange(10_000.0), "b": torch.arange(1000, dtype=torch.int16)}
+    path = tmp_path / "c.fnn"
+    fnn.io.save(path, tree)
+    assert same(fnn.io.load(path), tree)
+    raw = path.read_bytes()
+    data_start = 8 + int.from_bytes(raw[:8], "little")
+    assert len(raw) - data_start == 42_000
+    for where in (0, 4096, 20_000, 41_999):  # first, second, a middle and the last block
+        spoiled = bytearray(raw)
+        spoiled[data_start + where] ^= 0x10
+        path.write_bytes(bytes(spoiled))
+        with pytest.raises(
+            CheckpointError,
+            match=rf"does not match its checksum \(bytes {where // 4096 * 4096} on\)",
+        ):
+            fnn.io.load(path)
 
 
 def test_a_checksum_mismatch_in_the_header_is_detected(tmp_path):
