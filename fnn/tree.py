@@ -172,6 +172,9 @@ def flatten(tree: PyTree) -> tuple[list[Any], TreeDef]:
         `(leaves, treedef)`: the leaves as a list, in order (dicts in insertion order), and
             the `TreeDef` that `unflatten` rebuilds the tree from.
 
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
+
     Example:
         >>> params = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "1": {}}
         >>> leaves, treedef = fnn.tree.flatten(params)
@@ -195,6 +198,9 @@ def leaves(tree: PyTree) -> list[Any]:
     Returns:
         The leaves as a list; `None` subtrees give none.
 
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
+
     Example:
         >>> fnn.tree.leaves({"a": 1, "b": (2, None, 3)})
         [1, 2, 3]
@@ -215,6 +221,9 @@ def structure(tree: PyTree) -> TreeDef:
 
     Returns:
         Its `TreeDef`, as `flatten(tree)[1]`.
+
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> fnn.tree.structure({"a": 1, "b": (2, 3)})
@@ -322,6 +331,7 @@ def assert_same_structure(
 
     Raises:
         TreeError: the structures (or, with `shapes=True`, tensor shapes) differ.
+            Also when a tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> fnn.tree.assert_same_structure({"w": torch.ones(2)}, {"w": torch.ones(3)}, "grads")
@@ -361,6 +371,7 @@ def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
 
     Raises:
         TreeError: a tree of `rest` does not match `tree` (naming the first difference).
+            Also when a tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> fnn.tree.map(lambda a, b: a + b, {"a": 1, "b": [2]}, {"a": 10, "b": [20]})
@@ -413,6 +424,9 @@ def paths(tree: PyTree) -> list[str]:
     Returns:
         A list of strings such as `"['0']['weight']"`, one per leaf.
 
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
+
     Example:
         >>> fnn.tree.paths({"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}})
         ["['0']['weight']", "['0']['bias']"]
@@ -448,7 +462,8 @@ def to_state_dict(params: PyTree) -> dict[str, Any]:
         A flat dict from dotted names to the leaves (the same tensors, not copies).
 
     Raises:
-        TreeError: `params` is not a container, or a key is empty, not a `str` or has a `"."`.
+        TreeError: `params` is not a container, or a key is empty, not a `str` or has a `"."`,
+            or the tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> params = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "1": {}}
