@@ -249,9 +249,10 @@ def _encode(
         return str.__str__(tree)  # a str subclass is saved as its plain value
     if isinstance(tree, int):
         value = int.__int__(tree)  # an IntEnum is saved as its plain value
-        # A string: JSON readers elsewhere may round big ints. Hex beyond Python's limit
-        # on decimal conversions (4300 digits), which does not apply to base 16.
-        return {"int": str(value) if value.bit_length() < 10_000 else hex(value)}
+        # A string: JSON readers elsewhere may round big ints. Hex past 2000 bits (603
+        # digits): Python limits decimal conversions (4300 digits by default, 640 at
+        # least), not base 16.
+        return {"int": str(value) if value.bit_length() <= 2000 else hex(value)}
     if isinstance(tree, float):
         return {"float": float.__float__(tree).hex()}  # exact, NaN and ±inf included
     if not isinstance(tree, (Mapping, list, tuple)):

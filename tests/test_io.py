@@ -217,9 +217,18 @@ def test_every_safetensors_dtype_round_trips(tmp_path, name):
 
 
 def test_ints_beyond_the_decimal_conversion_limit_round_trip(tmp_path):
-    values = [10**5000 + 1, -(2**20_000) + 3, 2**33_216, 7]  # over Python's 4300-digit limit
+    values = [10**5000 + 1, -(2**20_000) + 3, 2**33_216, 2**2000, 7]  # over the 4300-digit limit
     fnn.io.save(tmp_path / "c.fnn", {"big": values})
     assert fnn.io.load(tmp_path / "c.fnn") == {"big": values}
+    if not hasattr(sys, "set_int_max_str_digits"):
+        return  # Pythons before 3.10.7 have no limit
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)  # the lowest limit Python allows
+    try:
+        fnn.io.save(tmp_path / "c.fnn", {"big": values})
+        assert fnn.io.load(tmp_path / "c.fnn") == {"big": values}
+    finally:
+        sys.set_int_max_str_digits(limit)
 
 
 class Color(enum.IntEnum):
@@ -729,6 +738,8 @@ def test_checkpoint_error_is_a_value_error():
 
 def test_safetensors_reads_fnn_checkpoints(tmp_path):
     st = pytest.importorskip("safetensors.torch")
+    import safetensors
+
     seq = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     params = fnn.tree.from_state_dict({k: v.detach() for k, v in seq.state_dict().items()})
     fnn.io.save(tmp_path / "params.fnn", params)
@@ -744,6 +755,9 @@ def test_safetensors_reads_fnn_checkpoints(tmp_path):
     assert torch.equal(torch.view_as_complex(flat["dtypes.6"]), tree["dtypes"][6])  # complex128
     tensors = [t for t in fnn.tree.leaves(tree) if isinstance(t, torch.Tensor)]
     assert len(flat) == len(tensors)
+    with safetensors.safe_open(tmp_path / "all.fnn", "pt") as f:  # the Rust header parser
+        assert f.metadata()["format"] == "pt" and f.metadata()["fnn.version"] == "2"
+        assert sorted(f.keys()) == sorted(flat)
 
 
 def params_list(params):
