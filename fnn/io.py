@@ -293,6 +293,11 @@ def _encode(
 
 def _storable(tree: torch.Tensor, at: str) -> torch.Tensor:
     """The tensor's values as a CPU, contiguous tensor of a safetensors dtype (views resolved)."""
+    if tree.is_nested:
+        raise FnnTypeError(
+            f"fnn.io.save: the tensor at {at} is a nested tensor; save its components "
+            "(`t.unbind()`) as a list"
+        )
     if tree.layout is not torch.strided or tree.is_quantized or not _is_savable(tree.dtype):
         raise FnnTypeError(
             f"fnn.io.save: the tensor at {at} cannot be saved "

@@ -396,13 +396,26 @@ def test_like_on_meta_device_validates_without_data(tmp_path):
         (lambda: {"m": torch.ones(2, device="meta")}, ["['m']", "meta"]),
         (lambda: {"c": torch.zeros(2, dtype=torch.complex32)}, ["['c']", "complex32"]),
         (lambda: {"n": [numpy.float32(1.0)]}, ["['n'][0]", "float32"]),
+        (
+            lambda: {"nt": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])},
+            ["['nt']", "nested tensor"],
+        ),
+        (
+            lambda: {"q": torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)},
+            ["['q']", "cannot be saved"],
+        ),
     ],
 )
 @pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
 def test_save_refuses_what_it_cannot_store_and_keeps_the_old_file(tmp_path, make, fragments):
     path = tmp_path / "c.fnn"
     fnn.io.save(path, {"old": 1})
-    tree = make()  # built here, not at import: some torch builds lack some dtypes
+    try:  # built here, not at import: some torch builds lack some dtypes and kinds
+        tree = make()
+    except (AttributeError, RuntimeError, TypeError) as error:
+        pytest.skip(f"this torch cannot build the case: {error}")
     with pytest.raises(fnn.errors.FnnTypeError) as info:
         fnn.io.save(path, tree)
     assert all(f in str(info.value) for f in fragments), str(info.value)
