@@ -256,8 +256,14 @@ def _encode(
     if isinstance(tree, float):
         return {"float": float.__float__(tree).hex()}  # exact, NaN and ±inf included
     if not isinstance(tree, (Mapping, list, tuple)):
+        kind = type(tree)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
         raise FnnTypeError(
-            f"fnn.io.save: cannot save the {type(tree).__name__} at {at}; a checkpoint holds "
+            f"fnn.io.save: cannot save the {name} at {at}; a checkpoint holds "
             "dicts with str keys, lists, tuples, tensors, int, float, bool, str and None"
         )
     if id(tree) in open_ids:
@@ -894,9 +900,12 @@ def _match(got: PyTree, like: PyTree, where: str, path: str, names_only: bool) -
             _match(g, w, f"{where}[{i}]", path, names_only)
             for i, (g, w) in enumerate(zip(got, like))
         ]
-        if isinstance(like, list):
-            return items
-        return type(like)(*items) if hasattr(like, "_fields") else tuple(items)
+        if isinstance(like, list) or type(like) is tuple:
+            return items if isinstance(like, list) else tuple(items)
+        try:  # a NamedTuple, or another tuple type such as torch.Size
+            return type(like)(*items) if hasattr(like, "_fields") else type(like)(items)
+        except (TypeError, ValueError):
+            raise fail(f"does not convert to {type(like).__name__}") from None
     if isinstance(like, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             raise fail(f"is {_kind(got)}, expected a tensor")

@@ -113,11 +113,11 @@ def test_loaded_tensors_are_independent_and_writable(tmp_path):
 
 
 def test_namedtuples_come_back_from_like(tmp_path):
-    tree = {"s": Pair(torch.ones(2), 3)}
+    tree = {"s": Pair(torch.ones(2), 3), "size": torch.Size([2, 3])}
     fnn.io.save(tmp_path / "c.fnn", tree)
     assert type(fnn.io.load(tmp_path / "c.fnn")["s"]) is tuple
     back = fnn.io.load(tmp_path / "c.fnn", like=tree)
-    assert type(back["s"]) is Pair and same(back, tree)
+    assert type(back["s"]) is Pair and type(back["size"]) is torch.Size and same(back, tree)
 
 
 def test_floats_and_ints_keep_every_bit(tmp_path):
@@ -395,7 +395,8 @@ def test_like_on_meta_device_validates_without_data(tmp_path):
         (lambda: {"s": torch.ones(2).to_sparse()}, ["['s']", "cannot be saved"]),
         (lambda: {"m": torch.ones(2, device="meta")}, ["['m']", "meta"]),
         (lambda: {"c": torch.zeros(2, dtype=torch.complex32)}, ["['c']", "complex32"]),
-        (lambda: {"n": [numpy.float32(1.0)]}, ["['n'][0]", "float32"]),
+        (lambda: {"n": [numpy.float32(1.0)]}, ["['n'][0]", "numpy.float32"]),
+        (lambda: {"b": numpy.bool_(True)}, ["['b']", "the numpy.bool"]),
         (
             lambda: {"nt": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])},
             ["['nt']", "nested tensor"],
