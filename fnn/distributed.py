@@ -266,7 +266,8 @@ def all_reduce_mean(
                 work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True)
                 pending.append((work, flat, bucket))
         for work, flat, bucket in pending:
-            work.wait()
+            if work is not None:  # None: this rank is not in the group (torch ≥ 2.14 types it so)
+                work.wait()
             _unpack(flat.div_(count), leaves, bucket, out)
     except RuntimeError as error:
         raise _failed("all_reduce_mean", group, error) from error
@@ -395,7 +396,8 @@ def broadcast(
                     )
                 )
         for work, flat, bucket in pending:
-            work.wait()
+            if work is not None:  # None: this rank is not in the group (torch ≥ 2.14 types it so)
+                work.wait()
             if me != src:
                 _unpack(flat, tensors, bucket, received)
     except RuntimeError as error:
