@@ -270,7 +270,9 @@ def _kaiming_std(
 ) -> Callable[[int, int], float]:
     if mode not in ("fan_in", "fan_out"):
         raise FnnError(f"kaiming init: mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    gain = torch.nn.init.calculate_gain(nonlinearity, a)
+    # typed here: torch ≤ 2.6 leaves calculate_gain unannotated
+    calculate_gain: Callable[[Nonlinearity, float], float] = torch.nn.init.calculate_gain
+    gain = calculate_gain(nonlinearity, a)
 
     def std(fan_in: int, fan_out: int) -> float:
         return gain / math.sqrt(fan_in if mode == "fan_in" else fan_out)

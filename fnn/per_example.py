@@ -234,7 +234,10 @@ def _vmapped_loss(loss: Loss, y: Any, target: Any, batch: int) -> tuple[torch.Te
     if batch == 0:
         return tree.leaves(y)[0].new_zeros((0,)), tree.map(torch.zeros_like, y)
     try:
-        return torch.func.vmap(functools.partial(_one_example_loss, loss))(y, target)
+        result: tuple[torch.Tensor, Any] = torch.func.vmap(
+            functools.partial(_one_example_loss, loss)
+        )(y, target)  # (annotated: torch ≤ 2.6 types vmap's result as Any)
+        return result
     except FnnError:
         raise
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:  # vmap's own
