@@ -261,3 +261,55 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(a[0], b[0])
     for u, v in zip(fnn.tree.leaves(a[1]), fnn.tree.leaves(b[1])):
         torch.testing.assert_close(u, v)
+
+
+def test_workspace_results_stay_fresh_and_threads_agree():
+    """Small CPU batches of an MSE-trained MLP write intermediates into buffers the step
+    owns; what it returns is always fresh, and concurrent calls give the same bits."""
+    import threading
+
+    model = mlp()
+    _, params = model.init(fnn.random.key(0), (-1, 4))
+    opt = fnn.optim.sgd(0.1, momentum=0.9)
+    step = fnn.train_step(model.apply, fnn.losses.mse, opt)
+    assert "Small CPU batches" in step.source and "out=ws[" in step.source
+    x1, t1 = randn(1, 6, 4, dtype=torch.float32), randn(2, 6, 2, dtype=torch.float32)
+    x2, t2 = randn(3, 6, 4, dtype=torch.float32), randn(4, 6, 2, dtype=torch.float32)
+    first = step(params, opt.init(params), x1, t1)
+    kept = fnn.tree.map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, first)
+    step(first[1], first[2], x2, t2)  # reuses the workspace
+    assert leaves_equal(first, kept)
+    run_both(model, fnn.losses.mse, fnn.optim.adam(1e-2), params, x1, t1, steps=4)
+
+    expected = step(params, opt.init(params), x2, t2)
+    results = [None] * 4
+
+    def worker(i):
+        for _ in range(20):
+            results[i] = step(params, opt.init(params), x2, t2)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(leaves_equal(r, expected) for r in results)
+
+
+def test_a_patched_backward_turns_the_workspace_off(monkeypatch):
+    model = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
+    _, params = model.init(fnn.random.key(0), (-1, 3))
+    x, target = randn(1, 6, 3, dtype=torch.float32), randn(2, 6, 2, dtype=torch.float32)
+    step = fnn.train_step(model.apply, fnn.losses.mse, fnn.optim.sgd(1.0))
+    step(params, {"step": 0}, x, target)  # the workspace exists now
+    module = sys.modules[fnn.layers.dense.dense_backward.__module__]
+    original = module.dense_backward
+
+    def zero_weight_backward(residuals, dy):
+        grads, dx = original(residuals, dy)
+        return dict(grads, weight=torch.zeros_like(grads["weight"])), dx
+
+    monkeypatch.setattr(module, "dense_backward", zero_weight_backward)
+    _, new_params, _ = step(params, {"step": 0}, x, target)
+    assert torch.equal(new_params["0"]["weight"], params["0"]["weight"])
+    assert not torch.equal(new_params["0"]["bias"], params["0"]["bias"])

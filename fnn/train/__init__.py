@@ -19,17 +19,20 @@ return the same outputs, whatever ran before.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .. import random
+from .. import losses, random
 from .._compat import is_compiling
+from .._constants import scalar
 from ..core import ApplyFn, Params, PyTree, check_keywords
 from ..errors import FnnError, FnnTypeError, describe
 from ..grad import _SCALAR_COTANGENT_LOSSES, Loss, value_and_grad
 from ..optim.base import flat_form
+from . import _workspace
 from ._codegen import compile_source, generate
 from ._plan import Plan, is_current, plan
 
@@ -85,6 +88,18 @@ class TrainStep:
         self._top_keys = frozenset(self._plan.top_keys)
         self._form = flat_form(optimizer)
         self._steps: dict[Any, tuple[str, Callable[..., Any]]] = {}
+        # Small CPU batches of a Dense/activation chain trained with MSE: a workspace variant
+        # (fnn/train/_workspace.py) that writes intermediates into buffers this step owns.
+        self._ws_code: tuple[str, Callable[..., Any], list[Any]] | None = None
+        if (
+            self._form is not None
+            and loss is losses.mse
+            and _workspace.applies(self._plan, self._plan.top_keys, has_aux)
+        ):
+            source, ns, shapes = _workspace.generate(self._plan, self._plan.top_keys)
+            self._ws_code = (source, compile_source(source, ns, False), shapes)
+        self._workspaces: dict[Any, list[torch.Tensor] | None] = {}
+        self._lock = threading.Lock()
         if self._plan.serial:  # the layout `init` gives, made now so torch.compile finds it
             self._code(self._plan.top_keys, False, self._current_inline(), False)
             self._code(self._plan.top_keys, False, self._current_inline(), True)
@@ -94,7 +109,14 @@ class TrainStep:
         """The Python source this step runs for params laid out as `init` gives them."""
         if not self._plan.serial:
             return _GENERAL_SOURCE
-        return self._code(self._plan.top_keys, False, self._current_inline(), False)[0]
+        source = self._code(self._plan.top_keys, False, self._current_inline(), False)[0]
+        if self._ws_code is not None:
+            source += (
+                "\n\n# Small CPU batches (a workspace of at most "
+                f"{_workspace.WORKSPACE_BYTES // 1024} KiB per batch shape) run this instead:\n"
+                + self._ws_code[0]
+            )
+        return source
 
     def _current_inline(self) -> tuple[bool, ...]:
         """Which inline layers still have the backward their module names (all, unless one
@@ -157,6 +179,18 @@ class TrainStep:
     def _step(
         self, params: Params, opt_state: PyTree, x: Any, target: Any, kwargs: dict[str, Any]
     ) -> tuple[Any, ...]:
+        if (
+            self._ws_code is not None
+            and not kwargs
+            and not is_compiling()  # traced code allocates (nothing to guard on)
+            and self._lock.acquire(blocking=False)  # one call at a time uses the workspace
+        ):
+            try:
+                found = self._run_in_workspace(params, opt_state, x, target)
+            finally:
+                self._lock.release()
+            if found is not None:
+                return found
         if self._plan.serial and isinstance(params, dict) and self._top_keys.issuperset(params):
             traced = is_compiling()
             with_state = "state" in kwargs
@@ -187,6 +221,50 @@ class TrainStep:
                 self._general(params, opt_state, x, target, kwargs)
                 raise
         return self._general(params, opt_state, x, target, kwargs)
+
+    def _run_in_workspace(
+        self, params: Params, opt_state: PyTree, x: Any, target: Any
+    ) -> tuple[Any, ...] | None:
+        """The workspace variant's result, or `None` where it does not apply."""
+        assert self._ws_code is not None
+        if (
+            type(x) is not torch.Tensor
+            or x.ndim != 2
+            or x.device.type != "cpu"
+            or (x.dtype is not torch.float32 and x.dtype is not torch.float64)
+            or not x.shape[0]
+            or type(params) is not dict
+            or tuple(params) != self._plan.top_keys
+            or self._current_inline() != self._all_inline
+            or not is_current(losses.mse_backward)
+        ):
+            return None
+        shape_key = (x.shape[0], x.dtype)
+        if shape_key not in self._workspaces:
+            if len(self._workspaces) >= 4:  # a few batch shapes at most
+                self._workspaces.clear()
+            try:
+                made = _workspace.make_buffers(
+                    self._ws_code[2], self._plan, params, x.shape[0], x.dtype
+                )
+            except (KeyError, AttributeError, TypeError, IndexError):
+                return None  # params the inline code will reject with a clear error
+            self._workspaces[shape_key] = made
+        buffers = self._workspaces[shape_key]
+        if buffers is None:
+            return None
+        n = float(x.shape[0] * self._plan.nodes[-1].info.step[1])  # the prediction's numel
+        loss_scale = (scalar(n, x), scalar(1.0 * (2.0 / n), x))
+        try:
+            return self._ws_code[1](  # type: ignore[no-any-return]
+                params, opt_state, x, target, loss_scale, self._form, _reject, buffers
+            )
+        except FnnError:
+            raise
+        except (_Rejected, RuntimeError, TypeError, KeyError, IndexError, AttributeError):
+            # as in _step: the general path names the layer, or our error is re-raised
+            self._general(params, opt_state, x, target, {})
+            raise
 
     def _general(
         self, params: Params, opt_state: PyTree, x: Any, target: Any, kwargs: dict[str, Any]

@@ -43,9 +43,8 @@ def generate(
     if with_state:
         emit("    state = kwargs['state']")
         emit("    new_state = {}")
-    emit(
-        "    kws = child_kwargs(kwargs)  # serial's: a key= split among the layers, the rest to all"
-    )
+    if any(not n.inline for n in nodes):
+        emit("    kws = child_kwargs(kwargs)  # as serial: a key= split among the layers")
     emit("    # forward")
     emit("    h = x")
     # the value of h each node saves: name of the variable holding it
