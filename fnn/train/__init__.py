@@ -88,15 +88,14 @@ class TrainStep:
         self._top_keys = frozenset(self._plan.top_keys)
         self._form = flat_form(optimizer)
         self._steps: dict[Any, tuple[str, Callable[..., Any]]] = {}
-        # Small CPU batches of a Dense/activation chain trained with MSE: a workspace variant
+        # Small CPU batches of a Dense/activation chain: a workspace variant
         # (fnn/train/_workspace.py) that writes intermediates into buffers this step owns.
         self._ws_code: tuple[str, Callable[..., Any], list[Any]] | None = None
-        if (
-            self._form is not None
-            and loss is losses.mse
-            and _workspace.applies(self._plan, self._plan.top_keys, has_aux)
-        ):
-            source, ns, shapes = _workspace.generate(self._plan, self._plan.top_keys)
+        self._inline_mse = loss is losses.mse
+        if self._form is not None and _workspace.applies(self._plan, self._plan.top_keys, has_aux):
+            source, ns, shapes = _workspace.generate(
+                self._plan, self._plan.top_keys, self._inline_mse, self._scalar_cotangent
+            )
             self._ws_code = (source, compile_source(source, ns, False), shapes)
         self._workspaces: dict[Any, list[torch.Tensor] | None] = {}
         self._lock = threading.Lock()
@@ -236,7 +235,7 @@ class TrainStep:
             or type(params) is not dict
             or tuple(params) != self._plan.top_keys
             or self._current_inline() != self._all_inline
-            or not is_current(losses.mse_backward)
+            or (self._inline_mse and not is_current(losses.mse_backward))
         ):
             return None
         shape_key = (x.shape[0], x.dtype)
@@ -257,7 +256,7 @@ class TrainStep:
         loss_scale = (scalar(n, x), scalar(1.0 * (2.0 / n), x))
         try:
             return self._ws_code[1](  # type: ignore[no-any-return]
-                params, opt_state, x, target, loss_scale, self._form, _reject, buffers
+                params, opt_state, x, target, self.loss, loss_scale, self._form, _reject, buffers
             )
         except FnnError:
             raise

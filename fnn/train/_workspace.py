@@ -47,8 +47,11 @@ def applies(plan: Plan, given: tuple[str, ...], has_aux: bool) -> bool:
     return dense and given == plan.top_keys
 
 
-def generate(plan: Plan, given: tuple[str, ...]) -> tuple[str, dict[str, Any], list[Any]]:
-    """`(source, namespace, buffer shapes)` of the workspace step (see the module docstring)."""
+def generate(
+    plan: Plan, given: tuple[str, ...], inline_mse: bool, scalar_cotangent: bool
+) -> tuple[str, dict[str, Any], list[Any]]:
+    """`(source, namespace, buffer shapes)` of the workspace step (see the module docstring);
+    `inline_mse`: the loss is fnn's MSE, computed inline, else the step calls the loss."""
     nodes = plan.nodes
     shapes: list[Any] = []
 
@@ -57,6 +60,7 @@ def generate(plan: Plan, given: tuple[str, ...]) -> tuple[str, dict[str, Any], l
         return f"ws[{len(shapes) - 1}]"
 
     ns: dict[str, Any] = {
+        "torch": torch,
         "addmm": torch.addmm,
         "mm": torch.mm,
         "sum_": torch.sum,
@@ -65,7 +69,7 @@ def generate(plan: Plan, given: tuple[str, ...]) -> tuple[str, dict[str, Any], l
         "dot": torch.dot,
     }
     lines = [
-        "def step(params, opt_state, x, target, loss_scale, form, bad, ws):",
+        "def step(params, opt_state, x, target, loss, loss_scale, form, bad, ws):",
         '    """The same step writing its intermediates into the workspace `ws`."""',
     ]
     emit = lines.append
@@ -106,15 +110,25 @@ def generate(plan: Plan, given: tuple[str, ...]) -> tuple[str, dict[str, Any], l
             emit(f"    h = f_{i}_(h)  # {node.where}, in place")
             kept[i] = f"y_{i}"
             emit(f"    y_{i} = h")
-    emit("    # the loss: mse, as fnn.losses.mse computes it")
-    emit("    if target.shape != h.shape or target.dtype != h.dtype or target.device != h.device:")
-    emit("        bad('mse')")
-    diff = buffer(("N", width))
-    emit(f"    diff = sub(h, target, out={diff})")
-    emit("    flat = diff.view(-1)")
-    emit("    value = dot(flat, flat).div_(loss_scale[0])")
-    dh = buffer(("N", width))
-    emit(f"    dh = mul(diff, loss_scale[1], out={dh})")
+    if inline_mse:
+        emit("    # the loss: mse, as fnn.losses.mse computes it")
+        emit(
+            "    if target.shape != h.shape or target.dtype != h.dtype or target.device != h.device:"
+        )
+        emit("        bad('mse')")
+        diff = buffer(("N", width))
+        emit(f"    diff = sub(h, target, out={diff})")
+        emit("    flat = diff.view(-1)")
+        emit("    value = dot(flat, flat).div_(loss_scale[0])")
+        dh = buffer(("N", width))
+        emit(f"    dh = mul(diff, loss_scale[1], out={dh})")
+    else:
+        emit("    # the loss, and its VJP")
+        emit("    value, loss_vjp = loss(h, target)")
+        emit("    if value.ndim:")
+        emit("        bad('loss')")
+        emit(f"    dh = loss_vjp({'1.0' if scalar_cotangent else 'torch.ones_like(value)'})")
+        emit("    del loss_vjp")
     emit("    # backward")
     grads: list[str] = []
     names: list[str] = []
