@@ -47,7 +47,8 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
             `layer`'s `y` and `fnn.VJP(backward, residuals)`.
 
     Raises:
-        FnnTypeError: `layer` is not a `Layer`, or `backward` is not callable.
+        FnnTypeError: `layer` is not a `Layer`, or `backward` is not callable or is a lambda
+            or nested function (its VJP could not pickle).
 
     Example:
         >>> def zero_dx_backward(residuals, dy):   # dW, db as Dense; dx = 0
@@ -63,6 +64,12 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
     if not callable(backward):
         raise FnnTypeError(
             f"with_vjp: expected a backward function (residuals, dy), got {describe(backward)}"
+        )
+    qualname = getattr(backward, "__qualname__", "")
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise FnnTypeError(
+            f"with_vjp: backward must be a module-level function, so that the VJP pickles by "
+            f"name, got {qualname!r}; define it with `def` at the top level of a module"
         )
     inner = layer.apply
 

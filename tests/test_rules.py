@@ -152,3 +152,14 @@ def test_feedback_alignment_example_runs(capsys):
     assert set(results) == {"backprop", "feedback_alignment"}
     assert all(0.0 <= test_error < 0.6 for _, test_error, _ in results.values())
     assert "feedback_alignment  train error" in capsys.readouterr().out
+
+
+def test_with_vjp_refuses_a_backward_that_could_not_pickle():
+    with pytest.raises(fnn.errors.FnnTypeError, match="module-level function"):
+        fnn.with_vjp(L.Relu(), lambda residuals, dy: ({}, dy))
+
+    def nested_backward(residuals, dy):
+        return {}, dy
+
+    with pytest.raises(fnn.errors.FnnTypeError, match="nested_backward"):
+        fnn.with_vjp(L.Relu(), nested_backward)
