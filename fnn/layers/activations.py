@@ -548,7 +548,7 @@ def Mish() -> Layer:
     Example:
         >>> y, vjp = Mish().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
         >>> y, vjp(torch.ones(3))
-        (tensor([-0.3034,  0.0000,  1.9440]), ({}, tensor([0.0592, 0.6000, 1.0690])))
+        (tensor([-0.3034,  0.0000,  1.9440]), ({}, tensor([0.0592, 0.6000, 1.0693])))
     """
     return elementwise("Mish", torch.nn.functional.mish, mish_backward, keep="input")
 

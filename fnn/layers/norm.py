@@ -746,8 +746,8 @@ def _check_input(x: torch.Tensor, weight: torch.Tensor | None) -> None:
             f"BatchNorm: params['weight'] and params['bias'] must have shape (C,), got "
             f"{tuple(weight.shape)}"
         )
-    channels = "C" if weight is None else str(weight.shape[0])
     if not 2 <= x.ndim <= 5 or (weight is not None and x.shape[1] != weight.shape[0]):
+        channels = "C" if weight is None else str(weight.shape[0])
         raise ShapeError(
             f"BatchNorm: expected an input of shape (N, {channels}, ...), got {tuple(x.shape)} "
             "(rank 2 to 5, as BatchNorm1d/2d/3d)"
