@@ -564,3 +564,46 @@ def test_norm_constructor_and_input_errors_name_the_layer():
         fnn.errors.ShapeError, match="BatchNorm: training needs more than one value"
     ):
         L.BatchNorm(track_running_stats=False, affine=False).apply({}, torch.ones(1, 3))
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: L.LayerNorm(elementwise_affine=False), (2, 0)),
+        (lambda: L.LayerNorm(3), (0, 3)),
+        (lambda: L.LayerNorm(3), (2, 0, 3)),
+        (lambda: L.RMSNorm(3), (0, 3)),
+        (lambda: L.RMSNorm(3), (2, 0, 3)),
+        (lambda: L.RMSNorm(elementwise_affine=False), (2, 0)),
+        (lambda: L.GroupNorm(2), (0, 4, 3)),
+        (lambda: L.GroupNorm(2), (0, 4)),
+        (lambda: L.Softmax(), (2, 0)),
+        (lambda: L.LogSoftmax(1), (0, 3)),
+        (lambda: L.Glu(), (2, 0)),
+        (lambda: L.Glu(), (0, 4)),
+        (lambda: L.Prelu(3), (0, 3, 2)),
+        (lambda: L.Prelu(3), (2, 3, 0)),
+        (lambda: L.Flatten(), (2, 0, 3)),
+        (lambda: L.Silu(), (0, 3)),
+        (lambda: L.Mish(), (0, 3)),
+        (lambda: L.Relu6(), (0, 3)),
+    ],
+    ids=str,
+)
+def test_zero_size_inputs_give_zero_gradients_and_per_example_rules_too(make, shape):
+    # issue 15 item 1's audit: every aten call of these layers on zero-size inputs
+    layer = make()
+    try:
+        params = layer.init(fnn.random.key(0), (-1, *shape[1:]), dtype=torch.float64)[1]
+    except fnn.errors.ShapeError:  # no affine params, and init wants a non-empty last axis
+        params = {}
+    x = torch.zeros(shape, dtype=torch.float64)
+    y, vjp = layer.apply(params, x)
+    dy = torch.zeros_like(y)
+    dparams, dx = vjp(dy)
+    assert dx.shape == x.shape and fnn.tree.structure(dparams) == fnn.tree.structure(params)
+    assert all(not g.any() for g in fnn.tree.leaves(dparams))
+    per_example, dx2 = fnn.core.per_example_rule(vjp)(vjp.residuals, dy, True)
+    assert dx2.shape == x.shape
+    for g, p in zip(fnn.tree.leaves(per_example), fnn.tree.leaves(params)):
+        assert g.shape == (shape[0], *p.shape) and not g.any()

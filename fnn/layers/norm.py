@@ -269,7 +269,7 @@ def _layer_norm_per_example(
     dx = aten.native_layer_norm_backward.default(
         dy, x, normalized, mean, rstd, weight, bias, [True, False, False]
     )[0]
-    rows = dy.reshape(x.shape[0], -1, *normalized)
+    rows = dy.reshape(x.shape[0], math.prod(x.shape[1 : x.ndim - len(normalized)]), *normalized)
     dweight = (
         (rows * ((x - mean) * rstd).reshape(rows.shape)).sum(1) if weight is not None else None
     )
@@ -372,7 +372,7 @@ def _rms_norm_grads(
     g = dyc * weight.to(compute) if weight is not None else dyc
     inner = list(range(x.ndim - k, x.ndim))
     dx = (g - x_hat * ((g * x_hat).sum(inner, keepdim=True) / math.prod(normalized))) * rstd
-    return dx.to(x.dtype), (dyc * x_hat).reshape(-1, *normalized)
+    return dx.to(x.dtype), (dyc * x_hat).reshape(math.prod(x.shape[: x.ndim - k]), *normalized)
 
 
 # per example: dγ[n] = Σ dy x̂ over example n's rows
@@ -389,7 +389,8 @@ def _rms_norm_per_example(
     dx, rows = _rms_norm_grads(x, weight, rstd, k, dy)
     if weight is None:
         return {}, dx
-    per_example = rows.reshape(x.shape[0], -1, *weight.shape).sum(1)
+    rows = rows.reshape(x.shape[0], math.prod(x.shape[1 : x.ndim - k]), *weight.shape)
+    per_example = rows.sum(1)
     return {"weight": per_example.to(x.dtype)}, dx
 
 
@@ -514,7 +515,7 @@ def _group_norm_per_example(
     )[0]
     if weight is None:
         return {}, dx
-    x_hat = (x.reshape(n, groups, -1) - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
+    x_hat = (x.reshape(n, groups, c // groups * hxw) - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
     rows = dy.reshape(n, c, hxw)
     return {"weight": (rows * x_hat.reshape(n, c, hxw)).sum(2), "bias": rows.sum(2)}, dx
 
@@ -723,9 +724,9 @@ def _batch_norm_per_example(
     if weight is None:
         return {}, dx
     assert running_mean is not None and running_var is not None
-    n, c = x.shape[0], x.shape[1]
-    rows = dy.reshape(n, c, -1)
-    x_hat = (x.reshape(n, c, -1) - running_mean[:, None]) * (running_var[:, None] + eps).rsqrt()
+    n, c, hxw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    rows = dy.reshape(n, c, hxw)
+    x_hat = (x.reshape(n, c, hxw) - running_mean[:, None]) * (running_var[:, None] + eps).rsqrt()
     return {"weight": (rows * x_hat).sum(2), "bias": rows.sum(2)}, dx
 
 
