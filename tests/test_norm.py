@@ -607,3 +607,23 @@ def test_zero_size_inputs_give_zero_gradients_and_per_example_rules_too(make, sh
     assert dx2.shape == x.shape
     for g, p in zip(fnn.tree.leaves(per_example), fnn.tree.leaves(params)):
         assert g.shape == (shape[0], *p.shape) and not g.any()
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_train_step_compiles_whole_and_equals_eager(momentum):
+    torch._dynamo.reset()
+    model = fnn.serial(L.Dense(3), L.BatchNorm(momentum=momentum), L.Relu())
+    _, params = model.init(fnn.random.key(0), (-1, 2), dtype=torch.float64)
+    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.mse)
+
+    def step(params, state, x, target):
+        return loss_and_grads(params, x, target, state=state, train=True)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    state = eager_state = fnn.init_state(model, (-1, 2), dtype=torch.float64)
+    for seed in range(3):
+        x, target = randn(seed, 6, 2), randn(seed + 10, 6, 3)
+        loss, grads, state = compiled(params, state, x, target)
+        eager_loss, eager_grads, eager_state = step(params, eager_state, x, target)
+        assert_trees_close((loss, grads), (eager_loss, eager_grads), atol=0, rtol=0)
+        assert_trees_close(state, eager_state, atol=1e-15, rtol=1e-15)

@@ -658,10 +658,19 @@ def BatchNorm(
                 VJP(batch_norm_backward, residuals),
                 new_state | {"num_batches_tracked": count},
             )
-        factor = momentum if momentum is not None else 1.0 / int(count)
-        y, mean, invstd, new_mean, new_var = aten._native_batch_norm_legit_functional.default(
-            x, weight, bias, running_mean, running_var, True, factor, eps
-        )
+        if momentum is None and torch.compiler.is_compiling():
+            # int(count) would break the graph: the cumulative average from tensors instead
+            y, mean, invstd, batch_mean, batch_var = _batch_norm_train(
+                x, weight, bias, running_mean, running_var, training=True, momentum=1.0, eps=eps
+            )
+            f = count.to(x.dtype).reciprocal()
+            new_mean = f * batch_mean + (1 - f) * running_mean
+            new_var = f * batch_var + (1 - f) * running_var
+        else:
+            factor = momentum if momentum is not None else 1.0 / int(count)
+            y, mean, invstd, new_mean, new_var = _batch_norm_train(
+                x, weight, bias, running_mean, running_var, training=True, momentum=factor, eps=eps
+            )
         new_state = {"running_mean": new_mean, "running_var": new_var, "num_batches_tracked": count}
         return y, VJP(batch_norm_backward, (x, weight, mean, invstd, True, eps)), new_state
 
@@ -728,6 +737,9 @@ def _batch_norm_per_example(
     rows = dy.reshape(n, c, hxw)
     x_hat = (x.reshape(n, c, hxw) - running_mean[:, None]) * (running_var[:, None] + eps).rsqrt()
     return {"weight": (rows * x_hat).sum(2), "bias": rows.sum(2)}, dx
+
+
+_batch_norm_train = aten._native_batch_norm_legit_functional.default
 
 
 def _channels_shape(input_shape: Any) -> Shape:
