@@ -90,6 +90,9 @@ def key(seed: int) -> Key:
 def split(k: Key, num: int = 2) -> Key:
     """`num` new independent keys from `k`; use each new key once, and `k` no more.
 
+    Under `torch.compile` it runs as tensor ops (no Python int of the key's value), with
+    the same numbers, so a model that splits its `key=` (Dropout) compiles whole.
+
     Args:
         k: a key, shape `(2,)`.
         num: how many keys to make.
