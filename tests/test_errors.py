@@ -133,25 +133,25 @@ CASES = [
         ["params['weight'] has shape (4, 3)", "expected (3, in_features)"],
     ),
     (
-        "Softmax rank 0",
-        lambda: L.Softmax().apply({}, torch.tensor(1.0)),
+        "Softmax dim out of range",
+        lambda: L.Softmax(dim=2).apply({}, torch.ones(2, 3)),
         ShapeError,
         "Softmax:",
-        ["rank ≥ 1"],
+        ["dim=2", "rank 2"],
     ),
     (
-        "LogSoftmax rank 0",
-        lambda: L.LogSoftmax().apply({}, torch.tensor(1.0)),
+        "LogSoftmax dim out of range",
+        lambda: L.LogSoftmax(dim=2).apply({}, torch.ones(2, 3)),
         ShapeError,
         "LogSoftmax:",
-        ["rank ≥ 1"],
+        ["dim=2", "rank 2"],
     ),
     (
         "Flatten rank 0",
         lambda: L.Flatten().apply({}, torch.tensor(1.0)),
         ShapeError,
         "Flatten:",
-        ["batch axis"],
+        ["start_dim=1", "rank 0"],
     ),
     (
         "Reshape size",
@@ -621,7 +621,7 @@ CASES = [
         lambda: L.Flatten().apply({}, torch.ones(2, 3, 4))[1](torch.ones(2, 5)),
         ShapeError,
         "Flatten VJP:",
-        ["24 elements"],
+        ["(2, 12)", "(2, 5)"],
     ),
     (
         "loss VJP not scalar",
@@ -662,9 +662,9 @@ CASES = [
             (lambda rate=rate: L.Dropout(rate)),
             FnnError,
             "Dropout:",
-            ["[0, 1)", repr(rate)],
+            ["[0, 1]", repr(rate)],
         )
-        for rate in (-0.1, 1.0, 1.5, math.nan, "0.5", True, None)
+        for rate in (-0.1, 1.5, math.nan, "0.5", True, None)
     ],
     # ------------------------------------------------------------ integer inputs where floats are needed
     (
