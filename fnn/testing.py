@@ -140,13 +140,15 @@ def _compare(
         raise AssertionError(
             f"{name}: gradient must have shape {tuple(value.shape)}, got {_shape_of(analytic)}"
         )
-    numeric = torch.zeros_like(value)
+    numeric = torch.zeros(value.shape, dtype=torch.float64, device=value.device)
     flat = numeric.view(-1)
     for i in range(value.numel()):
+        # perturb in place of a copy with the input's own layout (non-contiguous stays so)
+        where = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), value.shape))
         plus = value.clone()
-        plus.view(-1)[i] += eps
+        plus[where] += eps
         minus = value.clone()
-        minus.view(-1)[i] -= eps
+        minus[where] -= eps
         flat[i] = (f(plus) - f(minus)) / (2 * eps)
     analytic = analytic.detach().to(torch.float64)
     error = (analytic - numeric).abs()
