@@ -28,7 +28,7 @@ import torch
 from .. import losses, random
 from .._compat import is_compiling
 from .._constants import scalar
-from ..core import ApplyFn, Params, PyTree, check_keywords
+from ..core import ApplyFn, Params, PyTree, check_keywords, layer_info
 from ..errors import FnnError, FnnTypeError, describe
 from ..grad import _SCALAR_COTANGENT_LOSSES, Loss, value_and_grad
 from ..optim.base import flat_form
@@ -80,6 +80,7 @@ class TrainStep:
         self.optimizer = optimizer
         self.has_aux = has_aux
         self._plan: Plan = plan(apply)
+        self._info = layer_info(apply)
         self._general_fn = value_and_grad(apply, loss, has_aux)
         self._scalar_cotangent = loss in _SCALAR_COTANGENT_LOSSES
         self._inline = tuple(i for i, n in enumerate(self._plan.nodes) if n.inline)
@@ -161,7 +162,7 @@ class TrainStep:
         self, params: Params, opt_state: PyTree, x: Any, target: Any, **kwargs: Any
     ) -> tuple[Any, ...]:
         if kwargs:
-            check_keywords("train_step", self._plan_info_keywords(), kwargs)
+            check_keywords("train_step", self._info, kwargs)
         if torch.is_grad_enabled():  # inputs that require grad must not build a graph
             torch.set_grad_enabled(False)
             try:
@@ -169,11 +170,6 @@ class TrainStep:
             finally:
                 torch.set_grad_enabled(True)
         return self._step(params, opt_state, x, target, kwargs)
-
-    def _plan_info_keywords(self) -> Any:
-        from ..core import LayerInfo
-
-        return LayerInfo("model", keywords=self._plan.keywords)
 
     def _step(
         self, params: Params, opt_state: PyTree, x: Any, target: Any, kwargs: dict[str, Any]
