@@ -159,7 +159,7 @@ def test_empty_batch_gives_empty_output_and_zero_parameter_gradients(
 
 @pytest.mark.parametrize("kind, out, kernel, kwargs, shape", PARAMS[1::4])
 def test_non_contiguous_input_matches_its_contiguous_copy(kind, out, kernel, kwargs, shape):
-    layer, params, x = _setup(kind, out, kernel, kwargs, shape)
+    layer, params, _ = _setup(kind, out, kernel, kwargs, shape)
     wide = randn(5, *shape[:-1], 2 * shape[-1])
     strided = wide[..., ::2]  # every other column: a view with a stride of 2
     assert not strided.is_contiguous()

@@ -448,7 +448,8 @@ def adaptive_avg_pool_forward(
 ) -> tuple[torch.Tensor, None]:
     """`(y, None)`: `config` is the output size (lifted to 2-D for 1-D), `None` for "as the input"."""
     out = [x.shape[2 + i] if o is None else o for i, o in enumerate(config)]
-    kernel_fn = aten._adaptive_avg_pool3d if len(out) == 3 else aten._adaptive_avg_pool2d
+    # the composite ops, as torch.nn's: a 1 × 1 output is a mean there, rounded as torch's
+    kernel_fn = aten.adaptive_avg_pool3d if len(out) == 3 else aten.adaptive_avg_pool2d
     return kernel_fn(x, out), None
 
 
