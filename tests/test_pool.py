@@ -148,6 +148,22 @@ def test_max_pool_return_indices_gives_torchs_indices_and_takes_a_pair_cotangent
     assert vjp1((dy[0], None))[1].shape == x[0].shape
     with pytest.raises(fnn.errors.FnnTypeError, match=r"MaxPool VJP: with return_indices=True"):
         vjp(dy)
+    fnn.testing.check_vjp(layer, {}, x[:1])  # the indices get a zero cotangent
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_avg_pool_3d_in_half_precision_on_cpu(dtype):
+    # torch has no CPU kernel for these; fnn runs them in float32 and rounds once
+    x = randn(1, 2, 3, 4, 5, 6)
+    layer = L.AvgPool((2, 2, 2), ceil_mode=True)
+    y, vjp = layer.apply({}, x.to(dtype))
+    expected_y, expected_vjp = layer.apply({}, x.float())
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, expected_y.to(dtype), atol=0, rtol=0)
+    dy = randn(2, *y.shape)
+    dx = vjp(dy.to(dtype))[1]
+    assert dx.dtype == dtype and dx.shape == x.shape
+    torch.testing.assert_close(dx, expected_vjp(dy.to(dtype).float())[1].to(dtype), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["MaxPool", "AvgPool"])

@@ -366,9 +366,17 @@ def AvgPool(
 
 
 def avg_pool_forward(x: torch.Tensor, window: tuple[Any, ...]) -> tuple[torch.Tensor, None]:
-    """`(y, None)`: the mean needs nothing saved but shapes."""
-    kernel_fn = aten.avg_pool3d if len(window[0]) == 3 else aten.avg_pool2d
-    return kernel_fn(x, *window), None
+    """`(y, None)`: the mean needs nothing saved but shapes.
+
+    torch has no 3-D kernel for bfloat16/float16 on CPU: those run in float32, rounded once."""
+    if len(window[0]) == 3:
+        if x.dtype in _HALF and x.is_cpu:
+            return aten.avg_pool3d(x.float(), *window).to(x.dtype), None
+        return aten.avg_pool3d(x, *window), None
+    return aten.avg_pool2d(x, *window), None
+
+
+_HALF = (torch.bfloat16, torch.float16)
 
 
 # y = Σ over each window of x / divisor   ⇒   dx = Σ over the windows holding x of dy / divisor
@@ -376,8 +384,13 @@ def avg_pool_forward(x: torch.Tensor, window: tuple[Any, ...]) -> tuple[torch.Te
 def avg_pool_backward(residuals: PoolResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _, x, _, window, _, _, _ = residuals
     dy = _lifted(residuals, dy)
-    kernel_fn = aten.avg_pool3d_backward if len(window[0]) == 3 else aten.avg_pool2d_backward
-    return _unlifted(residuals, kernel_fn(dy, x, *window))
+    if len(window[0]) == 3:
+        if x.dtype in _HALF and x.is_cpu:
+            x32 = torch.empty_strided(x.shape, x.stride(), dtype=torch.float32, device=x.device)
+            dx = aten.avg_pool3d_backward(dy.float(), x32, *window).to(x.dtype)
+            return _unlifted(residuals, dx)
+        return _unlifted(residuals, aten.avg_pool3d_backward(dy, x, *window))
+    return _unlifted(residuals, aten.avg_pool2d_backward(dy, x, *window))
 
 
 avg_pool_backward.example_wise()
