@@ -154,9 +154,9 @@ def test_max_pool_return_indices_gives_torchs_indices_and_takes_a_pair_cotangent
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_avg_pool_3d_in_half_precision_on_cpu(dtype):
     # torch has no CPU kernel for these; fnn runs them in float32 and rounds once
-    x = randn(1, 2, 3, 4, 5, 6)
+    x = randn(1, 2, 3, 4, 5, 6).to(dtype)
     layer = L.AvgPool((2, 2, 2), ceil_mode=True)
-    y, vjp = layer.apply({}, x.to(dtype))
+    y, vjp = layer.apply({}, x)
     expected_y, expected_vjp = layer.apply({}, x.float())
     assert y.dtype == dtype
     torch.testing.assert_close(y, expected_y.to(dtype), atol=0, rtol=0)
