@@ -91,11 +91,14 @@ def _pool(
             _checks.float_input(name, x)
             if x.ndim != n + 1:
                 checked_out(x.shape)
-        checked_out(x.shape)
         xk = x.unsqueeze(0) if x.ndim == n + 1 else x
         if n == 1:
             xk = xk.unsqueeze(2)
-        y, saved = forward(xk, config)
+        try:
+            y, saved = forward(xk, config)
+        except RuntimeError:  # torch's output-size check: say it in the layer's terms
+            checked_out(x.shape)
+            raise
         y_shape = y[0].shape if two_outputs else y.shape
         out_shape = (*x.shape[:-n], *y_shape[-n:])
         if out_shape != y_shape:
