@@ -311,7 +311,7 @@ def test_bad_input_shapes_raise_errors_naming_conv():
     init, apply = L.Conv(4, 3, groups=2)
     with pytest.raises(
         fnn.errors.ShapeError,
-        match=r"Conv: expected an input shape \(N, C, H, W\) or unbatched \(C, H, W\)",
+        match=r"Conv: expected an NCHW input shape \(N, C, H, W\) or unbatched \(C, H, W\)",
     ):
         init(fnn.random.key(0), (-1, 4))
     with pytest.raises(
@@ -327,17 +327,17 @@ def test_bad_input_shapes_raise_errors_naming_conv():
     _, params = init(fnn.random.key(0), (-1, 4, 8, 8))
     with pytest.raises(
         fnn.errors.ShapeError,
-        match=r"Conv: expected an input with 4 channels \(axis 1\), got shape \(2, 6, 8, 8\)",
+        match=r"Conv: expected an input with 4 channels \(axis 1 of an NCHW input \(N, C, H, W\)\), got shape \(2, 6, 8, 8\)",
     ):
         apply(params, torch.ones(2, 6, 8, 8))
     with pytest.raises(
         fnn.errors.ShapeError,
-        match=r"Conv: expected an input with 4 channels \(axis 0\), got shape \(6, 8, 8\)",
+        match=r"Conv: expected an input with 4 channels \(axis 0 of an unbatched NCHW input \(C, H, W\)\), got shape \(6, 8, 8\)",
     ):
         apply(params, torch.ones(6, 8, 8))
     with pytest.raises(
         fnn.errors.ShapeError,
-        match=r"Conv: expected an input \(N, C, H, W\) or unbatched \(C, H, W\) for a 2-D kernel, got shape \(8, 8\)",
+        match=r"Conv: expected an NCHW input \(N, C, H, W\) or unbatched \(C, H, W\) for a 2-D kernel, got shape \(8, 8\)",
     ):
         apply(params, torch.ones(8, 8))
     with pytest.raises(
@@ -387,7 +387,8 @@ def test_bad_input_shapes_raise_errors_naming_conv():
     ):
         apply_t({**pt, "weight": torch.ones(2, 3, 3)}, torch.ones(1, 2, 9))
     with pytest.raises(
-        fnn.errors.ShapeError, match=r"ConvTranspose: expected an input with 2 channels \(axis 1\)"
+        fnn.errors.ShapeError,
+        match=r"ConvTranspose: expected an input with 2 channels \(axis 1 of an NCL input",
     ):
         apply_t(pt, torch.ones(1, 3, 9))
     with pytest.raises(

@@ -249,7 +249,7 @@ def test_bad_arguments_and_inputs_raise_clear_errors(name):
     init, apply = make(3)
     with pytest.raises(
         fnn.errors.ShapeError,
-        match=rf"{name}: expected an input \(N, C, H, W\) or unbatched \(C, H, W\) for 2-D pooling",
+        match=rf"{name}: expected an NCHW input \(N, C, H, W\) or unbatched \(C, H, W\) for 2-D pooling",
     ):
         init(fnn.random.key(0), (-1, 9))
     with pytest.raises(
@@ -259,7 +259,7 @@ def test_bad_arguments_and_inputs_raise_clear_errors(name):
         init(fnn.random.key(0), (-1, 1, 2, 9))
     with pytest.raises(
         fnn.errors.ShapeError,
-        match=rf"{name}: expected an input \(N, C, H, W\) or unbatched \(C, H, W\) for 2-D pooling, got shape \(9, 9\)",
+        match=rf"{name}: expected an NCHW input \(N, C, H, W\) or unbatched \(C, H, W\) for 2-D pooling, got shape \(9, 9\)",
     ):
         apply({}, torch.ones(9, 9))
     with pytest.raises(
@@ -285,7 +285,7 @@ def test_bad_arguments_and_inputs_raise_clear_errors(name):
     ):
         vjp(torch.ones(1, 1, 2, 2))
     with pytest.raises(
-        fnn.errors.ShapeError, match=rf"^serial\[1\] {name}: expected an input \(N, C, H, W\)"
+        fnn.errors.ShapeError, match=rf"^serial\[1\] {name}: expected an NCHW input \(N, C, H, W\)"
     ):
         fnn.serial(L.Flatten(), make(2)).apply({}, torch.ones(2, 1, 4, 4))
 
@@ -306,6 +306,6 @@ def test_bad_pooling_options_raise_clear_errors():
             bad()
     with pytest.raises(
         fnn.errors.ShapeError,
-        match=r"AdaptiveAvgPool: expected an input \(N, C, D, H, W\) or unbatched \(C, D, H, W\) for 3-D",
+        match=r"AdaptiveAvgPool: expected an NCDHW input \(N, C, D, H, W\) or unbatched \(C, D, H, W\) for 3-D",
     ):
         L.AdaptiveAvgPool((1, 1, 1)).apply({}, torch.ones(2, 3, 4))

@@ -46,7 +46,19 @@ Size = int | tuple[int, ...]
 """An int (the same for every spatial axis) or a tuple of one int per spatial axis."""
 Padding = int | tuple[int, ...] | str
 
-_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+_LAYOUTS = {
+    1: ("NCL", "(N, C, L)", "(C, L)"),
+    2: ("NCHW", "(N, C, H, W)", "(C, H, W)"),
+    3: ("NCDHW", "(N, C, D, H, W)", "(C, D, H, W)"),
+}
+
+
+def layout(n: int, what: str = "input") -> str:
+    """How messages name an n-D layout: "an NCHW input (N, C, H, W) or unbatched (C, H, W)"."""
+    tag, batched, unbatched = _LAYOUTS[n]
+    return f"an {tag} {what} {batched} or unbatched {unbatched}"
+
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -296,7 +308,6 @@ def _conv(
     )
     # what aten's _slow_conv2d (im2col) supports
     im2col_ok = not transposed and n == 2 and groups == 1 and dilations == (1, 1)
-    layout = _LAYOUTS[n]
 
     def out_spatial(spatial: Any) -> tuple[int, ...]:
         if transposed:
@@ -327,8 +338,7 @@ def _conv(
         shape = _checks.input_shape(name, input_shape)
         if len(shape) not in (n + 1, n + 2):
             raise ShapeError(
-                f"{name}: expected an input shape {layout} or unbatched {'(' + layout[4:]} "
-                f"for a {n}-D kernel, got {shape}"
+                f"{name}: expected {layout(n, 'input shape')} for a {n}-D kernel, got {shape}"
             )
         c = shape[-n - 1]
         if c < 1 or c % groups:
@@ -405,14 +415,19 @@ def _conv(
             )
         if x.ndim not in (n + 1, n + 2):
             raise ShapeError(
-                f"{name}: expected an input {layout} or unbatched {'(' + layout[4:]} for a "
-                f"{n}-D kernel, got shape {tuple(x.shape)}"
+                f"{name}: expected {layout(n)} for a {n}-D kernel, got shape {tuple(x.shape)}"
             )
         channels = weight.shape[0] if transposed else weight.shape[1] * groups
         if x.shape[-n - 1] != channels:
+            tag, batched, unbatched = _LAYOUTS[n]
+            form = (
+                f"an {tag} input {batched}"
+                if x.ndim == n + 2
+                else f"an unbatched {tag} input {unbatched}"
+            )
             raise ShapeError(
-                f"{name}: expected an input with {channels} channels (axis {x.ndim - n - 1}), "
-                f"got shape {tuple(x.shape)}"
+                f"{name}: expected an input with {channels} channels (axis {x.ndim - n - 1} of "
+                f"{form}), got shape {tuple(x.shape)}"
             )
         if pre is not None and pre_mode != "constant":
             padded_shape(name, x.shape, pre, pre_mode)

@@ -26,13 +26,11 @@ import torch
 from ..core import VJP, Backward, Key, Layer, LayerInfo, Params, Shapes, backward, declare
 from ..errors import FnnError, FnnTypeError, ShapeError
 from . import _checks
-from .conv import Size, kernel_tuple, ntuple
+from .conv import Size, kernel_tuple, layout, ntuple
 
 __all__ = ["MaxPool", "AvgPool", "AdaptiveAvgPool"]
 
 aten = torch.ops.aten
-
-_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 PoolForward = Callable[[torch.Tensor, tuple[Any, ...]], tuple[Any, Any]]
 """`forward(x, config) -> (y, saved)`, `x` of shape (N, C, H, W) or (N, C, D, H, W)."""
@@ -55,13 +53,11 @@ def _pool(
     `backward_fn((saved, x_stand_in, y_shape, config, out_shape, x_shape, name), dy)`: the
     stand-in has the lifted input's shape but no data, `y_shape` is the lifted output's,
     `out_shape` the one returned."""
-    layout = _LAYOUTS[n]
 
     def checked_out(shape: Sequence[int]) -> tuple[int, ...]:
         if len(shape) not in (n + 1, n + 2):
             raise ShapeError(
-                f"{name}: expected an input {layout} or unbatched {'(' + layout[4:]} for "
-                f"{n}-D pooling, got shape {tuple(shape)}"
+                f"{name}: expected {layout(n)} for {n}-D pooling, got shape {tuple(shape)}"
             )
         out = out_spatial(shape[-n:])
         if min(out) < 1:
