@@ -410,3 +410,29 @@ def test_errors_inside_serial_name_the_position():
         fnn.errors.ShapeError, match=r"^serial\[2\] Conv: input of spatial size \(2, 2\)"
     ):
         apply(params, torch.ones(2, 1, 4, 4))
+
+
+def _plain_conv_backward(residuals, dy):
+    return fnn.layers.conv.conv_backward(residuals, dy)
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (L.Conv(3, 3, padding=1), (3, 1, 6, 6)),  # im2col kernel
+        (L.Conv(3, (2, 4), padding="same"), (3, 2, 5, 6)),  # pre-padded
+        (L.Conv(2, (3,), padding=1, padding_mode="reflect"), (3, 2, 7)),
+        (L.ConvTranspose(2, (2, 2, 2), stride=2), (3, 2, 2, 2, 2)),
+    ],
+    ids=["im2col", "same", "reflect-1d", "transposed-3d"],
+)
+def test_vmap_fallback_works_when_the_backward_is_swapped(layer, shape):
+    # A plain-function backward has no per-example rule: per_example_grads vmaps apply and VJP
+    model = fnn.serial(fnn.with_vjp(layer, _plain_conv_backward), L.Flatten(), L.Dense(2))
+    _, params = model.init(fnn.random.key(0), (-1, *shape[1:]), dtype=torch.float64)
+    x, labels = randn(1, *shape), torch.tensor([0, 1, 1])
+    _, grads = fnn.per_example_grads(model.apply, fnn.losses.cross_entropy)(params, x, labels)
+    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)
+    for i in range(3):
+        _, expected = loss_and_grads(params, x[i : i + 1], labels[i : i + 1])
+        assert_trees_close(fnn.tree.map(lambda g, i=i: g[i], grads), expected)
