@@ -140,6 +140,10 @@ def test_float32_matches_torch_module(kind, out, kernel, kwargs, shape):
     torch.testing.assert_close(dx, xr.grad, atol=1e-5, rtol=1e-5)
     for name, p in module.named_parameters():
         torch.testing.assert_close(dparams[name], p.grad, atol=1e-4, rtol=1e-5)
+    # and the other way: a torch module's own weights load into the fnn layer as they are
+    fresh = torch_module(kind, shape[1], out, kernel, kwargs)
+    y_fresh, _ = layer.apply(fnn.tree.from_state_dict(fresh.state_dict()), x)
+    torch.testing.assert_close(y_fresh, fresh(x).detach())
 
 
 @pytest.mark.parametrize("kind, out, kernel, kwargs, shape", PARAMS[::2])
