@@ -189,6 +189,8 @@ def test_bad_inputs_raise_clear_errors():
         (L.Upsample(size=(2, 3)), torch.ones(1, 2, 3), fnn.errors.ShapeError, "Upsample: mode 'nearest' with size (2, 3) expects an input of rank 4"),
         (L.Upsample(scale_factor=0.2), torch.ones(1, 2, 3), fnn.errors.ShapeError, "Upsample: scale_factor 0.2 makes the input's spatial size (3,) into (0,)"),
         (L.Upsample(scale_factor=2), [1.0], fnn.errors.FnnTypeError, "Upsample: expected a tensor input"),
+        (L.Upsample(size=(5,)), torch.ones(1, 2, 3, 3), fnn.errors.ShapeError, "Upsample: mode 'nearest' with size (5,) expects an input of rank 3 (N, C, *spatial), got shape (1, 2, 3, 3)"),
+        (L.Upsample(scale_factor=(2.0, 1.0, 2.0), mode="trilinear"), torch.ones(1, 2, 3, 3), fnn.errors.ShapeError, "Upsample: mode 'trilinear' with scale_factor (2.0, 1.0, 2.0) expects an input of rank 5"),
     ]:  # fmt: skip
         with pytest.raises(error, match=re.escape(message)):
             layer.apply({}, x)

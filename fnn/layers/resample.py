@@ -324,27 +324,28 @@ def Upsample(
     aligned = [bool(align_corners)] if interpolating else []
     given = sizes if sizes is not None else factors
     assert given is not None
-    if len(given) > 1 and len(given) not in dims:
+    per_axis = isinstance(size if sizes is not None else scale_factor, tuple | list)
+    if per_axis and len(given) not in dims:
         raise FnnError(
             f"Upsample: mode {mode!r} resizes {' or '.join(map(str, dims))} spatial axes, got "
             f"{len(given)} in {size if sizes is not None else scale_factor!r}"
         )
+    what = f"{'size' if sizes is not None else 'scale_factor'} {given if per_axis else given[0]!r}"
 
     def plan(shape: Sequence[int]) -> tuple[list[int], list[float | None]]:
         """(output spatial size, per-axis scales given to the kernels) for an input shape."""
         n = len(shape) - 2
-        if n not in dims or (len(given) > 1 and len(given) != n):
-            expect = " or ".join(f"{d + 2}" for d in dims if len(given) in (1, d))
+        if n not in dims or (per_axis and len(given) != n):
+            ranks = [d + 2 for d in dims if not per_axis or len(given) == d]
             raise ShapeError(
-                f"Upsample: mode {mode!r} with {'size' if sizes else 'scale_factor'} "
-                f"{given if len(given) > 1 else given[0]!r} expects an input of rank {expect} "
-                f"(N, C, *spatial), got shape {tuple(shape)}"
+                f"Upsample: mode {mode!r} with {what} expects an input of rank "
+                f"{' or '.join(map(str, ranks))} (N, C, *spatial), got shape {tuple(shape)}"
             )
         spatial = shape[2:]
         if sizes is not None:
-            return list(sizes * n if len(sizes) == 1 else sizes), [None] * n
+            return list(sizes if per_axis else sizes * n), [None] * n
         assert factors is not None
-        scales = factors * n if len(factors) == 1 else factors
+        scales = factors if per_axis else factors * n
         out = [int(float(s) * f) for s, f in zip(spatial, scales)]
         if min(out) < 1:
             raise ShapeError(
@@ -373,14 +374,13 @@ def Upsample(
         out, scales = plan(x.shape)
         n = len(out)
         y = getattr(aten, f"{stem}{n}d")(x, out, *aligned, *scales)
-        return y, VJP(
-            upsample_backward, (f"{stem}{n}d_backward", x.shape, y.shape, aligned, scales, x.dtype)
-        )
+        residuals = (f"{stem}{n}d_backward", _stand_in(x), y.shape, aligned, scales)
+        return y, VJP(upsample_backward, residuals)
 
     return declare(init, apply, LayerInfo("Upsample"))
 
 
-UpsampleResiduals = tuple[str, torch.Size, torch.Size, list[bool], list[float | None], torch.dtype]
+UpsampleResiduals = tuple[str, torch.Tensor, torch.Size, list[bool], list[float | None]]
 
 
 # y[j] = Σᵢ w(j, i) x[i] (nearest: w = 1 at i = ⌊j / scale⌋)   ⇒   dx[i] = Σⱼ w(j, i) dy[j]
@@ -388,13 +388,10 @@ UpsampleResiduals = tuple[str, torch.Size, torch.Size, list[bool], list[float | 
 def upsample_backward(
     residuals: UpsampleResiduals, dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
-    kernel, x_shape, y_shape, aligned, scales, dtype = residuals
-    if not isinstance(dy, torch.Tensor) or dy.shape != y_shape or dy.dtype is not dtype:
-        like = torch.empty(
-            (), dtype=dtype, device=dy.device if isinstance(dy, torch.Tensor) else "cpu"
-        )
-        _checks.cotangent_like("Upsample", dy, y_shape, like)
-    dx = getattr(aten, kernel)(dy, list(y_shape[2:]), list(x_shape), *aligned, *scales)
+    kernel, x, y_shape, aligned, scales = residuals
+    if not isinstance(dy, torch.Tensor) or dy.shape != y_shape or dy.dtype is not x.dtype:
+        _checks.cotangent_like("Upsample", dy, y_shape, x)
+    dx = getattr(aten, kernel)(dy, list(y_shape[2:]), list(x.shape), *aligned, *scales)
     return {}, dx
 
 
