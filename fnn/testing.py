@@ -92,7 +92,12 @@ def check_vjp(
 
     outputs = _outputs(y)
     keys = random.split(random.key(seed), len(outputs))
-    dys = [random.normal(k, o.shape, dtype=o.dtype, device=o.device) for k, o in zip(keys, outputs)]
+    dys = [  # integer outputs (MaxPool's indices) have no gradient: a zero cotangent
+        random.normal(k, o.shape, dtype=o.dtype, device=o.device)
+        if o.is_floating_point()
+        else torch.zeros_like(o)
+        for k, o in zip(keys, outputs)
+    ]
     dy_tree = tree.unflatten(tree.structure(y), dys)
     dparams, dx = vjp(dy_tree)
 

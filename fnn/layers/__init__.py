@@ -20,19 +20,24 @@ from .activations import (
     Tanh,
     elementwise,
 )
-from .conv import Conv
+from .conv import Conv, ConvTranspose
 from .dense import Dense
 from .dropout import Dropout
 from .fan import FanInConcat, FanInSum, FanOut
 from .norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
-from .pool import AvgPool, MaxPool
+from .pool import AdaptiveAvgPool, AvgPool, MaxPool
+from .resample import Pad, Upsample
 from .reshape import Flatten, Reshape
 
 __all__ = [
     "Dense",
     "Conv",
+    "ConvTranspose",
     "MaxPool",
     "AvgPool",
+    "AdaptiveAvgPool",
+    "Upsample",
+    "Pad",
     "LayerNorm",
     "BatchNorm",
     "Relu",
