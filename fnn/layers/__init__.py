@@ -22,6 +22,9 @@ from .norm import BatchNorm, LayerNorm
 from .pool import AvgPool, MaxPool
 from .reshape import Flatten, Reshape
 
+# recurrent layers (scan-based)
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
 __all__ = [
     "Dense",
     "Conv",
@@ -48,4 +51,11 @@ __all__ = [
     "serial",
     "parallel",
     "elementwise",
+    # recurrent layers
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
 ]
