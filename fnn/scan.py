@@ -100,16 +100,17 @@ def scan(cell: Layer, reverse: bool = False) -> Layer:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> tuple[Shapes, Params]:
+        shapes: Any = input_shape
         if not (
-            isinstance(input_shape, list | tuple)
-            and len(input_shape) == 2
-            and _is_shape(input_shape[1])
-            and len(input_shape[1]) >= 2
+            isinstance(shapes, list | tuple)
+            and len(shapes) == 2
+            and _is_shape(shapes[1])
+            and len(shapes[1]) >= 2
         ):
             raise ShapeError(
                 f"{name}: expected input shapes [carry_shape, (-1, T, C)], got {input_shape!r}"
             )
-        carry_shape, xs_shape = input_shape
+        carry_shape, xs_shape = shapes
         steps = xs_shape[1]
         try:
             out, params = cell_init(
@@ -183,7 +184,7 @@ def _stack(items: Sequence[Any]) -> Any:
     """Stack per-step outputs (tensors or pytrees) on a new time axis 1, stored time-major."""
     first = items[0]
     if isinstance(first, torch.Tensor):
-        return torch.stack(items, 0).transpose(0, 1)
+        return torch.stack(list(items), 0).transpose(0, 1)
     leaves, treedef = tree.flatten(first)
     columns = [tree.leaves(item) for item in items]
     stacked = [torch.stack([c[i] for c in columns], 0).transpose(0, 1) for i in range(len(leaves))]

@@ -20,10 +20,8 @@ from .dropout import Dropout
 from .fan import FanInConcat, FanInSum, FanOut
 from .norm import BatchNorm, LayerNorm
 from .pool import AvgPool, MaxPool
-from .reshape import Flatten, Reshape
-
-# recurrent layers (scan-based)
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .reshape import Flatten, Reshape
 
 __all__ = [
     "Dense",

@@ -35,7 +35,7 @@ from ..core import (
     declare,
     per_example_rule,
 )
-from ..errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, TreeError, describe
+from ..errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, describe
 from ..scan import scan
 from . import _checks
 
@@ -159,8 +159,8 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
         if not (isinstance(input_shape, list | tuple) and len(input_shape) == 2):
             expected = "[[(-1, H), (-1, H)], (-1, C)]" if lstm else "[(-1, H), (-1, C)]"
             raise ShapeError(f"{name}: expected input shapes {expected}, got {input_shape!r}")
-        carry_shape, x_shape = input_shape
-        shape = _checks.input_shape(name, x_shape, min_rank=2)
+        carry_shape: Any = input_shape[0]
+        shape = _checks.input_shape(name, input_shape[1], min_rank=2)
         features = shape[-1] if projected else hidden_size
         if projected and features < 1:
             raise ShapeError(f"{name}: input features must be ≥ 1, got {shape}")
@@ -552,18 +552,20 @@ def _recurrent(
             flat = inp.reshape(steps * batch, inp.shape[2])
             outs, w_ihs, vjps = [], [], []
             for d in range(dirs):
-                s = _suffix(layer, d)
-                w_ih = params["weight_ih" + s]
+                sfx = _suffix(layer, d)
+                w_ih = params["weight_ih" + sfx]
                 if not bias:
                     gx = flat.mm(w_ih.t())
                 elif mode != "GRU":
-                    gx = torch.addmm(params["bias_ih" + s] + params["bias_hh" + s], flat, w_ih.t())
+                    gx = torch.addmm(
+                        params["bias_ih" + sfx] + params["bias_hh" + sfx], flat, w_ih.t()
+                    )
                 else:
-                    gx = torch.addmm(params["bias_ih" + s], flat, w_ih.t())
+                    gx = torch.addmm(params["bias_ih" + sfx], flat, w_ih.t())
                 gx = gx.view(steps, batch, gates).transpose(0, 1)  # (N, T, G·H), time-major
-                step_params = {"weight_hh": params["weight_hh" + s]}
+                step_params = {"weight_hh": params["weight_hh" + sfx]}
                 if bias and mode == "GRU":
-                    step_params["bias_hh"] = params["bias_hh" + s]
+                    step_params["bias_hh"] = params["bias_hh" + sfx]
                 (carry, ys), vjp = scans[d].apply(step_params, (h0s[layer * dirs + d], gx))
                 outs.append(ys.transpose(0, 1))  # (T, N, H), contiguous
                 w_ihs.append(w_ih)
@@ -683,8 +685,10 @@ def _recurrent_grads(
                 f"{name} VJP: expected a cotangent (dy, {'(dh_n, dc_n)' if lstm else 'dh_n'}), got {describe(dy)}"
             )
         dy, dstate = dy
-        parts = (
-            dstate if lstm and isinstance(dstate, tuple | list) and len(dstate) == 2 else (dstate,)
+        parts: tuple[Any, ...] = (
+            tuple(dstate)
+            if lstm and isinstance(dstate, tuple | list) and len(dstate) == 2
+            else (dstate,)
         )
         if lstm and len(parts) != 2:
             raise ShapeError(f"{name} VJP: expected (dh_n, dc_n), got {describe(dstate)}")
