@@ -706,6 +706,7 @@ def _recurrent_grads(
     d_tm = dy.transpose(0, 1)  # (T, N, H·D)
     del dy
     per_example = walk == "per_example"
+    gates = _GATES[mode] * hidden_size
     grads: dict[str, Any] = {}
     dh0: list[Any] = [None] * count
     for layer in range(num_layers - 1, -1, -1):
@@ -740,7 +741,11 @@ def _recurrent_grads(
                 grads["bias_ih" + s] = db
                 grads["bias_hh" + s] = g_step["bias_hh"] if mode == "GRU" else db.clone()
             if layer > 0 or need_dx:
-                part = dgx_tm.reshape(steps * batch, -1).mm(w_ihs[d]).view(steps, batch, -1)
+                part = (
+                    dgx_tm.reshape(steps * batch, gates)
+                    .mm(w_ihs[d])
+                    .view(steps, batch, inp.shape[2])
+                )
                 dinp = part if dinp is None else dinp.add_(part)
         del vjps
         if dinp is not None and mask is not None:
