@@ -20,6 +20,7 @@ import torch
 from . import random, tree
 from .core import (
     VJP,
+    Backward,
     Key,
     Layer,
     LayerInfo,
@@ -144,13 +145,14 @@ def scan(cell: Layer, reverse: bool = False) -> Layer:
                 raise KeyArrayError(f"{name}: bad key: {error}") from None
         vjps: list[Any] = [None] * steps
         ys: list[Any] = [None] * steps
+        x_steps = xs.unbind(1)  # one call for all the per-step views
         for t in range(steps - 1, -1, -1) if reverse else range(steps):
             step_kwargs = dict(kwargs, key=keys[t]) if keys is not None else kwargs
             try:
-                out = cell_apply(params, (carry, xs[:, t]), **step_kwargs)
+                out = cell_apply(params, (carry, x_steps[t]), **step_kwargs)
             except FnnError as error:
                 raise with_context(error, f"{name} step {t}") from None
-            if not (isinstance(out, tuple) and len(out) == 2 and _is_pair(out[0])):
+            if not (type(out) is tuple and len(out) == 2 and _is_pair(out[0])):
                 raise FnnTypeError(
                     f"{name}: the cell's apply must return ((carry, y_t), vjp), got {describe(out)}"
                 )
@@ -168,7 +170,7 @@ def _is_shape(shape: object) -> bool:
 
 
 def _is_pair(x: object) -> bool:
-    return isinstance(x, tuple | list) and len(x) == 2
+    return (type(x) is tuple or isinstance(x, tuple | list)) and len(x) == 2
 
 
 def _with_time(shape: Any, steps: int) -> Any:
@@ -191,16 +193,34 @@ def _stack(items: Sequence[Any]) -> Any:
     return tree.unflatten(treedef, stacked)
 
 
-def _time_slice(dys: Any, t: int) -> Any:
+def _unstack(dys: Any, steps: int) -> list[Any]:
+    """The per-step slices `dys[:, t]` of a tensor or pytree, for t = 0 … T−1."""
     if isinstance(dys, torch.Tensor):
-        return dys[:, t]
-    return tree.map(lambda d: d[:, t], dys)
+        return list(dys.unbind(1))
+    leaves, treedef = tree.flatten(dys)
+    columns = [leaf.unbind(1) for leaf in leaves]
+    return [tree.unflatten(treedef, [c[t] for c in columns]) for t in range(steps)]
+
+
+def _consumes(vjp: Any) -> bool:
+    """Whether a step's VJP declares a memory-freeing variant (else it is simply called)."""
+    backward_fn = getattr(vjp, "backward", None)
+    return type(backward_fn) is Backward and backward_fn.consume is not None
 
 
 def _accumulate(total: Any, grads: Any, owned: bool) -> Any:
     """`total + grads`, adding in place once `total` holds tensors made here (`owned`)."""
     if total is None:
         return grads
+    if type(total) is dict and type(grads) is dict and total.keys() == grads.keys():
+        # the common case, a flat dict of tensors (a cell's params): no tree walk per step
+        values = list(grads.values())
+        if all(type(g) is torch.Tensor for g in values):
+            if owned:
+                for t, g in zip(total.values(), values):
+                    t.add_(g)
+                return total
+            return {k: torch.add(t, g) for (k, t), g in zip(total.items(), values)}
     if owned:
         return tree.map(torch.Tensor.add_, total, grads)
     return tree.map(torch.add, total, grads)
@@ -225,24 +245,27 @@ def _walk(
                 f"scan VJP: expected dys of shape (N, {steps}, ...) like ys, got {got}"
             )
     dxs: list[Any] = [None] * steps
+    dy_steps = _unstack(dys, steps)
+    del dys
     total: Any = None
     for i, t in enumerate(range(steps) if reverse else range(steps - 1, -1, -1)):
         vjp = vjps[t]
         vjps[t] = None
-        cotangent = (dcarry, _time_slice(dys, t))
+        cotangent = (dcarry, dy_steps[t])
+        dy_steps[t] = None
         del dcarry
         try:
-            if mode == "consume":
+            if mode == "consume" and _consumes(vjp):
                 box = [vjp, cotangent]
                 del vjp, cotangent
                 out = backprop(box, True)
             elif mode == "per_example":
                 out = per_example_rule(vjp)(vjp.residuals, cotangent, True)
-            else:
+            else:  # (consume: this step's residuals go with `vjp`, replaced next step)
                 out = vjp(cotangent)
         except FnnError as error:
             raise with_context(error, f"scan step {t}") from None
-        if not (isinstance(out, tuple) and len(out) == 2 and _is_pair(out[1])):
+        if not (type(out) is tuple and len(out) == 2 and _is_pair(out[1])):
             raise FnnTypeError(
                 f"scan step {t}: the cell's VJP must return (dparams, (dcarry, dx_t)), "
                 f"got {describe(out)}"

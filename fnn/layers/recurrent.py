@@ -42,6 +42,10 @@ from . import _checks
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
 aten = torch.ops.aten
+# the overloads themselves: calling them skips the overload lookup of `aten.tanh_backward(...)`
+_tanh_backward = aten.tanh_backward.default
+_sigmoid_backward = aten.sigmoid_backward.default
+_threshold_backward = aten.threshold_backward.default
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 """Gates per mode: the rows of `weight_ih` are G·H, gates stacked in torch's order
@@ -73,8 +77,8 @@ def _step(
         gates = torch.addmm(gx, h, w_hh.t())
         g = gates[:, 2 * size : 3 * size].tanh()
         act = gates.sigmoid_()  # i, f, o: σ; the cell gate g: tanh
-        act[:, 2 * size : 3 * size] = g
-        i, f, o = act[:, :size], act[:, size : 2 * size], act[:, 3 * size :]
+        i, f, ga, o = act.chunk(4, 1)
+        ga.copy_(g)
         c_new = torch.addcmul(f * c, i, g)
         tanh_c = c_new.tanh()
         h_new = o * tanh_c
@@ -107,27 +111,25 @@ def _step_backward(
         dh_carry, dc = dcarry
         dh = dy + dh_carry
         size = h.shape[1]
-        i, f, g, o = (act[:, k * size : (k + 1) * size] for k in range(4))
-        dc = dc + aten.tanh_backward(dh * o, tanh_c)
+        i, f, g, o = act.chunk(4, 1)
+        dc = dc + _tanh_backward(dh * o, tanh_c)
         dact = torch.cat([dc * g, dc * c, dc * i, dh * tanh_c], 1)
-        dgates = aten.sigmoid_backward(dact, act)
-        dgates[:, 2 * size : 3 * size] = aten.tanh_backward(dact[:, 2 * size : 3 * size], g)
+        dgates = _sigmoid_backward(dact, act)
+        dgates[:, 2 * size : 3 * size] = _tanh_backward(dact[:, 2 * size : 3 * size], g)
         return dgates, dgates, h, (dgates.mm(w_hh), dc * f)
     dh = dy + dcarry
     if mode == "GRU":
         h, rz, n, ghn = res
         size = h.shape[1]
         r, z = rz[:, :size], rz[:, size:]
-        dn_pre = aten.tanh_backward(dh - dh * z, n)
-        drz = aten.sigmoid_backward(torch.cat([dn_pre * ghn, dh * (h - n)], 1), rz)
+        dn_pre = _tanh_backward(dh - dh * z, n)
+        drz = _sigmoid_backward(torch.cat([dn_pre * ghn, dh * (h - n)], 1), rz)
         dgx = torch.cat([drz, dn_pre], 1)
         dgh = torch.cat([drz, dn_pre * r], 1)
         return dgx, dgh, h, torch.addmm(dh * z, dgh, w_hh)
     h, h_new = res
-    if mode == "RNN_TANH":
-        dpre = aten.tanh_backward(dh, h_new)
-    else:
-        dpre = aten.threshold_backward(dh, h_new, 0)
+    tanh = mode == "RNN_TANH"
+    dpre = _tanh_backward(dh, h_new) if tanh else _threshold_backward(dh, h_new, 0)
     return dpre, dpre, h, dpre.mm(w_hh)
 
 
@@ -182,6 +184,12 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
 
     def apply(params: Params, x: Any, **kwargs: Any) -> tuple[tuple[Any, torch.Tensor], VJP]:
         del kwargs  # deterministic
+        if not projected:  # the recurrent layers' own step: they checked params and inputs
+            carry, gx = x
+            w_hh = params["weight_hh"]
+            new_carry, y, res = _step(mode, gx, carry, w_hh, params.get("bias_hh"))
+            residuals = (mode, res, w_hh, step_bias, None, None, bias)
+            return (new_carry, y), VJP(recurrent_cell_backward, residuals)
         if not (isinstance(x, tuple | list) and len(x) == 2):
             carry_form = "((h, c), x_t)" if lstm else "(h, x_t)"
             raise ShapeError(f"{name}: expected an input {carry_form}, got {describe(x)}")
@@ -192,44 +200,34 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
             or any(n not in params for n in names)
         ):
             _checks.param_leaves(name, params, names)
-        _check_step_input(
-            name, lstm, params["weight_hh"], carry, x_t, gates if not projected else None
-        )
+        _check_step_input(name, lstm, params["weight_hh"], carry, x_t)
         w_hh = params["weight_hh"]
-        w_ih = params["weight_ih"] if projected else None
+        w_ih = params["weight_ih"]
         b_hh = params["bias_hh"] if step_bias else None
-        if w_ih is not None:
-            if w_ih.ndim != 2 or w_ih.shape[0] != gates or w_ih.shape[1] != x_t.shape[-1]:
-                raise ShapeError(
-                    f"{name}: params['weight_ih'] has shape {tuple(w_ih.shape)}, expected "
-                    f"({gates}, {x_t.shape[-1]})"
-                )
-            if not bias:
-                gx = x_t.mm(w_ih.t())
-            elif mode == "GRU":
-                gx = torch.addmm(params["bias_ih"], x_t, w_ih.t())
-            else:
-                gx = torch.addmm(params["bias_ih"] + params["bias_hh"], x_t, w_ih.t())
+        if w_ih.ndim != 2 or w_ih.shape[0] != gates or w_ih.shape[1] != x_t.shape[-1]:
+            raise ShapeError(
+                f"{name}: params['weight_ih'] has shape {tuple(w_ih.shape)}, expected "
+                f"({gates}, {x_t.shape[-1]})"
+            )
+        if not bias:
+            gx = x_t.mm(w_ih.t())
+        elif mode == "GRU":
+            gx = torch.addmm(params["bias_ih"], x_t, w_ih.t())
         else:
-            gx = x_t
+            gx = torch.addmm(params["bias_ih"] + params["bias_hh"], x_t, w_ih.t())
         new_carry, y, res = _step(mode, gx, carry, w_hh, b_hh)
-        residuals = (mode, res, w_hh, step_bias, x_t if projected else None, w_ih, bias)
+        residuals = (mode, res, w_hh, step_bias, x_t, w_ih, bias)
         return (new_carry, y), VJP(recurrent_cell_backward, residuals)
 
     return declare(init, apply, LayerInfo(name))
 
 
-def _check_step_input(
-    name: str, lstm: bool, w_hh: torch.Tensor, carry: Any, x_t: Any, gates: int | None
-) -> None:
+def _check_step_input(name: str, lstm: bool, w_hh: torch.Tensor, carry: Any, x_t: Any) -> None:
     """Cheap checks (attribute reads) of a cell's carry and input."""
     _checks.input_like(name, x_t, w_hh)
     size = w_hh.shape[-1] if isinstance(w_hh, torch.Tensor) and w_hh.ndim == 2 else -1
-    if x_t.ndim != 2 or (gates is not None and x_t.shape[1] != gates):
-        expected = f"(N, {gates})" if gates is not None else "(N, C)"
-        raise ShapeError(
-            f"{name}: expected an input x_t of shape {expected}, got {tuple(x_t.shape)}"
-        )
+    if x_t.ndim != 2:
+        raise ShapeError(f"{name}: expected an input x_t of shape (N, C), got {tuple(x_t.shape)}")
     parts = carry if lstm and isinstance(carry, tuple | list) and len(carry) == 2 else (carry,)
     if lstm and len(parts) != 2:
         raise ShapeError(f"{name}: expected the carry (h, c), got {describe(carry)}")
@@ -262,8 +260,8 @@ def _cell_grads(residuals: tuple[Any, ...], dy: Any, per_example: bool) -> tuple
             f"{mode} cell VJP: expected a cotangent (dcarry, dy_t), got {describe(dy)}"
         )
     dcarry, dy_t = dy
-    h = res[0]
-    _check_cotangent(mode, dcarry, dy_t, h)
+    if x_t is not None:  # a public cell (the layers' own step gets checked cotangents)
+        _check_cotangent(mode, dcarry, dy_t, res[0])
     dgx, dgh, h_prev, dcarry_prev = _step_backward(mode, res, w_hh, dcarry, dy_t)
     outer = _outer_per_example if per_example else _outer
     grads: Params = {}
