@@ -208,19 +208,22 @@ def _consumes(vjp: Any) -> bool:
     return type(backward_fn) is Backward and backward_fn.consume is not None
 
 
-def _accumulate(total: Any, grads: Any, owned: bool) -> Any:
-    """`total + grads`, adding in place once `total` holds tensors made here (`owned`)."""
+def _is_flat(grads: Any) -> bool:
+    """Whether `grads` is a flat dict of tensors (a cell's params: the common case)."""
+    return type(grads) is dict and all(type(g) is torch.Tensor for g in grads.values())
+
+
+def _accumulate(total: Any, grads: Any, owned: bool, flat: bool) -> Any:
+    """`total + grads`, adding in place once `total` holds tensors made here (`owned`);
+    `flat`: both are flat dicts of tensors with the same keys, so no tree walk is needed."""
     if total is None:
         return grads
-    if type(total) is dict and type(grads) is dict and total.keys() == grads.keys():
-        # the common case, a flat dict of tensors (a cell's params): no tree walk per step
-        values = list(grads.values())
-        if all(type(g) is torch.Tensor for g in values):
-            if owned:
-                for t, g in zip(total.values(), values):
-                    t.add_(g)
-                return total
-            return {k: torch.add(t, g) for (k, t), g in zip(total.items(), values)}
+    if flat:
+        if owned:
+            for k, t in total.items():
+                t.add_(grads[k])
+            return total
+        return {k: torch.add(t, grads[k]) for k, t in total.items()}
     if owned:
         return tree.map(torch.Tensor.add_, total, grads)
     return tree.map(torch.add, total, grads)
@@ -248,6 +251,7 @@ def _walk(
     dy_steps = _unstack(dys, steps)
     del dys
     total: Any = None
+    flat = False
     for i, t in enumerate(range(steps) if reverse else range(steps - 1, -1, -1)):
         vjp = vjps[t]
         vjps[t] = None
@@ -271,7 +275,11 @@ def _walk(
                 f"got {describe(out)}"
             )
         grads, (dcarry, dxs[t]) = out
-        total = _accumulate(total, grads, i > 1)
+        if i == 0:
+            flat = _is_flat(grads)
+        elif flat and not (_is_flat(grads) and grads.keys() == total.keys()):
+            flat = False  # a cell whose gradients change form: the tree walk checks them
+        total = _accumulate(total, grads, i > 1, flat)
     del need_dx  # dx_t comes with dcarry from each step; the cells decide what it costs
     return total, (dcarry, _stack(dxs))
 

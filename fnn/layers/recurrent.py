@@ -75,14 +75,13 @@ def _step(
         h, c = carry
         size = h.shape[1]
         gates = torch.addmm(gx, h, w_hh.t())
-        g = gates[:, 2 * size : 3 * size].tanh()
-        act = gates.sigmoid_()  # i, f, o: σ; the cell gate g: tanh
-        i, f, ga, o = act.chunk(4, 1)
-        ga.copy_(g)
+        act = gates.sigmoid()  # i, f, o: σ (act's g rows go unused)
+        g = gates[:, 2 * size : 3 * size].tanh_()  # the cell gate g: tanh
+        i, f, _, o = act.chunk(4, 1)
         c_new = torch.addcmul(f * c, i, g)
         tanh_c = c_new.tanh()
         h_new = o * tanh_c
-        return (h_new, c_new), h_new, (h, c, act, tanh_c)
+        return (h_new, c_new), h_new, (h, c, act, g, tanh_c)
     h = carry
     if mode == "GRU":
         size = h.shape[1]
@@ -107,15 +106,20 @@ def _step_backward(
     """`(dgx, dgh, h_prev, dcarry_prev)`: cotangents of the input's and the hidden state's
     gate pre-activations (`dW_hh = dghᵀ h_prev`), and of the previous carry."""
     if mode == "LSTM":
-        h, c, act, tanh_c = res
+        h, c, act, g, tanh_c = res
         dh_carry, dc = dcarry
         dh = dy + dh_carry
-        size = h.shape[1]
-        i, f, g, o = act.chunk(4, 1)
+        i, f, _, o = act.chunk(4, 1)
         dc = dc + _tanh_backward(dh * o, tanh_c)
-        dact = torch.cat([dc * g, dc * c, dc * i, dh * tanh_c], 1)
-        dgates = _sigmoid_backward(dact, act)
-        dgates[:, 2 * size : 3 * size] = _tanh_backward(dact[:, 2 * size : 3 * size], g)
+        dgates = torch.cat(
+            [
+                _sigmoid_backward(dc * g, i),
+                _sigmoid_backward(dc * c, f),
+                _tanh_backward(dc * i, g),
+                _sigmoid_backward(dh * tanh_c, o),
+            ],
+            1,
+        )
         return dgates, dgates, h, (dgates.mm(w_hh), dc * f)
     dh = dy + dcarry
     if mode == "GRU":
