@@ -4,10 +4,15 @@
 
 Model: LSTM(128) on (N 32, T 50, C 128), batch first, MSE on its whole output; one
 thread; torch baseline: torch.nn.LSTM(batch_first=True) + autograd + torch.optim.SGD, the
-same weights. Target (issue 17): fnn no slower than 1.5× torch's time.
+same weights. Target (issue 17): fnn no slower than 1.5× torch's time. Each case is timed
+twice, interleaved: wall clock (as the other benchmarks) and this thread's CPU time, which
+on a shared machine leaves out the time spent waiting for a core; the target is judged on
+the CPU time.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +59,20 @@ def make_steps(num_layers: int = 1, bidirectional: bool = False):
     return fnn_step, torch_step
 
 
+def cpu_times(cases: dict, number: int, repeats: int) -> dict[str, list[float]]:
+    """Per-call CPU time of this thread (`time.thread_time`), interleaved as `compare` does:
+    on a shared machine, time spent waiting for a core does not count."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for r in range(repeats):
+        for name in names[r % 2 :] + names[: r % 2]:
+            start = time.thread_time()
+            for _ in range(number):
+                cases[name]()
+            times[name].append((time.thread_time() - start) / number)
+    return times
+
+
 def main() -> dict[str, float]:
     pin_threads(1)
     results = {}
@@ -62,17 +81,18 @@ def main() -> dict[str, float]:
         ("2 layers, bidirectional", {"num_layers": 2, "bidirectional": True}),
     ):
         fnn_step, torch_step = make_steps(**kwargs)
-        number, repeats = (5, 15) if kwargs else (10, 20)
-        times = compare(
-            {"torch.nn.LSTM": torch_step, "fnn LSTM": fnn_step}, number=number, repeats=repeats
-        )
-        ratio = report(
-            f"LSTM train step, N {BATCH}, T {STEPS}, width {WIDTH}, {label}",
-            times,
-            baseline="torch.nn.LSTM",
-        )["fnn LSTM"]
+        number, repeats = (3, 10) if kwargs else (5, 20)
+        cases = {"torch.nn.LSTM": torch_step, "fnn LSTM": fnn_step}
+        times = compare(cases, number=number, repeats=repeats)
+        title = f"LSTM train step, N {BATCH}, T {STEPS}, width {WIDTH}, {label}"
+        wall = report(f"{title} (wall clock)", times, baseline="torch.nn.LSTM")["fnn LSTM"]
+        cpu = cpu_times(cases, number, repeats)
+        ratio = report(f"{title} (CPU time)", cpu, baseline="torch.nn.LSTM")["fnn LSTM"]
         met = "met" if ratio >= TARGET else "NOT met"
-        print(f"  fnn time / torch time = {1 / ratio:.2f} (target ≤ 1.5: {met})")
+        print(
+            f"  fnn time / torch time = {1 / ratio:.2f} CPU, {1 / wall:.2f} wall "
+            f"(target ≤ 1.5: {met})"
+        )
         results[label] = ratio
     return results
 
