@@ -228,12 +228,15 @@ def test_dropout_between_layers_with_a_key_only():
     assert torch.equal(single.apply(p1, x, key=fnn.random.key(1))[0], single.apply(p1, x)[0])
 
 
-def _model():
-    return fnn.serial(L.LSTM(4, num_layers=2, bidirectional=True), L.Flatten(), L.Dense(3))
+def _model(kind="LSTM"):
+    return fnn.serial(
+        getattr(L, kind)(4, num_layers=2, bidirectional=True), L.Flatten(), L.Dense(3)
+    )
 
 
-def test_per_example_grads_on_an_lstm_model():
-    init, apply = _model()
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_per_example_grads_on_a_recurrent_model(kind):
+    init, apply = _model(kind)
     _, params = init(fnn.random.key(0), (-1, 3, 2), dtype=torch.float64)
     x, labels = randn(1, 5, 3, 2), torch.tensor([0, 2, 1, 1, 0])
     losses, grads = fnn.per_example_grads(apply, fnn.losses.cross_entropy)(params, x, labels)
