@@ -247,6 +247,17 @@ def test_per_example_grads_on_a_recurrent_model(kind):
         assert_trees_close(fnn.tree.map(lambda g, n=n: g[n], grads), expected, atol=1e-12)
 
 
+def test_per_example_grads_vmap_fallback_equals_the_rule():
+    # a swapped backward has no per-example rule: per_example_grads then vmaps the layer
+    swapped = fnn.serial(fnn.with_vjp(L.LSTM(4), _no_dx_backward), L.Flatten(), L.Dense(3))
+    plain = fnn.serial(L.LSTM(4), L.Flatten(), L.Dense(3))
+    _, params = plain.init(fnn.random.key(0), (-1, 3, 2), dtype=torch.float64)
+    x, labels = randn(1, 4, 3, 2), torch.tensor([0, 2, 1, 1])
+    by_vmap = fnn.per_example_grads(swapped.apply, fnn.losses.cross_entropy)(params, x, labels)
+    by_rule = fnn.per_example_grads(plain.apply, fnn.losses.cross_entropy)(params, x, labels)
+    assert_trees_close(by_vmap, by_rule, atol=1e-12)
+
+
 def test_value_and_grad_remat_and_with_vjp():
     init, apply = _model()
     _, params = init(fnn.random.key(0), (-1, 3, 2), dtype=torch.float64)
