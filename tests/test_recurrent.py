@@ -334,3 +334,10 @@ def test_apply_and_vjp_errors_name_the_layer():
         fnn.errors.ShapeError, match=r"LSTMCell: expected a carry of shape \(2, 4\)"
     ):
         cell.apply(cell_params, ((torch.zeros(2, 4), torch.zeros(2, 3)), torch.zeros(2, 2)))
+    with pytest.raises(
+        fnn.errors.ShapeError, match=r"LSTMCell: expected an input x_t of shape \(N, 2\)"
+    ):
+        cell.apply(cell_params, ((torch.zeros(2, 4), torch.zeros(2, 4)), torch.zeros(2, 3)))
+    bad = dict(cell_params, weight_hh=torch.zeros(16, 5))
+    with pytest.raises(fnn.errors.ShapeError, match=r"params\['weight_hh'\] has shape \(16, 5\)"):
+        cell.apply(bad, ((torch.zeros(2, 4), torch.zeros(2, 4)), torch.zeros(2, 2)))

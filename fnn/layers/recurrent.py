@@ -204,15 +204,21 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
             or any(n not in params for n in names)
         ):
             _checks.param_leaves(name, params, names)
-        _check_step_input(name, lstm, params["weight_hh"], carry, x_t)
+        _check_step_input(name, lstm, params["weight_hh"], carry, x_t, hidden_size)
         w_hh = params["weight_hh"]
         w_ih = params["weight_ih"]
         b_hh = params["bias_hh"] if step_bias else None
-        if w_ih.ndim != 2 or w_ih.shape[0] != gates or w_ih.shape[1] != x_t.shape[-1]:
-            raise ShapeError(
-                f"{name}: params['weight_ih'] has shape {tuple(w_ih.shape)}, expected "
-                f"({gates}, {x_t.shape[-1]})"
-            )
+        expected = {"weight_ih": (gates, x_t.shape[1]), "weight_hh": (gates, hidden_size)}
+        for leaf in names:
+            shape = expected.get(leaf, (gates,))
+            value = params[leaf]
+            if value.shape != shape:
+                if leaf == "weight_ih" and value.ndim == 2 and value.shape[0] == gates:
+                    raise ShapeError(
+                        f"{name}: expected an input x_t of shape (N, {value.shape[1]}), "
+                        f"got {tuple(x_t.shape)}"
+                    )
+                _checks.param_like(name, leaf, value, shape, x_t)
         if not bias:
             gx = x_t.mm(w_ih.t())
         elif mode == "GRU":
@@ -226,10 +232,11 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
     return declare(init, apply, LayerInfo(name))
 
 
-def _check_step_input(name: str, lstm: bool, w_hh: torch.Tensor, carry: Any, x_t: Any) -> None:
+def _check_step_input(
+    name: str, lstm: bool, w_hh: torch.Tensor, carry: Any, x_t: Any, size: int
+) -> None:
     """Cheap checks (attribute reads) of a cell's carry and input."""
     _checks.input_like(name, x_t, w_hh)
-    size = w_hh.shape[-1] if isinstance(w_hh, torch.Tensor) and w_hh.ndim == 2 else -1
     if x_t.ndim != 2:
         raise ShapeError(f"{name}: expected an input x_t of shape (N, C), got {tuple(x_t.shape)}")
     parts = carry if lstm and isinstance(carry, tuple | list) and len(carry) == 2 else (carry,)
