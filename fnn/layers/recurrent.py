@@ -6,7 +6,9 @@ stored time-major so that each step reads a contiguous (N, G·H) block), and the
 by `scan` only adds the hidden state's part, the G gates fused in one product `h W_hhᵀ`
 as torch's weight layout (gates stacked on the rows) allows. Its backward mirrors that:
 `scan`'s VJP walks time in reverse and hands back the gates' cotangents for every step,
-from which `dW_ih = Σₜ dgₜᵀ xₜ` and `dx = dg W_ih` are again one product each.
+from which `dW_ih = Σₜ dgₜᵀ xₜ` and `dx = dg W_ih` are again one product each, and so is
+`dW_hh = Σₜ dgₜᵀ hₜ₋₁` for LSTM and RNN (their step takes `W_hh` as a keyword, a constant
+of the step, rather than as a param whose gradient `scan` would sum step by step).
 
 Params are named as `torch.nn.LSTM(batch_first=True).state_dict()`'s (`weight_ih_l0`,
 `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, `…_reverse`), so torch weights load with
@@ -148,10 +150,14 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
     gates = _GATES[mode] * hidden_size
     lstm = mode == "LSTM"
     step_bias = bias and mode == "GRU"  # the bias the step adds itself
+    # The layers' LSTM and RNN steps take W_hh as the keyword `weight_hh=`, a constant of the
+    # step: its gradient Σₜ dgₜᵀ hₜ₋₁ is then one product over all steps, made by the layer.
+    # (GRU's hidden product has its own bias and the reset gate inside: its step owns both.)
+    own_weight = projected or mode == "GRU"
     names = (
         ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
         if projected
-        else ["weight_hh"] + (["bias_hh"] if step_bias else [])
+        else (["weight_hh"] + (["bias_hh"] if step_bias else []) if own_weight else [])
     )
 
     def init(
@@ -187,12 +193,11 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
         return [carry_shape, (*shape[:-1], hidden_size)], params
 
     def apply(params: Params, x: Any, **kwargs: Any) -> tuple[tuple[Any, torch.Tensor], VJP]:
-        del kwargs  # deterministic
         if not projected:  # the recurrent layers' own step: they checked params and inputs
             carry, gx = x
-            w_hh = params["weight_hh"]
+            w_hh = params["weight_hh"] if own_weight else kwargs["weight_hh"]
             new_carry, y, res = _step(mode, gx, carry, w_hh, params.get("bias_hh"))
-            residuals = (mode, res, w_hh, step_bias, None, None, bias)
+            residuals = (mode, res, w_hh, step_bias, None, None, bias, own_weight)
             return (new_carry, y), VJP(recurrent_cell_backward, residuals)
         if not (isinstance(x, tuple | list) and len(x) == 2):
             carry_form = "((h, c), x_t)" if lstm else "(h, x_t)"
@@ -226,7 +231,7 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
         else:
             gx = torch.addmm(params["bias_ih"] + params["bias_hh"], x_t, w_ih.t())
         new_carry, y, res = _step(mode, gx, carry, w_hh, b_hh)
-        residuals = (mode, res, w_hh, step_bias, x_t, w_ih, bias)
+        residuals = (mode, res, w_hh, step_bias, x_t, w_ih, bias, True)
         return (new_carry, y), VJP(recurrent_cell_backward, residuals)
 
     return declare(init, apply, LayerInfo(name))
@@ -265,7 +270,7 @@ def _cell_per_example(residuals: tuple[Any, ...], dy: Any, need_dx: bool) -> tup
 
 
 def _cell_grads(residuals: tuple[Any, ...], dy: Any, per_example: bool) -> tuple[Params, Any]:
-    mode, res, w_hh, step_bias, x_t, w_ih, bias = residuals
+    mode, res, w_hh, step_bias, x_t, w_ih, bias, own_weight = residuals
     if not (isinstance(dy, tuple | list) and len(dy) == 2):
         raise ShapeError(
             f"{mode} cell VJP: expected a cotangent (dcarry, dy_t), got {describe(dy)}"
@@ -278,7 +283,8 @@ def _cell_grads(residuals: tuple[Any, ...], dy: Any, per_example: bool) -> tuple
     grads: Params = {}
     if w_ih is not None:
         grads["weight_ih"] = outer(dgx, x_t)
-    grads["weight_hh"] = outer(dgh, h_prev)
+    if own_weight:
+        grads["weight_hh"] = outer(dgh, h_prev)
     if w_ih is not None and bias:
         grads["bias_ih"] = dgx if per_example else dgx.sum(0)
         if mode == "GRU":
@@ -559,7 +565,7 @@ def _recurrent(
                 mask = random.bernoulli(keys[layer - 1], 1.0 - rate, inp.shape, device=inp.device)
                 inp = aten.native_dropout_backward.default(inp, mask, scale)
             flat = inp.reshape(steps * batch, inp.shape[2])
-            outs, w_ihs, vjps = [], [], []
+            outs, w_ihs, vjps, firsts = [], [], [], []
             for d in range(dirs):
                 sfx = _suffix(layer, d)
                 w_ih = params["weight_ih" + sfx]
@@ -572,15 +578,23 @@ def _recurrent(
                 else:
                     gx = torch.addmm(params["bias_ih" + sfx], flat, w_ih.t())
                 gx = gx.view(steps, batch, gates).transpose(0, 1)  # (N, T, G·H), time-major
-                step_params = {"weight_hh": params["weight_hh" + sfx]}
-                if bias and mode == "GRU":
-                    step_params["bias_hh"] = params["bias_hh" + sfx]
-                (carry, ys), vjp = scans[d].apply(step_params, (h0s[layer * dirs + d], gx))
+                h0 = h0s[layer * dirs + d]
+                if mode == "GRU":
+                    step_params = {"weight_hh": params["weight_hh" + sfx]}
+                    if bias:
+                        step_params["bias_hh"] = params["bias_hh" + sfx]
+                    (carry, ys), vjp = scans[d].apply(step_params, (h0, gx))
+                else:
+                    w_hh = params["weight_hh" + sfx]
+                    (carry, ys), vjp = scans[d].apply({}, (h0, gx), weight_hh=w_hh)
+                    firsts.append(h0[0] if lstm else h0)
                 outs.append(ys.transpose(0, 1))  # (T, N, H), contiguous
                 w_ihs.append(w_ih)
                 vjps.append(vjp)
                 finals.append(carry)
-            layers.append((inp, tuple(w_ihs), tuple(vjps), mask))
+            # what dW_hh needs (LSTM, RNN): each direction's h₀ and outputs (T, N, H)
+            hs = (tuple(firsts), tuple(outs)) if mode != "GRU" else None
+            layers.append((inp, tuple(w_ihs), tuple(vjps), mask, hs))
             inp = outs[0] if dirs == 1 else torch.cat(outs, 2)
         y = inp.transpose(0, 1)
         y = y.squeeze(0) if unbatched else y.contiguous()
@@ -635,8 +649,9 @@ def _initial_state(
     return list(checked[0].unbind(0))
 
 
-# per layer and direction: gx = x W_ihᵀ + b, (h_T, ys) = scan(cell)(h0, gx)   ⇒   (dW_hh, (dh0, dgx)) = scan VJP((dh_T, dys)),
-#   dW_ih = Σₜ dgxₜᵀ xₜ,  db_ih = db_hh = Σ dgx (GRU: db_hh from the cell),  dx = Σ_dir dgx W_ih, through each dropout mask
+# per layer and direction: gx = x W_ihᵀ + b, (h_T, ys) = scan(cell)(h0, gx)   ⇒   (_, (dh0, dgx)) = scan VJP((dh_T, dys)),
+#   dW_ih = Σₜ dgxₜᵀ xₜ,  dW_hh = Σₜ dgxₜᵀ hₜ₋₁,  db_ih = db_hh = Σ dgx (GRU: dW_hh, db_hh from scan's dparams),
+#   dx = Σ_dir dgx W_ih, through each dropout mask
 @backward
 def recurrent_backward(residuals: tuple[Any, ...], dy: Any) -> tuple[Params, Any]:
     layers, flags = residuals
@@ -719,7 +734,7 @@ def _recurrent_grads(
     grads: dict[str, Any] = {}
     dh0: list[Any] = [None] * count
     for layer in range(num_layers - 1, -1, -1):
-        inp, w_ihs, vjps, mask = layers.pop()
+        inp, w_ihs, vjps, mask, hs = layers.pop()
         flat = inp.reshape(steps * batch, inp.shape[2])
         dinp = None
         for d in range(dirs):
@@ -744,7 +759,12 @@ def _recurrent_grads(
             else:
                 dgx2 = dgx_tm.reshape(steps * batch, dgx_tm.shape[2])
                 grads["weight_ih" + s] = dgx2.t().mm(flat)
-            grads["weight_hh" + s] = g_step["weight_hh"]
+            if hs is None:
+                grads["weight_hh" + s] = g_step["weight_hh"]
+            else:
+                grads["weight_hh" + s] = _hidden_weight_grad(
+                    dgx_tm, hs[0][d], hs[1][d], d, per_example
+                )
             if bias:
                 db = dgx_tm.sum(0) if per_example else dgx_tm.sum((0, 1))
                 grads["bias_ih" + s] = db
@@ -775,6 +795,25 @@ def _recurrent_grads(
         return ordered, (dx, (dh, dc))
     dh = torch.stack(dh0)
     return ordered, (dx, dh.squeeze(1) if unbatched else dh)
+
+
+# dW_hh = Σₜ dgₜᵀ hₜ₋₁, with hₜ₋₁ = h₀ at the first step (t = 0 forward, T−1 reverse)
+def _hidden_weight_grad(
+    dg: torch.Tensor, h0: torch.Tensor, ys: torch.Tensor, reverse: int, per_example: bool
+) -> torch.Tensor:
+    """The gradient of W_hh from the gates' cotangents `dg` (T, N, G·H), the initial state
+    `h0` (N, H) and the outputs `ys` (T, N, H), in one product (per example: one per row)."""
+    steps, batch, gates = dg.shape
+    size = ys.shape[2]
+    if per_example:
+        h0 = h0.unsqueeze(0)
+        h_prev = torch.cat([ys[1:], h0]) if reverse else torch.cat([h0, ys[:-1]])
+        return torch.bmm(dg.permute(1, 2, 0), h_prev.transpose(0, 1))
+    first, rest = (-1, slice(0, -1)) if reverse else (0, slice(1, None))
+    before = slice(1, None) if reverse else slice(0, -1)
+    rows = (steps - 1) * batch
+    grad = dg[rest].reshape(rows, gates).t().mm(ys[before].reshape(rows, size))
+    return torch.addmm(grad, dg[first].t(), h0)
 
 
 def _ordered_names(num_layers: int, dirs: int, bias: bool) -> list[str]:
