@@ -71,12 +71,13 @@ def _mode(name: str, nonlinearity: str) -> str:
 
 
 def _step(
-    mode: str, gx: torch.Tensor, carry: Any, w_hh: torch.Tensor, b_hh: torch.Tensor | None
+    mode: str, gx: torch.Tensor, carry: Any, w_hh_t: torch.Tensor, b_hh: torch.Tensor | None
 ) -> tuple[Any, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`w_hh_t` is W_hhᵀ (H, G·H): a contiguous copy makes the per-step product faster."""
     if mode == "LSTM":
         h, c = carry
         size = h.shape[1]
-        gates = torch.addmm(gx, h, w_hh.t())
+        gates = torch.addmm(gx, h, w_hh_t)
         act = gates.sigmoid()  # i, f, o: σ (act's g rows go unused)
         g = gates[:, 2 * size : 3 * size].tanh_()  # the cell gate g: tanh
         i, f, _, o = act.chunk(4, 1)
@@ -87,12 +88,12 @@ def _step(
     h = carry
     if mode == "GRU":
         size = h.shape[1]
-        gh = h.mm(w_hh.t()) if b_hh is None else torch.addmm(b_hh, h, w_hh.t())
+        gh = h.mm(w_hh_t) if b_hh is None else torch.addmm(b_hh, h, w_hh_t)
         rz = torch.add(gx[:, : 2 * size], gh[:, : 2 * size]).sigmoid_()
         n = torch.addcmul(gx[:, 2 * size :], rz[:, :size], gh[:, 2 * size :]).tanh_()
         h_new = torch.addcmul(n, rz[:, size:], h - n)
         return h_new, h_new, (h, rz, n, gh[:, 2 * size :])
-    pre = torch.addmm(gx, h, w_hh.t())
+    pre = torch.addmm(gx, h, w_hh_t)
     h_new = pre.tanh_() if mode == "RNN_TANH" else pre.relu_()
     return h_new, h_new, (h, h_new)
 
@@ -150,8 +151,9 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
     gates = _GATES[mode] * hidden_size
     lstm = mode == "LSTM"
     step_bias = bias and mode == "GRU"  # the bias the step adds itself
-    # The layers' LSTM and RNN steps take W_hh as the keyword `weight_hh=`, a constant of the
-    # step: its gradient Σₜ dgₜᵀ hₜ₋₁ is then one product over all steps, made by the layer.
+    # The layers' LSTM and RNN steps take W_hh as the keyword `weight_hh=` (and its transpose
+    # as `weight_hh_t=`, contiguous), constants of the step: the gradient of W_hh,
+    # Σₜ dgₜᵀ hₜ₋₁, is then one product over all steps, made by the layer.
     # (GRU's hidden product has its own bias and the reset gate inside: its step owns both.)
     own_weight = projected or mode == "GRU"
     names = (
@@ -195,8 +197,12 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
     def apply(params: Params, x: Any, **kwargs: Any) -> tuple[tuple[Any, torch.Tensor], VJP]:
         if not projected:  # the recurrent layers' own step: they checked params and inputs
             carry, gx = x
-            w_hh = params["weight_hh"] if own_weight else kwargs["weight_hh"]
-            new_carry, y, res = _step(mode, gx, carry, w_hh, params.get("bias_hh"))
+            if own_weight:
+                w_hh = params["weight_hh"]
+                w_hh_t = w_hh.t()
+            else:  # W_hh and its transpose, both contiguous: constants of the step
+                w_hh, w_hh_t = kwargs["weight_hh"], kwargs["weight_hh_t"]
+            new_carry, y, res = _step(mode, gx, carry, w_hh_t, params.get("bias_hh"))
             residuals = (mode, res, w_hh, step_bias, None, None, bias, own_weight)
             return (new_carry, y), VJP(recurrent_cell_backward, residuals)
         if not (isinstance(x, tuple | list) and len(x) == 2):
@@ -230,7 +236,7 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
             gx = torch.addmm(params["bias_ih"], x_t, w_ih.t())
         else:
             gx = torch.addmm(params["bias_ih"] + params["bias_hh"], x_t, w_ih.t())
-        new_carry, y, res = _step(mode, gx, carry, w_hh, b_hh)
+        new_carry, y, res = _step(mode, gx, carry, w_hh.t(), b_hh)
         residuals = (mode, res, w_hh, step_bias, x_t, w_ih, bias, True)
         return (new_carry, y), VJP(recurrent_cell_backward, residuals)
 
@@ -586,7 +592,10 @@ def _recurrent(
                     (carry, ys), vjp = scans[d].apply(step_params, (h0, gx))
                 else:
                     w_hh = params["weight_hh" + sfx]
-                    (carry, ys), vjp = scans[d].apply({}, (h0, gx), weight_hh=w_hh)
+                    w_hh_t = w_hh.t().contiguous()  # for the forward products, once per call
+                    (carry, ys), vjp = scans[d].apply(
+                        {}, (h0, gx), weight_hh=w_hh, weight_hh_t=w_hh_t
+                    )
                     firsts.append(h0[0] if lstm else h0)
                 outs.append(ys.transpose(0, 1))  # (T, N, H), contiguous
                 w_ihs.append(w_ih)
