@@ -180,6 +180,11 @@ def test_cells_equal_torch_cells_and_scan_matches_the_layer():
         assert_trees_close(new, expected, atol=1e-12)
         assert y is (new[0] if kind == "LSTM" else new)
         fnn.testing.check_vjp(cell, params, (carry, x))
+        # unbatched, as torch: x_t (C,), h (H,)
+        one = tuple(c[0] for c in carry) if kind == "LSTM" else carry[0]
+        (new1, _), _ = cell.apply(params, (one, x[0]))
+        assert_trees_close(new1, torch_cell(x[0], one), atol=1e-12)
+        fnn.testing.check_vjp(cell, params, (one, x[0]))
 
         # scan(cell) over a sequence == the layer with the same weights
         layer = getattr(L, kind)(4, **({"nonlinearity": "relu"} if kind == "RNN" else {}))

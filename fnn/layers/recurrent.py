@@ -203,12 +203,15 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
             else:  # W_hh and its transpose, both contiguous: constants of the step
                 w_hh, w_hh_t = kwargs["weight_hh"], kwargs["weight_hh_t"]
             new_carry, y, res = _step(mode, gx, carry, w_hh_t, params.get("bias_hh"))
-            residuals = (mode, res, w_hh, step_bias, None, None, bias, own_weight)
+            residuals = (mode, res, w_hh, step_bias, None, None, bias, own_weight, False)
             return (new_carry, y), VJP(recurrent_cell_backward, residuals)
         if not (isinstance(x, tuple | list) and len(x) == 2):
             carry_form = "((h, c), x_t)" if lstm else "(h, x_t)"
             raise ShapeError(f"{name}: expected an input {carry_form}, got {describe(x)}")
         carry, x_t = x
+        unbatched = isinstance(x_t, torch.Tensor) and x_t.ndim == 1  # (C,), h (H,): as torch
+        if unbatched:
+            x_t, carry = x_t.unsqueeze(0), _map_state(carry, torch.unsqueeze, 0)
         if (
             not isinstance(params, dict)
             or len(params) != len(names)
@@ -237,7 +240,9 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
         else:
             gx = torch.addmm(params["bias_ih"] + params["bias_hh"], x_t, w_ih.t())
         new_carry, y, res = _step(mode, gx, carry, w_hh.t(), b_hh)
-        residuals = (mode, res, w_hh, step_bias, x_t, w_ih, bias, True)
+        residuals = (mode, res, w_hh, step_bias, x_t, w_ih, bias, True, unbatched)
+        if unbatched:
+            new_carry, y = _map_state(new_carry, torch.squeeze, 0), y.squeeze(0)
         return (new_carry, y), VJP(recurrent_cell_backward, residuals)
 
     return declare(init, apply, LayerInfo(name))
@@ -276,12 +281,16 @@ def _cell_per_example(residuals: tuple[Any, ...], dy: Any, need_dx: bool) -> tup
 
 
 def _cell_grads(residuals: tuple[Any, ...], dy: Any, per_example: bool) -> tuple[Params, Any]:
-    mode, res, w_hh, step_bias, x_t, w_ih, bias, own_weight = residuals
+    mode, res, w_hh, step_bias, x_t, w_ih, bias, own_weight, unbatched = residuals
     if not (isinstance(dy, tuple | list) and len(dy) == 2):
         raise ShapeError(
             f"{mode} cell VJP: expected a cotangent (dcarry, dy_t), got {describe(dy)}"
         )
     dcarry, dy_t = dy
+    if unbatched:
+        if per_example:
+            raise ShapeError(f"{mode} cell: per-example gradients need a batched input (N, C)")
+        dcarry, dy_t = _map_state(dcarry, _unsqueeze0), _unsqueeze0(dy_t)
     if x_t is not None:  # a public cell (the layers' own step gets checked cotangents)
         _check_cotangent(mode, dcarry, dy_t, res[0])
     dgx, dgh, h_prev, dcarry_prev = _step_backward(mode, res, w_hh, dcarry, dy_t)
@@ -300,7 +309,20 @@ def _cell_grads(residuals: tuple[Any, ...], dy: Any, per_example: bool) -> tuple
     elif step_bias:
         grads["bias_hh"] = dgh if per_example else dgh.sum(0)
     dx = dgx.mm(w_ih) if w_ih is not None else dgx
+    if unbatched:
+        return grads, (_map_state(dcarry_prev, torch.squeeze, 0), dx.squeeze(0))
     return grads, (dcarry_prev, dx)
+
+
+def _unsqueeze0(t: Any) -> Any:
+    return t.unsqueeze(0) if isinstance(t, torch.Tensor) else t
+
+
+def _map_state(state: Any, f: Any, *args: Any) -> Any:
+    """`f(t, *args)` on a state's tensors: `h`, or LSTM's `(h, c)` (anything else as is)."""
+    if isinstance(state, tuple | list):
+        return tuple(f(t, *args) if isinstance(t, torch.Tensor) else t for t in state)
+    return f(state, *args) if isinstance(state, torch.Tensor) else state
 
 
 def _check_cotangent(mode: str, dcarry: Any, dy_t: Any, h: torch.Tensor) -> None:
