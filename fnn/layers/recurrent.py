@@ -366,7 +366,8 @@ def RNNCell(hidden_size: int, bias: bool = True, nonlinearity: str = "tanh") -> 
             `([(-1, H), (-1, H)], params)` with torch.nn.RNNCell's params `weight_ih` (H, C),
             `weight_hh` (H, H), `bias_ih` (H,), `bias_hh` (H,), uniform in ±1/√H.
             `apply(params, (h, x_t))`, `h` (N, H) and `x_t` (N, C), gives `((h', h'), vjp)`;
-            `vjp((dh_carry, dy))` gives `(dparams, (dh, dx_t))`.
+            `vjp((dh_carry, dy))` gives `(dparams, (dh, dx_t))`. Unbatched `x_t` (C,)
+            with a state of shape (H,) works as in torch.
 
     Raises:
         FnnError: a bad `hidden_size` or `nonlinearity`.
@@ -398,7 +399,8 @@ def LSTMCell(hidden_size: int, bias: bool = True) -> Layer:
             `([[(-1, H), (-1, H)], (-1, H)], params)`, params `weight_ih` (4H, C),
             `weight_hh` (4H, H), `bias_ih` (4H,), `bias_hh` (4H,), uniform in ±1/√H.
             `apply(params, ((h, c), x_t))` gives `(((h', c'), h'), vjp)`;
-            `vjp(((dh', dc'), dy))` gives `(dparams, ((dh, dc), dx_t))`.
+            `vjp(((dh', dc'), dy))` gives `(dparams, ((dh, dc), dx_t))`. Unbatched
+            `x_t` (C,) with states of shape (H,) works as in torch.
 
     Raises:
         FnnError: a bad `hidden_size`.
@@ -431,6 +433,7 @@ def GRUCell(hidden_size: int, bias: bool = True) -> Layer:
             `([(-1, H), (-1, H)], params)`, params `weight_ih` (3H, C), `weight_hh` (3H, H),
             `bias_ih` (3H,), `bias_hh` (3H,), uniform in ±1/√H. `apply(params, (h, x_t))`
             gives `((h', h'), vjp)`; `vjp((dh', dy))` gives `(dparams, (dh, dx_t))`.
+            Unbatched `x_t` (C,) with a state of shape (H,) works as in torch.
 
     Raises:
         FnnError: a bad `hidden_size`.
