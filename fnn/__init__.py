@@ -46,6 +46,7 @@ from .grad import value_and_grad
 from .per_example import per_example_grads
 from .remat import remat
 from .rules import with_vjp
+from .scan import scan
 from .state import init_state
 from .summary import graph_repr, summary
 from .train import TrainStep, train_step
@@ -91,6 +92,7 @@ __all__ = [
     "rules",
     "with_vjp",
     "remat",
+    "scan",
     "summary",
     "graph_repr",
 ]

@@ -26,6 +26,7 @@ from .dropout import Dropout
 from .fan import FanInConcat, FanInSum, FanOut
 from .norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from .pool import AdaptiveAvgPool, AvgPool, MaxPool
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .resample import Pad, Upsample
 from .reshape import Flatten, Reshape
 
@@ -67,4 +68,11 @@ __all__ = [
     "serial",
     "parallel",
     "elementwise",
+    # recurrent layers
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
 ]
