@@ -102,8 +102,8 @@ def _walk(p: Any, g: Any, ps: list[torch.Tensor], gs: list[torch.Tensor]) -> Non
             if k not in g:
                 raise _Mismatch
             _walk(v, g[k], ps, gs)
-    elif kind is list or kind is tuple or isinstance(p, list | tuple):
-        if not isinstance(g, list | tuple) or len(g) != len(p):
+    elif kind is list or kind is tuple or isinstance(p, (list, tuple)):
+        if not isinstance(g, (list, tuple)) or len(g) != len(p):
             raise _Mismatch
         for v, w in zip(p, g):
             _walk(v, w, ps, gs)
@@ -126,7 +126,7 @@ def _names(p: Any, prefix: str, out: list[str]) -> None:
     if isinstance(p, Mapping):
         for k, v in p.items():
             _names(v, f"{prefix}{k}.", out)
-    elif isinstance(p, list | tuple):
+    elif isinstance(p, (list, tuple)):
         for i, v in enumerate(p):
             _names(v, f"{prefix}{i}.", out)
     elif p is not None:
@@ -145,7 +145,7 @@ def _build(node: Any, it: Any) -> Any:
         return None
     if isinstance(node, Mapping):
         return {k: _build(v, it) for k, v in node.items()}
-    if isinstance(node, list | tuple):
+    if isinstance(node, (list, tuple)):
         items = [_build(v, it) for v in node]
         if isinstance(node, list):
             return items
@@ -208,8 +208,8 @@ def _leaf_pairs(p: Any, g: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
             for k, v in p.items():
                 if k in g:
                     yield from _leaf_pairs(v, g[k], f"{path}[{k!r}]")
-    elif isinstance(p, list | tuple):
-        if isinstance(g, list | tuple):
+    elif isinstance(p, (list, tuple)):
+        if isinstance(g, (list, tuple)):
             for i, (v, w) in enumerate(zip(p, g)):
                 yield from _leaf_pairs(v, w, f"{path}[{i}]")
     elif p is not None:

@@ -125,7 +125,7 @@ def _apply_with_state(
     child_params, given, positions = children.split_params(params)
     child_states = children.split_state(state)
     is_serial = children.kind == "serial"
-    if not is_serial and (not isinstance(x, tuple | list) or len(x) != len(child_states)):
+    if not is_serial and (not isinstance(x, (tuple, list)) or len(x) != len(child_states)):
         raise ShapeError(
             f"parallel: expected a tuple of {len(child_states)} inputs, got {describe(x)}"
         )
@@ -155,9 +155,9 @@ def _apply_with_state(
 def _is_shape_list(shapes: object, count: int) -> TypeGuard[Sequence[Shapes]]:
     """Whether `shapes` is a list (or tuple) of `count` shapes, as `parallel`'s init takes."""
     return (
-        isinstance(shapes, list | tuple)
+        isinstance(shapes, (list, tuple))
         and len(shapes) == count
-        and all(isinstance(s, list | tuple) for s in shapes)
+        and all(isinstance(s, (list, tuple)) for s in shapes)
     )
 
 
@@ -355,7 +355,7 @@ def parallel(*layers: Layer) -> Layer:
             if "state" in kwargs:  # a model with running statistics (BatchNorm): fnn/state.py
                 return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
-        if not isinstance(x, tuple | list) or len(x) != count:
+        if not isinstance(x, (tuple, list)) or len(x) != count:
             raise ShapeError(f"parallel: expected a tuple of {count} inputs, got {describe(x)}")
         keys = children.init_keys(key) if key is not None else None
         ys, vjps = [], []
@@ -383,7 +383,7 @@ def parallel_backward(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Sequence[Any]
 ) -> tuple[Params, tuple[Any, ...]]:
     vjps, given, positions = residuals
-    if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
+    if not isinstance(dy, (tuple, list)) or len(dy) != len(vjps):
         raise ShapeError(
             f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}"
         )
@@ -404,7 +404,7 @@ def _parallel_per_example(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any, need_dx: bool
 ) -> tuple[Params, tuple[Any, ...]]:
     vjps, given, positions = residuals
-    if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
+    if not isinstance(dy, (tuple, list)) or len(dy) != len(vjps):
         raise ShapeError(
             f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}"
         )

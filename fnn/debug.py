@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from . import tree
+from ._compat import is_compiling
 from .core import VJP, ApplyFn, Params, backward, layer_name, per_example_rule
 from .errors import FnnError
 
@@ -92,6 +93,8 @@ def is_checking_finite() -> bool:
         >>> fnn.debug.is_checking_finite()
         False
     """
+    if is_compiling():  # torch.compile cannot read a ContextVar (2.4); checks are eager-only
+        return False
     return _CHECK_FINITE.get()
 
 

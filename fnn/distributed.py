@@ -184,7 +184,7 @@ def _wire(flat: torch.Tensor) -> torch.Tensor:
 
 
 def _cap_bytes(where: str, bucket_mb: float) -> float:
-    if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, int | float) or not bucket_mb > 0:
+    if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
         raise FnnError(
             f"fnn.distributed.{where}: bucket_mb must be a positive number, got {bucket_mb!r}"
         )

@@ -76,6 +76,6 @@ def describe(x: object) -> str:
     """
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
-    if isinstance(x, tuple | list):
+    if isinstance(x, (tuple, list)):
         return f"{type(x).__name__} of {len(x)} items"
     return type(x).__name__

@@ -81,7 +81,7 @@ def _check_target_like(name: str, pred: torch.Tensor, target: object) -> torch.T
 
 def _check_number(name: str, keyword: str, value: object, low: float, low_open: bool) -> float:
     """`value` as a float, refusing non-numbers, NaN and values below `low` (or at it)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FnnTypeError(f"{name}: {keyword} must be a number, got {describe(value)}")
     if not (value > low if low_open else value >= low):  # also refuses NaN
         bound = f"> {low}" if low_open else f">= {low}"
@@ -175,7 +175,7 @@ def _cotangent(
         # another float dtype (autocast's float32 loss of a bfloat16 prediction): cast, as
         # autograd casts a gradient back through the cast that made it
         return dvalue if dvalue.dtype == like.dtype else dvalue.to(like.dtype)
-    if isinstance(dvalue, bool) or not isinstance(dvalue, int | float) or reduction == "none":
+    if isinstance(dvalue, bool) or not isinstance(dvalue, (int, float)) or reduction == "none":
         raise FnnTypeError(
             f"{name} VJP: expected a {'tensor' if reduction == 'none' else 'scalar'} "
             f"cotangent, got {describe(dvalue)}"
@@ -247,7 +247,7 @@ def mse_backward(
         # torch.ops.aten has no type annotations: its ops return Any
         return aten.mse_loss_backward.default(dvalue, pred_or_diff, target, 0)  # type: ignore[no-any-return]
     scale = 2.0 / pred_or_diff.numel() if reduction == "mean" and pred_or_diff.numel() else 2.0
-    if isinstance(dvalue, float | int) and not isinstance(dvalue, bool):
+    if isinstance(dvalue, (float, int)) and not isinstance(dvalue, bool):
         return pred_or_diff.mul(scalar(dvalue * scale, pred_or_diff))
     return pred_or_diff.mul(_cotangent("mse", dvalue, reduction, pred_or_diff)).mul_(scale)
 
@@ -477,7 +477,7 @@ def _check_labels(
 
 
 def _check_smoothing(name: str, label_smoothing: object) -> float:
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, int | float):
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
         raise FnnTypeError(
             f"{name}: label_smoothing must be a number, got {describe(label_smoothing)}"
         )
@@ -797,7 +797,7 @@ def multi_margin(
         )
     if isinstance(p, bool) or p not in (1, 2):
         raise FnnError(f"{name}: p must be 1 or 2, got {p!r}")
-    if isinstance(margin, bool) or not isinstance(margin, int | float):
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise FnnTypeError(f"{name}: margin must be a number, got {describe(margin)}")
     weight = _check_weight(name, "weight", weight, input, (input.shape[-1],))
     labels = _check_labels(name, "input", input, target, None)

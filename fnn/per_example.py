@@ -320,7 +320,7 @@ def _forward(
         return _forward_leaf(node.apply, node.apply, params, x, kwargs)
     children = node.children
     child_params, given, positions = children.split_params(params)
-    if node.kind == "parallel" and (not isinstance(x, tuple | list) or len(x) != len(node.nodes)):
+    if node.kind == "parallel" and (not isinstance(x, (tuple, list)) or len(x) != len(node.nodes)):
         raise ShapeError(
             f"parallel: expected a tuple of {len(node.nodes)} inputs, got {describe(x)}"
         )
@@ -386,7 +386,7 @@ def _backward(tape: Any, dy: Any, need_dx: bool) -> tuple[Params, Any]:
                 raise with_context(error, f"serial[{i}]") from None
         dx = dy
     else:
-        if not isinstance(dy, tuple | list) or len(dy) != count:
+        if not isinstance(dy, (tuple, list)) or len(dy) != count:
             raise ShapeError(
                 f"parallel VJP: expected a tuple of {count} cotangents, got {describe(dy)}"
             )

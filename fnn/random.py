@@ -241,7 +241,7 @@ def _bernoulli_traceable(
 
 
 def _on_meta(device: torch.device | str) -> bool:
-    return isinstance(device, torch.device | str) and torch.device(device).type == "meta"
+    return isinstance(device, (torch.device, str)) and torch.device(device).type == "meta"
 
 
 def _shape(shape: Sequence[int] | int) -> tuple[int, ...]:
@@ -356,7 +356,7 @@ def bernoulli(
         >>> bernoulli(key(0), 0.5, (4,))
         tensor([ True,  True, False, False])
     """
-    if not isinstance(p, torch.Tensor) and not (isinstance(p, int | float) and 0 <= p <= 1):
+    if not isinstance(p, torch.Tensor) and not (isinstance(p, (int, float)) and 0 <= p <= 1):
         raise FnnError(
             f"fnn.random.bernoulli: p must be a probability in [0, 1] or a tensor, got {p!r}"
         )

@@ -103,7 +103,7 @@ def scan(cell: Layer, reverse: bool = False) -> Layer:
     ) -> tuple[Shapes, Params]:
         shapes: Any = input_shape
         if not (
-            isinstance(shapes, list | tuple)
+            isinstance(shapes, (list, tuple))
             and len(shapes) == 2
             and _is_shape(shapes[1])
             and len(shapes[1]) >= 2
@@ -119,7 +119,7 @@ def scan(cell: Layer, reverse: bool = False) -> Layer:
             )
         except FnnError as error:
             raise with_context(error, name) from None
-        if not (isinstance(out, list | tuple) and len(out) == 2):
+        if not (isinstance(out, (list, tuple)) and len(out) == 2):
             raise FnnTypeError(
                 f"{name}: the cell's init must return [carry_shape, y_shape], got {out!r}"
             )
@@ -128,7 +128,7 @@ def scan(cell: Layer, reverse: bool = False) -> Layer:
     def apply(
         params: Params, x: Any, *, key: Key | None = None, **kwargs: Any
     ) -> tuple[tuple[Any, Any], VJP]:
-        if not (isinstance(x, tuple | list) and len(x) == 2):
+        if not (isinstance(x, (tuple, list)) and len(x) == 2):
             raise ShapeError(f"{name}: expected an input (carry0, xs), got {describe(x)}")
         carry, xs = x
         if not isinstance(xs, torch.Tensor) or xs.ndim < 2 or xs.shape[1] == 0:
@@ -164,20 +164,20 @@ def scan(cell: Layer, reverse: bool = False) -> Layer:
 
 
 def _is_shape(shape: object) -> bool:
-    return isinstance(shape, tuple | list) and all(
+    return isinstance(shape, (tuple, list)) and all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     )
 
 
 def _is_pair(x: object) -> bool:
-    return (type(x) is tuple or isinstance(x, tuple | list)) and len(x) == 2
+    return (type(x) is tuple or isinstance(x, (tuple, list))) and len(x) == 2
 
 
 def _with_time(shape: Any, steps: int) -> Any:
     """`(-1, …)` → `(-1, T, …)`, through a list of shapes for a pytree `y_t`."""
     if _is_shape(shape) and len(shape) >= 1:
         return (shape[0], steps, *shape[1:])
-    if isinstance(shape, list | tuple):
+    if isinstance(shape, (list, tuple)):
         return [_with_time(s, steps) for s in shape]
     raise FnnTypeError(f"scan: the cell's init gave a y_shape that is not a shape: {shape!r}")
 
@@ -236,7 +236,7 @@ def _walk(
 
     `mode` is "call" (each `vjp(...)`), "consume" (`backprop`, freeing each step's residuals
     once used) or "per_example" (each step's per-example rule)."""
-    if not (isinstance(dy, tuple | list) and len(dy) == 2):
+    if not (isinstance(dy, (tuple, list)) and len(dy) == 2):
         raise ShapeError(f"scan VJP: expected a cotangent (dcarry_T, dys), got {describe(dy)}")
     dcarry, dys = dy
     del dy

@@ -104,7 +104,7 @@ def _init_state(
     children, kind = info.children, info.kind
     if kind not in ("serial", "parallel"):
         return init(random.key(0), shape, dtype=dtype, device=device)[0], {}
-    if kind == "parallel" and (not isinstance(shape, list | tuple) or len(shape) != len(children)):
+    if kind == "parallel" and (not isinstance(shape, (list, tuple)) or len(shape) != len(children)):
         raise FnnError(f"parallel: expected a list of {len(children)} input shapes, got {shape!r}")
     state, shapes = {}, []
     for i, child in enumerate(children):

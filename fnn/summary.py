@@ -84,7 +84,7 @@ def _storages(tree: Any, found: dict[int, int], skip: set[int]) -> None:
     elif isinstance(tree, Mapping):
         for value in tree.values():
             _storages(value, found, skip)
-    elif isinstance(tree, tuple | list):  # VJP is a NamedTuple: its residuals are walked too
+    elif isinstance(tree, (tuple, list)):  # VJP is a NamedTuple: its residuals are walked too
         for value in tree:
             _storages(value, found, skip)
 
@@ -98,7 +98,7 @@ def _param_count(params: Any) -> int:
             count += leaf.numel()
         elif isinstance(leaf, Mapping):
             leaves += list(leaf.values())
-        elif isinstance(leaf, tuple | list):
+        elif isinstance(leaf, (tuple, list)):
             leaves += list(leaf)
     return count
 

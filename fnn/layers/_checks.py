@@ -150,7 +150,7 @@ def cotangent_like(
 
 def number(name: str, what: str, value: object) -> float:
     """`value` if it is a real number (not a bool), else a clear error (constructor arguments)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FnnTypeError(f"{name}: {what} must be a number, got {value!r}")
     return value
 

@@ -66,7 +66,7 @@ def kernel_tuple(name: str, kernel_size: object) -> tuple[int, ...]:
     """`kernel_size` as a tuple: an int is 2-D `(k, k)`; a tuple of 1–3 ints stays as it is."""
     if isinstance(kernel_size, int) and not isinstance(kernel_size, bool):
         kernel: tuple[Any, ...] = (kernel_size, kernel_size)
-    elif isinstance(kernel_size, tuple | list) and 1 <= len(kernel_size) <= 3:
+    elif isinstance(kernel_size, (tuple, list)) and 1 <= len(kernel_size) <= 3:
         kernel = tuple(kernel_size)
     else:
         kernel = ()
@@ -82,7 +82,7 @@ def kernel_tuple(name: str, kernel_size: object) -> tuple[int, ...]:
 
 def ntuple(name: str, what: str, value: object, n: int, minimum: int = 1) -> tuple[int, ...]:
     """An int or a tuple of `n` ints, each ≥ `minimum`, as a tuple (torch's `_ntuple`)."""
-    items: tuple[Any, ...] = tuple(value) if isinstance(value, tuple | list) else (value,) * n
+    items: tuple[Any, ...] = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
     if len(items) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise FnnTypeError(
             f"{name}: {what} must be an int or a tuple of {n} int(s), one per spatial axis of "

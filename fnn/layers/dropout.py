@@ -46,7 +46,7 @@ def Dropout(rate: float) -> Layer:
         >>> torch.equal(apply({}, torch.ones(2, 4))[0], torch.ones(2, 4))
         True
     """
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
         raise FnnError(f"Dropout: rate must be a number in [0, 1], got {rate!r}")
     scale = 1.0 / (1.0 - rate) if rate < 1.0 else 0.0
 

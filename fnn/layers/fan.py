@@ -22,16 +22,16 @@ __all__ = ["FanOut", "FanInSum", "FanInConcat"]
 
 def _input_shapes(name: str, shapes: Any) -> list[Shape]:
     if (
-        not isinstance(shapes, list | tuple)
+        not isinstance(shapes, (list, tuple))
         or not shapes
-        or not all(isinstance(s, list | tuple) for s in shapes)
+        or not all(isinstance(s, (list, tuple)) for s in shapes)
     ):
         raise ShapeError(f"{name}: expected a list of input shapes, got {shapes!r}")
     return [_checks.input_shape(name, s, min_rank=0) for s in shapes]
 
 
 def _inputs(name: str, xs: Any) -> tuple[torch.Tensor, ...]:
-    if not isinstance(xs, tuple | list) or not xs:
+    if not isinstance(xs, (tuple, list)) or not xs:
         raise ShapeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
     if not all(isinstance(x, torch.Tensor) for x in xs):  # the same class as Dense's
         raise FnnTypeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
@@ -100,7 +100,7 @@ def fan_out_backward(
     residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]
 ) -> tuple[Params, torch.Tensor]:
     num, shape = residuals
-    if not isinstance(dy, tuple | list) or len(dy) != num:
+    if not isinstance(dy, (tuple, list)) or len(dy) != num:
         raise ShapeError(f"FanOut VJP: expected a tuple of {num} cotangents, got {describe(dy)}")
     for d in dy:
         _checks.cotangent("FanOut", d, shape)

@@ -277,7 +277,7 @@ def max_pool_backward(residuals: PoolResiduals, dy: Any) -> tuple[Params, torch.
     indices, x, _, window, _, _, name = residuals
     kernel, stride, padding, dilation, ceil, return_indices = window
     if return_indices:  # the cotangent of (y, indices): that of the indices is ignored
-        if not isinstance(dy, tuple | list) or len(dy) != 2:
+        if not isinstance(dy, (tuple, list)) or len(dy) != 2:
             raise FnnTypeError(
                 f"{name} VJP: with return_indices=True the output is (y, indices), so the "
                 f"cotangent must be a pair (dy, dindices) (dindices is ignored), got {type(dy).__name__}"
@@ -434,7 +434,7 @@ def AdaptiveAvgPool(output_size: int | tuple[int | None, ...]) -> Layer:
     sizes = (output_size, output_size) if isinstance(output_size, int) else output_size
     if (
         isinstance(output_size, bool)
-        or not isinstance(sizes, tuple | list)
+        or not isinstance(sizes, (tuple, list))
         or not 1 <= len(sizes) <= 3
         or not all(s is None or (isinstance(s, int) and not isinstance(s, bool)) for s in sizes)
     ):

@@ -170,7 +170,7 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
         device: torch.device | str = "cpu",
     ) -> tuple[Shapes, Params]:
         _checks.init_dtype(name, dtype, device)
-        if not (isinstance(input_shape, list | tuple) and len(input_shape) == 2):
+        if not (isinstance(input_shape, (list, tuple)) and len(input_shape) == 2):
             expected = "[[(-1, H), (-1, H)], (-1, C)]" if lstm else "[(-1, H), (-1, C)]"
             raise ShapeError(f"{name}: expected input shapes {expected}, got {input_shape!r}")
         carry_shape: Any = input_shape[0]
@@ -205,7 +205,7 @@ def _cell(name: str, mode: str, hidden_size: int, bias: bool, projected: bool) -
             new_carry, y, res = _step(mode, gx, carry, w_hh_t, params.get("bias_hh"))
             residuals = (mode, res, w_hh, step_bias, None, None, bias, own_weight, False)
             return (new_carry, y), VJP(recurrent_cell_backward, residuals)
-        if not (isinstance(x, tuple | list) and len(x) == 2):
+        if not (isinstance(x, (tuple, list)) and len(x) == 2):
             carry_form = "((h, c), x_t)" if lstm else "(h, x_t)"
             raise ShapeError(f"{name}: expected an input {carry_form}, got {describe(x)}")
         carry, x_t = x
@@ -255,7 +255,7 @@ def _check_step_input(
     _checks.input_like(name, x_t, w_hh)
     if x_t.ndim != 2:
         raise ShapeError(f"{name}: expected an input x_t of shape (N, C), got {tuple(x_t.shape)}")
-    parts = carry if lstm and isinstance(carry, tuple | list) and len(carry) == 2 else (carry,)
+    parts = carry if lstm and isinstance(carry, (tuple, list)) and len(carry) == 2 else (carry,)
     if lstm and len(parts) != 2:
         raise ShapeError(f"{name}: expected the carry (h, c), got {describe(carry)}")
     for part in parts:
@@ -282,7 +282,7 @@ def _cell_per_example(residuals: tuple[Any, ...], dy: Any, need_dx: bool) -> tup
 
 def _cell_grads(residuals: tuple[Any, ...], dy: Any, per_example: bool) -> tuple[Params, Any]:
     mode, res, w_hh, step_bias, x_t, w_ih, bias, own_weight, unbatched = residuals
-    if not (isinstance(dy, tuple | list) and len(dy) == 2):
+    if not (isinstance(dy, (tuple, list)) and len(dy) == 2):
         raise ShapeError(
             f"{mode} cell VJP: expected a cotangent (dcarry, dy_t), got {describe(dy)}"
         )
@@ -320,13 +320,13 @@ def _unsqueeze0(t: Any) -> Any:
 
 def _map_state(state: Any, f: Any, *args: Any) -> Any:
     """`f(t, *args)` on a state's tensors: `h`, or LSTM's `(h, c)` (anything else as is)."""
-    if isinstance(state, tuple | list):
+    if isinstance(state, (tuple, list)):
         return tuple(f(t, *args) if isinstance(t, torch.Tensor) else t for t in state)
     return f(state, *args) if isinstance(state, torch.Tensor) else state
 
 
 def _check_cotangent(mode: str, dcarry: Any, dy_t: Any, h: torch.Tensor) -> None:
-    parts = dcarry if mode == "LSTM" and isinstance(dcarry, tuple | list) else (dcarry,)
+    parts = dcarry if mode == "LSTM" and isinstance(dcarry, (tuple, list)) else (dcarry,)
     if mode == "LSTM" and len(parts) != 2:
         raise ShapeError(f"LSTM cell VJP: expected dcarry (dh, dc), got {describe(dcarry)}")
     for what, d in [("dcarry", p) for p in parts] + [("dy_t", dy_t)]:
@@ -517,7 +517,7 @@ def _recurrent(
         given_state = isinstance(input_shape, list) or (
             isinstance(input_shape, tuple)
             and len(input_shape) == 2
-            and isinstance(input_shape[0], tuple | list)
+            and isinstance(input_shape[0], (tuple, list))
         )
         x_shape = input_shape[0] if given_state else input_shape
         shape = _checks.input_shape(name, x_shape, min_rank=2)
@@ -540,7 +540,7 @@ def _recurrent(
 
     def apply(params: Params, x: Any, *, key: Key | None = None, **kwargs: Any) -> tuple[Any, VJP]:
         del kwargs
-        given_state = isinstance(x, tuple | list)
+        given_state = isinstance(x, (tuple, list))
         if given_state:
             if len(x) != 2:
                 raise ShapeError(f"{name}: expected an input x or (x, {states}), got {describe(x)}")
@@ -664,7 +664,7 @@ def _initial_state(
     if not given:
         zeros = x.new_zeros(batch, hidden_size)
         return [(zeros, zeros) if lstm else zeros] * count
-    parts = state if lstm and isinstance(state, tuple | list) and len(state) == 2 else (state,)
+    parts = state if lstm and isinstance(state, (tuple, list)) and len(state) == 2 else (state,)
     if lstm and len(parts) != 2:
         raise ShapeError(f"{name}: expected the initial state (h0, c0), got {describe(state)}")
     expected = (count, hidden_size) if unbatched else (count, batch, hidden_size)
@@ -738,14 +738,14 @@ def _recurrent_grads(
     out_shape = (steps, hidden_size * dirs) if unbatched else (batch, steps, hidden_size * dirs)
     state_shape = (count, hidden_size) if unbatched else (count, batch, hidden_size)
     if return_state:
-        if not (isinstance(dy, tuple | list) and len(dy) == 2):
+        if not (isinstance(dy, (tuple, list)) and len(dy) == 2):
             raise ShapeError(
                 f"{name} VJP: expected a cotangent (dy, {'(dh_n, dc_n)' if lstm else 'dh_n'}), got {describe(dy)}"
             )
         dy, dstate = dy
         parts: tuple[Any, ...] = (
             tuple(dstate)
-            if lstm and isinstance(dstate, tuple | list) and len(dstate) == 2
+            if lstm and isinstance(dstate, (tuple, list)) and len(dstate) == 2
             else (dstate,)
         )
         if lstm and len(parts) != 2:

@@ -30,7 +30,7 @@ _PAD_KERNELS = {"reflect": "reflection_pad", "replicate": "replication_pad"}
 
 
 def _int_tuple(value: object) -> tuple[int, ...] | None:
-    if isinstance(value, tuple | list) and all(
+    if isinstance(value, (tuple, list)) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
         return tuple(int(v) for v in value)
@@ -300,9 +300,9 @@ def Upsample(
         if recompute_scale_factor:
             raise FnnError("Upsample: recompute_scale_factor is meaningful only with scale_factor")
     else:
-        items = scale_factor if isinstance(scale_factor, tuple | list) else (scale_factor,)
+        items = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,)
         if not 1 <= len(items) <= 3 or not all(
-            isinstance(f, int | float) and not isinstance(f, bool) for f in items
+            isinstance(f, (int, float)) and not isinstance(f, bool) for f in items
         ):
             raise FnnTypeError(
                 f"Upsample: scale_factor must be a number or a tuple of 1 to 3 numbers, "
@@ -324,7 +324,7 @@ def Upsample(
     aligned = [bool(align_corners)] if interpolating else []
     given = sizes if sizes is not None else factors
     assert given is not None
-    per_axis = isinstance(size if sizes is not None else scale_factor, tuple | list)
+    per_axis = isinstance(size if sizes is not None else scale_factor, (tuple, list))
     if per_axis and len(given) not in dims:
         raise FnnError(
             f"Upsample: mode {mode!r} resizes {' or '.join(map(str, dims))} spatial axes, got "

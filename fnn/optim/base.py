@@ -170,7 +170,7 @@ class Transform(NamedTuple):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def learning_rate(name: str, lr: LearningRate, step: int) -> float:
@@ -218,7 +218,7 @@ def check_lr(name: str, lr: Any) -> None:
 
 def check_betas(name: str, betas: Any) -> tuple[float, float]:
     """`betas` is a pair of numbers in [0, 1)."""
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise FnnTypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
     check_hyper(name, "betas[0]", betas[0], 0, 1)
     check_hyper(name, "betas[1]", betas[1], 0, 1)

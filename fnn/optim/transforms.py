@@ -251,7 +251,7 @@ def chain(*transforms: Transform | Optimizer) -> Any:
                 f"chain: argument {i} must be a Transform (only the last may be an "
                 f"optimizer), got {what}"
             )
-    if not isinstance(last, Transform | Optimizer):
+    if not isinstance(last, (Transform, Optimizer)):
         raise FnnTypeError(
             f"chain: the last argument must be a Transform or an Optimizer, got {type(last).__name__}"
         )
@@ -262,7 +262,7 @@ def chain(*transforms: Transform | Optimizer) -> Any:
         return tuple(t.init(params) for t in parts)
 
     def run(params: PyTree, grads: PyTree, state: PyTree) -> tuple[PyTree, list[PyTree]]:
-        if not isinstance(state, tuple | list) or len(state) != n:
+        if not isinstance(state, (tuple, list)) or len(state) != n:
             raise FnnError(
                 f"chain: the state must be the tuple of {n} states made by chain's init, got {state!r:.80}"
             )
