@@ -465,8 +465,7 @@ def load(path: str | os.PathLike[str], like: PyTree | None = None) -> PyTree:
     A safetensors file that `save` did not write (a torch model's `save_file`) loads as
     nested dicts of its dotted names, `fnn.tree.from_state_dict`'s layout, so
     `load(path, like=params)` loads a torch model's weights into the matching fnn model.
-    Such a file has no checksum: only its structure is checked. Loaded tensors are views
-    into one buffer holding the file's tensor bytes (`.clone()` one to keep it alone).
+    Such a file has no checksum: only its structure is checked.
 
     Args:
         path: the checkpoint file.
@@ -571,19 +570,18 @@ def _load_safetensors(f: BufferedReader, path: str, size: int, head: bytes) -> t
         expected = [int(c, 16) for c in text.split(",")] if text else []
         if len(expected) != -(-data_bytes // _BLOCK):
             raise _corrupt(path, "the data checksums do not fit the data's length")
-    buffer = torch.empty(data_bytes, dtype=torch.uint8)
-    _read_checked(f, _raw(buffer), expected, path)
+    # Each tensor gets its own storage (freed on its own, 64-byte aligned): the bytes are
+    # read straight into it, and the checksum blocks run across tensors.
+    raw_tensors = [torch.empty(end - start, dtype=torch.uint8) for _, start, end in spans]
+    _read_checked(f, [_raw(t) for t in raw_tensors], expected, path)
 
     tensors: dict[str, torch.Tensor] = {}
-    for name, start, end in spans:
+    for (name, _, _), raw_tensor in zip(spans, raw_tensors):
         entry = header[name]
         dtype = _ST_DTYPES[entry["dtype"]]
-        piece = buffer[start:end]
-        if dtype == torch.bool and bool((piece > 1).any()):
+        if dtype == torch.bool and bool((raw_tensor > 1).any()):
             raise _corrupt(path, f"the bool tensor {name!r} holds bytes other than 0 and 1")
-        if start % _itemsize(dtype):  # misaligned (another writer's layout): copy it
-            piece = piece.clone()
-        tensors[name] = piece.view(dtype).reshape(entry["shape"])
+        tensors[name] = raw_tensor.view(dtype).reshape(entry["shape"])
 
     if not is_fnn:
         try:
@@ -636,30 +634,48 @@ def _check_fnn_metadata(path: str, metadata: dict[str, str], raw: bytes) -> None
 
 
 def _read_checked(
-    f: BufferedReader, view: memoryview, expected: list[int] | None, path: str
+    f: BufferedReader, views: list[memoryview], expected: list[int] | None, path: str
 ) -> None:
-    """Fill `view` from `f`; with `expected`, check each block's CRC-32 (in up to
-    `torch.get_num_threads()` threads, each block as soon as it is read)."""
+    """Fill `views` in order from `f`; with `expected`, check the CRC-32 of each `_BLOCK`
+    bytes of them (in up to `torch.get_num_threads()` threads, each block once it is read)."""
     workers = min(len(expected), torch.get_num_threads()) if expected else 0
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
         got: list[Future[int] | int] = []
-        for start in range(0, len(view), _BLOCK):
-            block = view[start : start + _BLOCK]
-            filled = 0
-            while filled < len(block):
-                n = f.readinto(block[filled:])
-                if not n:
-                    raise _corrupt(path, "the file ended inside the tensor data")
-                filled += n
-            if expected is not None:
-                got.append(pool.submit(zlib.crc32, block) if pool else zlib.crc32(block))
+        block: list[memoryview] = []  # the pieces of the current block, across tensors
+        filled = 0
+        for view in views:
+            position = 0
+            while position < len(view):
+                piece = view[position : position + _BLOCK - filled]
+                done = 0
+                while done < len(piece):
+                    n = f.readinto(piece[done:])
+                    if not n:
+                        raise _corrupt(path, "the file ended inside the tensor data")
+                    done += n
+                block.append(piece)
+                filled += len(piece)
+                position += len(piece)
+                if filled == _BLOCK and expected is not None:
+                    got.append(pool.submit(_crc, block) if pool else _crc(block))
+                if filled == _BLOCK:
+                    block, filled = [], 0
+        if filled and expected is not None:
+            got.append(pool.submit(_crc, block) if pool else _crc(block))
         crcs = [c if isinstance(c, int) else c.result() for c in got]
     if expected is not None and crcs != expected:
         first = next(i for i, (a, b) in enumerate(zip(crcs, expected)) if a != b)
         raise _corrupt(
             path, f"the tensor data does not match its checksum (bytes {first * _BLOCK} on)"
         )
+
+
+def _crc(pieces: list[memoryview]) -> int:
+    crc = 0
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    return crc
 
 
 def _check_table(path: str, header: dict[str, Any]) -> list[tuple[str, int, int]]:

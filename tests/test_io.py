@@ -110,6 +110,9 @@ def test_loaded_tensors_are_independent_and_writable(tmp_path):
     back["a"].add_(1)
     assert back["b"].tolist() == [1.0, 1.0, 1.0]
     assert back["a"].is_contiguous() and back["a"].device.type == "cpu"
+    # each in its own storage: keeping one tensor does not keep the whole file's bytes alive
+    assert back["a"].untyped_storage().nbytes() == 12
+    assert back["a"].untyped_storage().data_ptr() != back["b"].untyped_storage().data_ptr()
 
 
 def test_namedtuples_come_back_from_like(tmp_path):

@@ -1,8 +1,9 @@
 """fnn.tree on trees that contain themselves or nest too deep: clear TreeErrors, never a
-RecursionError; and the isinstance forms every torch we support can compile."""
+RecursionError; and code every torch we support can compile with fullgraph=True."""
 
 from __future__ import annotations
 
+import collections
 import pathlib
 import re
 
@@ -76,3 +77,36 @@ def test_isinstance_takes_tuples_not_unions(module):
     source = (ROOT / "fnn" / module).read_text()
     unions = re.findall(r"isinstance\([^()]*\|[^()]*\)", source)
     assert not unions, unions
+
+
+Pair = collections.namedtuple("Pair", "x y")
+MIXED = {
+    "a": torch.ones(3),
+    "b": [torch.zeros(2), (torch.ones(1),), {"c": torch.full((2,), 2.0)}],
+    "d": {"e": {"f": torch.ones(2)}},
+    "n": None,
+}
+
+
+def _every_tree_function(t):
+    leaves, treedef = fnn.tree.flatten(t)
+    fnn.tree.assert_same_structure(t, t)
+    return (
+        leaves,
+        fnn.tree.leaves(t),
+        fnn.tree.unflatten(treedef, [x * 2 for x in leaves]),
+        fnn.tree.map(lambda x: x + 1, t),
+        fnn.tree.map(lambda x, y: x * y, t, t),
+        fnn.tree.to_state_dict(t) if isinstance(t, dict) and "s" not in t else {},
+    )
+
+
+@pytest.mark.parametrize("tree", [MIXED, {"s": Pair(torch.ones(1), [torch.ones(2)])}])
+def test_tree_functions_compile_without_graph_breaks(tree):
+    # torch 2.4's compiler broke on `isinstance(x, list | tuple)`, on comprehensions nested
+    # in another's call and on an ABC's isinstance: fnn.tree avoids all three.
+    torch._dynamo.reset()
+    got = torch.compile(_every_tree_function, fullgraph=True, backend="eager")(tree)
+    want = _every_tree_function(tree)
+    assert fnn.tree.structure(got) == fnn.tree.structure(want)
+    assert all(torch.equal(a, b) for a, b in zip(fnn.tree.leaves(got), fnn.tree.leaves(want)))
