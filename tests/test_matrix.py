@@ -62,15 +62,15 @@ def _key(i: int) -> torch.Tensor:
 
 def _input(case: Case, batch: int, dtype: torch.dtype, seed: int = 0):
     def one(shape, k):
+        if isinstance(shape, list):  # several inputs (or a tuple carry): a tuple of them
+            keys = fnn.random.split(k, len(shape))
+            return tuple(one(s, sub) for s, sub in zip(shape, keys))
         shape = tuple(batch if d == -1 else d for d in shape)
         if case.inputs.startswith("index:"):
             high = int(case.inputs.split(":")[1])
             return (fnn.random.uniform(k, shape) * high).floor().to(torch.int64)
         return fnn.random.normal(k, shape, dtype=dtype)
 
-    if isinstance(case.input_shape, list):
-        keys = fnn.random.split(_key(seed), len(case.input_shape))
-        return tuple(one(s, k) for s, k in zip(case.input_shape, keys))
     return one(case.input_shape, _key(seed))
 
 

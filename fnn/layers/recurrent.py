@@ -593,7 +593,10 @@ def _recurrent(
         for layer in range(num_layers):
             mask = None
             if layer > 0 and keys is not None:
-                mask = random.bernoulli(keys[layer - 1], 1.0 - rate, inp.shape, device=inp.device)
+                # the mask Dropout draws: tensor ops only, so torch.compile traces it
+                mask = random._bernoulli_traceable(
+                    keys[layer - 1], 1.0 - rate, tuple(inp.shape), inp.device
+                )
                 inp = aten.native_dropout_backward.default(inp, mask, scale)
             flat = inp.reshape(steps * batch, inp.shape[2])
             outs, w_ihs, vjps, firsts = [], [], [], []
