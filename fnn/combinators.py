@@ -39,7 +39,12 @@ from .errors import (
     with_context,
 )
 
-__all__ = ["serial", "parallel"]
+__all__ = [
+    "serial",
+    "parallel",
+    "serial_backward",
+    "parallel_backward",
+]
 
 _EMPTY: Params = {}
 
@@ -250,6 +255,7 @@ def serial(*layers: Layer) -> Layer:
 def serial_backward(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any
 ) -> tuple[Params, Any]:
+    """y = fₙ(…f₁(x))   ⇒   walk the children's VJPs in reverse: dxᵢ₋₁ = vjpᵢ(dxᵢ)"""
     vjps, given, positions = residuals
     grads: list[Any] = [None] * len(vjps)
     for i in range(len(vjps) - 1, -1, -1):
@@ -382,6 +388,7 @@ def parallel(*layers: Layer) -> Layer:
 def parallel_backward(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Sequence[Any]
 ) -> tuple[Params, tuple[Any, ...]]:
+    """(y₀, y₁, …) = (f₀(x₀), f₁(x₁), …)   ⇒   dxᵢ = vjpᵢ(dyᵢ)"""
     vjps, given, positions = residuals
     if not isinstance(dy, (tuple, list)) or len(dy) != len(vjps):
         raise ShapeError(

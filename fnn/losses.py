@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._constants import scalar
-from .core import VJP
+from .core import VJP, backward
 from .errors import FnnError, FnnTypeError, ShapeError, describe
 
 __all__ = [
@@ -35,6 +35,15 @@ __all__ = [
     "multi_margin",
     "bce_with_logits",
     "kl_div",
+    "mse_backward",
+    "l1_backward",
+    "smooth_l1_backward",
+    "huber_backward",
+    "cross_entropy_backward",
+    "nll_backward",
+    "multi_margin_backward",
+    "bce_with_logits_backward",
+    "kl_div_backward",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -238,9 +247,11 @@ def _sum_of_squares(diff: torch.Tensor, mean: bool) -> torch.Tensor:
 
 
 # L = mean((p − t)²)   ⇒   dp = dL · 2 (p − t) / n
+@backward
 def mse_backward(
     residuals: tuple[torch.Tensor, torch.Tensor | None, str], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
+    """L = mean((p − t)²)   ⇒   dp = dL · 2 (p − t) / n"""
     pred_or_diff, target, reduction = residuals
     if target is not None:  # reduction "none": residuals are (pred, target)
         dvalue = _cotangent("mse", dvalue, reduction, pred_or_diff)
@@ -284,9 +295,11 @@ def l1(
 
 
 # L = mean(|p − t|)   ⇒   dp = dL · sign(p − t) / n
+@backward
 def l1_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
+    """L = mean(|p − t|)   ⇒   dp = dL · sign(p − t) / n"""
     pred, target, reduction = residuals
     grad = _cotangent("l1", dvalue, reduction, pred)
     if reduction == "mean":
@@ -331,12 +344,16 @@ def smooth_l1(
 
 
 # L = mean(½ d² / β if |d| < β else |d| − ½ β),  d = p − t   ⇒   dp = dL · clamp(d / β, −1, 1) / n
+@backward
 def smooth_l1_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str, float], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
+    """
+    L = mean(½ d² / β if |d| < β else |d| − ½ β),  d = p − t   ⇒   dp = dL · clamp(d / β, −1, 1) / n
+    """
     pred, target, reduction, beta = residuals
     if beta == 0.0:  # torch's smooth_l1_loss is the L1 loss then
-        return l1_backward((pred, target, reduction), dvalue)
+        return l1_backward.function((pred, target, reduction), dvalue)  # type: ignore[no-any-return]
     grad = _cotangent("smooth_l1", dvalue, reduction, pred)
     if not pred.numel():  # no elements: nothing reaches the kernel
         return torch.zeros_like(pred)
@@ -382,9 +399,11 @@ def huber(
 
 
 # L = mean(½ d² if |d| < δ else δ (|d| − ½ δ)),  d = p − t   ⇒   dp = dL · clamp(d, −δ, δ) / n
+@backward
 def huber_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str, float], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
+    """L = mean(½ d² if |d| < δ else δ (|d| − ½ δ)),  d = p − t   ⇒   dp = dL · clamp(d, −δ, δ) / n"""
     pred, target, reduction, delta = residuals
     grad = _cotangent("huber", dvalue, reduction, pred)
     if not pred.numel():  # no elements: nothing reaches the kernel
@@ -646,9 +665,13 @@ def cross_entropy(
 
 
 # L = −Σ_c t_c log softmax(z)_c (t = one_hot(y) or probabilities)   ⇒   dz = dL · (softmax(z) Σ_c t_c − t)
+@backward
 def cross_entropy_backward(
     residuals: tuple[Any, ...], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
+    """
+    L = −Σ_c t_c log softmax(z)_c (t = one_hot(y) or probabilities)   ⇒   dz = dL · (softmax(z) Σ_c t_c − t)
+    """
     log_probs, targets, weight, ignore_index, reduction, smoothing, total_weight = residuals[:7]
     value_shape, shape = residuals[7:]
     if targets.is_floating_point():  # probabilities, already weighted and smoothed
@@ -734,7 +757,9 @@ def nll(
 
 
 # L = Σᵢ −w[tᵢ] xᵢ[tᵢ] / Σᵢ w[tᵢ]   ⇒   dxᵢ = −dL · w[tᵢ] one_hot(tᵢ) / Σᵢ w[tᵢ]
+@backward
 def nll_backward(residuals: tuple[Any, ...], dvalue: float | torch.Tensor) -> torch.Tensor:
+    """L = Σᵢ −w[tᵢ] xᵢ[tᵢ] / Σᵢ w[tᵢ]   ⇒   dxᵢ = −dL · w[tᵢ] one_hot(tᵢ) / Σᵢ w[tᵢ]"""
     log_probs, labels, weight, ignore_index, reduction, total_weight, value_shape, shape = residuals
     dlog_probs = _nll_backward(
         "nll",
@@ -819,7 +844,11 @@ def multi_margin(
 
 
 # Lᵢ = Σ_{j≠t} w[t] hⱼᵖ / C,  hⱼ = max(0, m − x[t] + x[j])   ⇒   dx[j] = dLᵢ · w[t] p hⱼᵖ⁻¹ / C,  dx[t] = −Σ_{j≠t} dx[j]
+@backward
 def multi_margin_backward(residuals: tuple[Any, ...], dvalue: float | torch.Tensor) -> torch.Tensor:
+    """
+    Lᵢ = Σ_{j≠t} w[t] hⱼᵖ / C,  hⱼ = max(0, m − x[t] + x[j])   ⇒   dx[j] = dLᵢ · w[t] p hⱼᵖ⁻¹ / C,  dx[t] = −Σ_{j≠t} dx[j]
+    """
     input, labels, reduction, p, margin, weight = residuals
     grad = _cotangent("multi_margin", dvalue, reduction, input, tuple(labels.shape))
     if not input.numel():  # no elements: nothing to compute
@@ -896,9 +925,13 @@ def bce_with_logits(
 
 
 # L = mean(−w (q t log σ(z) + (1 − t) log(1 − σ(z))))   ⇒   dz = dL · w ((q t + 1 − t) σ(z) − q t) / n
+@backward
 def bce_with_logits_backward(
     residuals: tuple[Any, ...], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
+    """
+    L = mean(−w (q t log σ(z) + (1 − t) log(1 − σ(z))))   ⇒   dz = dL · w ((q t + 1 − t) σ(z) − q t) / n
+    """
     logits, target, weight, pos_weight, reduction = residuals
     grad = _cotangent("bce_with_logits", dvalue, reduction, logits)
     if pos_weight is None:  # torch's order of operations, for the same bits
@@ -969,9 +1002,11 @@ def kl_div(
 
 
 # L = Σ t (log t − x) / N   ⇒   dx = −dL · t / N   (t = exp(target) with log_target)
+@backward
 def kl_div_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str, bool], dvalue: float | torch.Tensor
 ) -> torch.Tensor:
+    """L = Σ t (log t − x) / N   ⇒   dx = −dL · t / N   (t = exp(target) with log_target)"""
     input, target, reduction, log_target = residuals
     grad = _cotangent("kl_div", dvalue, reduction, input)
     if reduction == "mean" and input.numel():

@@ -47,7 +47,10 @@ from .core import (
 from .errors import FnnError, FnnTypeError, ShapeError, describe, with_context
 from .grad import Loss
 
-__all__ = ["per_example_grads", "PerExampleRule"]
+__all__ = [
+    "per_example_grads",
+    "PerExampleRule",
+]
 
 PerExampleRule = Callable[[Any, Any, bool], tuple[Params, Any]]
 """`rule(residuals, dy, need_dx) -> (dparams, dx)`: a layer's VJP with the batch axis kept.
@@ -371,6 +374,7 @@ def _forward_leaf(
 
 
 def _backward(tape: Any, dy: Any, need_dx: bool) -> tuple[Params, Any]:
+    """The backward of ."""
     kind = type(tape)
     if kind is _RuleTape:
         return _per_example_vjp(tape.vjp, dy, need_dx)
@@ -406,6 +410,7 @@ def _backward(tape: Any, dy: Any, need_dx: bool) -> tuple[Params, Any]:
 
 
 def _vmap_backward(tape: _VmapTape, dy: Any) -> tuple[Params, Any]:
+    """The backward of _vmap."""
     name = layer_name(tape.apply)
     batch = tree.leaves(tape.x)[0].shape[0]
     if batch == 0:

@@ -13,7 +13,10 @@ from typing import Any
 from .core import VJP, Layer, LayerInfo, Params, backprop, backward, declare, layer_info
 from .errors import FnnError, FnnTypeError, describe
 
-__all__ = ["remat"]
+__all__ = [
+    "remat",
+    "remat_backward",
+]
 
 
 class _Forward:
@@ -92,6 +95,7 @@ def remat(layer: Layer) -> Layer:
 def remat_backward(
     residuals: tuple[_Forward, Params, Any, dict[str, Any]], dy: Any
 ) -> tuple[Params, Any]:
+    """y = f(params, x)   ⇒   recompute (y, vjp_f) = f(params, x), then (dparams, dx) = vjp_f(dy)"""
     forward, params, x, kwargs = residuals
     vjp = forward.apply(params, x, **kwargs)[1]
     grads: tuple[Params, Any] = vjp(dy)

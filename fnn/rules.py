@@ -19,7 +19,15 @@ from .layers import Dense, _checks
 from .layers.activations import elementwise
 from .layers.dense import dense_backward
 
-__all__ = ["with_vjp", "feedback_alignment", "Sign", "straight_through"]
+__all__ = [
+    "with_vjp",
+    "feedback_alignment",
+    "Sign",
+    "straight_through",
+    "feedback_alignment_backward",
+    "sign_backward",
+    "straight_through_backward",
+]
 
 
 def _check_layer(where: str, layer: Any) -> None:
@@ -165,6 +173,7 @@ def feedback_alignment(
 def feedback_alignment_backward(
     residuals: tuple[tuple[torch.Tensor, torch.Tensor, bool], torch.Tensor], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy B   (B fixed and random, not W)"""
     (x, weight, has_bias), feedback = residuals
     dparams, _ = dense_backward((x, weight, has_bias), dy)
     return dparams, dy.matmul(feedback)
@@ -191,6 +200,7 @@ def Sign() -> Layer:
 # y = sign x   ⇒   dx = 0 (almost everywhere)
 @backward
 def sign_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = sign x   ⇒   dx = 0 (almost everywhere)"""
     if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("Sign", dy, x.shape, x)
     return {}, torch.zeros_like(dy)
@@ -219,6 +229,7 @@ def straight_through(layer: Layer | None = None) -> Layer:
 # y = sign x   ⇒   dx ≈ dy · 1{|x| ≤ 1}   (straight-through estimator)
 @backward
 def straight_through_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = sign x   ⇒   dx ≈ dy · 1{|x| ≤ 1}   (straight-through estimator)"""
     if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("straight_through", dy, x.shape, x)
     return {}, dy * (x.abs() <= 1).to(dy.dtype)

@@ -34,7 +34,10 @@ from .core import (
 )
 from .errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, describe, with_context
 
-__all__ = ["scan"]
+__all__ = [
+    "scan",
+    "scan_backward",
+]
 
 
 def scan(cell: Layer, reverse: bool = False) -> Layer:
@@ -287,6 +290,9 @@ def _walk(
 # (c_t, y_t) = f(c_{t−1}, x_t)   ⇒   walk t = T−1 … 0: (dθ_t, (dc_{t−1}, dx_t)) = vjp_t((dc_t, dy_t)),  dθ = Σ_t dθ_t
 @backward
 def scan_backward(residuals: tuple[tuple[VJP, ...], bool], dy: Any) -> tuple[Params, Any]:
+    """
+    (c_t, y_t) = f(c_{t−1}, x_t)   ⇒   walk t = T−1 … 0: (dθ_t, (dc_{t−1}, dx_t)) = vjp_t((dc_t, dy_t)),  dθ = Σ_t dθ_t
+    """
     vjps, reverse = residuals
     return _walk(list(vjps), reverse, dy, "call")
 

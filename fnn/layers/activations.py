@@ -42,6 +42,21 @@ __all__ = [
     "Relu6",
     "Prelu",
     "Glu",
+    "identity_backward",
+    "relu_backward",
+    "leaky_relu_backward",
+    "tanh_backward",
+    "sigmoid_backward",
+    "elu_backward",
+    "gelu_backward",
+    "softplus_backward",
+    "softmax_backward",
+    "log_softmax_backward",
+    "silu_backward",
+    "mish_backward",
+    "hardtanh_backward",
+    "prelu_backward",
+    "glu_backward",
 ]
 
 
@@ -167,6 +182,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 # y = x   ⇒   dx = dy
 @backward
 def identity_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = x   ⇒   dx = dy"""
     _check_dy("Identity", y, dy)
     return {}, dy
 
@@ -192,6 +208,7 @@ def Relu() -> Layer:
 # y = max(x, 0)   ⇒   dx = dy · [y > 0]
 @backward
 def relu_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = max(x, 0)   ⇒   dx = dy · [y > 0]"""
     _check_dy("Relu", y, dy)
     return {}, _relu_dx(y, dy)
 
@@ -231,6 +248,7 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
 def leaky_relu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = x if x > 0 else a·x   ⇒   dx = dy if x > 0 else a·dy"""
     x, slope = residuals
     _check_dy("LeakyRelu", x, dy)
     return {}, aten.leaky_relu_backward.default(dy, x, slope, False)
@@ -257,6 +275,7 @@ def Tanh() -> Layer:
 # y = tanh x   ⇒   dx = dy · (1 − y²)
 @backward
 def tanh_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = tanh x   ⇒   dx = dy · (1 − y²)"""
     _check_dy("Tanh", y, dy)
     return {}, _tanh_dx(y, dy)
 
@@ -286,6 +305,7 @@ def Sigmoid() -> Layer:
 # y = σ(x)   ⇒   dx = dy · y (1 − y)
 @backward
 def sigmoid_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = σ(x)   ⇒   dx = dy · y (1 − y)"""
     _check_dy("Sigmoid", y, dy)
     return {}, _sigmoid_dx(y, dy)
 
@@ -323,6 +343,7 @@ def Elu(alpha: float = 1.0) -> Layer:
 def elu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = x if x > 0 else α(eˣ − 1)   ⇒   dx = dy if x > 0 else dy · α eˣ"""
     x, alpha = residuals
     _check_dy("Elu", x, dy)
     return {}, aten.elu_backward.default(dy, alpha, 1.0, 1.0, False, x)
@@ -358,6 +379,7 @@ def Gelu(approximate: str = "none") -> Layer:
 def gelu_backward(
     residuals: tuple[torch.Tensor, str], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = x Φ(x)   ⇒   dx = dy · (Φ(x) + x φ(x))"""
     x, approximate = residuals
     _check_dy("Gelu", x, dy)
     return {}, aten.gelu_backward.default(dy, x, approximate=approximate)
@@ -396,6 +418,7 @@ def Softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
 def softplus_backward(
     residuals: tuple[torch.Tensor, float, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = log(1 + e^(βx)) / β   ⇒   dx = dy · σ(βx)   (dx = dy where βx > threshold)"""
     x, beta, threshold = residuals
     _check_dy("Softplus", x, dy)
     return {}, aten.softplus_backward.default(dy, x, beta, threshold)
@@ -460,6 +483,7 @@ def _along(layer: Layer, name: str, dim: int) -> Layer:
 def softmax_backward(
     residuals: tuple[torch.Tensor, int], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = softmax(x)   ⇒   dx = y · (dy − Σ dy·y)   (sums along dim)"""
     y, dim = residuals
     _check_dy("Softmax", y, dy)
     return {}, aten._softmax_backward_data.default(dy, y, _wrap(dim, y.ndim), y.dtype)
@@ -509,6 +533,7 @@ def _log_softmax(dim: int, x: torch.Tensor) -> torch.Tensor:
 def log_softmax_backward(
     residuals: tuple[torch.Tensor, int], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = x − logΣeˣ   ⇒   dx = dy − eʸ · Σ dy   (sums along dim)"""
     y, dim = residuals
     _check_dy("LogSoftmax", y, dy)
     return {}, aten._log_softmax_backward_data.default(dy, y, _wrap(dim, y.ndim), y.dtype)
@@ -533,6 +558,7 @@ def Silu() -> Layer:
 # y = x σ(x)   ⇒   dx = dy · σ(x) (1 + x (1 − σ(x)))
 @backward
 def silu_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = x σ(x)   ⇒   dx = dy · σ(x) (1 + x (1 − σ(x)))"""
     _check_dy("Silu", x, dy)
     return {}, aten.silu_backward.default(dy, x)
 
@@ -556,6 +582,7 @@ def Mish() -> Layer:
 # y = x tanh(s), s = softplus(x)   ⇒   dx = dy · (tanh s + x σ(x) (1 − tanh² s))
 @backward
 def mish_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = x tanh(s), s = softplus(x)   ⇒   dx = dy · (tanh s + x σ(x) (1 − tanh² s))"""
     _check_dy("Mish", x, dy)
     return {}, aten.mish_backward.default(dy, x)
 
@@ -620,6 +647,7 @@ def _hardtanh(name: str, min_val: float, max_val: float) -> Layer:
 def hardtanh_backward(
     residuals: tuple[torch.Tensor, float, float, str], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = clamp(x, a, b)   ⇒   dx = dy · [a < x < b]"""
     x, min_val, max_val, name = residuals
     _check_dy(name, x, dy)
     return {}, aten.hardtanh_backward.default(dy, x, min_val, max_val)
@@ -714,6 +742,9 @@ def _prelu_weight(params: Params, x: object) -> torch.Tensor:
 def prelu_backward(
     residuals: tuple[torch.Tensor, torch.Tensor], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """
+    y = x if x ≥ 0 else a·x   ⇒   da = Σ dy · x · [x < 0] (per channel),  dx = dy if x ≥ 0 else a·dy
+    """
     x, weight = residuals
     _check_dy("Prelu", x, dy)
     dx, dweight = aten._prelu_kernel_backward.default(dy, x, weight)
@@ -801,6 +832,7 @@ def _glu_axis(dim: int, shape: Shape) -> int:
 def glu_backward(
     residuals: tuple[torch.Tensor, int], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = a σ(b), x = [a, b]   ⇒   da = dy σ(b),  db = dy a σ(b) (1 − σ(b))"""
     x, axis = residuals
     out = x.shape[:axis] + (x.shape[axis] // 2,) + x.shape[axis + 1 :]
     if not isinstance(dy, torch.Tensor) or dy.shape != out or dy.dtype is not x.dtype:

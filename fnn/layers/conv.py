@@ -38,7 +38,15 @@ from ..initializers import Initializer, fan_in_uniform, torch_default
 from . import _checks
 from .resample import pad_backward, pad_forward, padded_shape
 
-__all__ = ["Conv", "ConvTranspose"]
+__all__ = [
+    "Conv",
+    "ConvTranspose",
+    "conv_backward",
+    "layout",
+    "kernel_tuple",
+    "ntuple",
+    "out_size",
+]
 
 aten = torch.ops.aten
 
@@ -454,6 +462,9 @@ ConvResiduals = tuple[
 # y = x ⋆ W + b (transposed: y = x ⋆ᵀ W + b)   ⇒   dW = x ⋆ dy,  db = Σₙ,ₛₚₐₜᵢₐₗ dy,  dx = dy ⋆ᵀ W (transposed: dy ⋆ W)
 @backward
 def conv_backward(residuals: ConvResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """
+    y = x ⋆ W + b (transposed: y = x ⋆ᵀ W + b)   ⇒   dW = x ⋆ dy,  db = Σₙ,ₛₚₐₜᵢₐₗ dy,  dx = dy ⋆ᵀ W (transposed: dy ⋆ W)
+    """
     return _conv_grads(residuals, dy, True)
 
 

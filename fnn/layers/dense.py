@@ -13,6 +13,11 @@ from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, 
 from ..initializers import Initializer, fan_in_uniform, torch_default
 from . import _checks
 
+__all__ = [
+    "dense_backward",
+    "Dense",
+]
+
 
 def Dense(
     out_features: int,
@@ -116,6 +121,7 @@ def _diagnose(
 def dense_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy W"""
     x, weight, has_bias = residuals
     return _dense_grads(x, weight, has_bias, dy, True)
 

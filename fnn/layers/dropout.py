@@ -11,7 +11,10 @@ from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, 
 from ..errors import FnnError, KeyArrayError
 from . import _checks
 
-__all__ = ["Dropout"]
+__all__ = [
+    "Dropout",
+    "dropout_backward",
+]
 
 aten = torch.ops.aten
 
@@ -87,6 +90,7 @@ def Dropout(rate: float) -> Layer:
 def dropout_backward(
     residuals: tuple[torch.Tensor | None, float, torch.Size], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = x · m / (1 − p)   ⇒   dx = dy · m / (1 − p)      (m the kept-mask; p = 1: dx = 0 · dy)"""
     keep, scale, shape = residuals
     if not isinstance(dy, torch.Tensor) or dy.shape != shape:
         _checks.cotangent("Dropout", dy, shape)

@@ -17,7 +17,14 @@ from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, 
 from ..errors import FnnError, FnnTypeError, ShapeError, describe
 from . import _checks
 
-__all__ = ["FanOut", "FanInSum", "FanInConcat"]
+__all__ = [
+    "FanOut",
+    "FanInSum",
+    "FanInConcat",
+    "fan_out_backward",
+    "fan_in_sum_backward",
+    "fan_in_concat_backward",
+]
 
 
 def _input_shapes(name: str, shapes: Any) -> list[Shape]:
@@ -99,6 +106,7 @@ def FanOut(num: int) -> Layer:
 def fan_out_backward(
     residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]
 ) -> tuple[Params, torch.Tensor]:
+    """(y₁ … yₙ) = (x … x)   ⇒   dx = Σᵢ dyᵢ"""
     num, shape = residuals
     if not isinstance(dy, (tuple, list)) or len(dy) != num:
         raise ShapeError(f"FanOut VJP: expected a tuple of {num} cotangents, got {describe(dy)}")
@@ -167,6 +175,7 @@ def FanInSum() -> Layer:
 def fan_in_sum_backward(
     residuals: tuple[int, torch.Size], dy: torch.Tensor
 ) -> tuple[Params, tuple[torch.Tensor, ...]]:
+    """y = Σᵢ xᵢ   ⇒   dxᵢ = dy"""
     num, shape = residuals
     _checks.cotangent("FanInSum", dy, shape)
     return {}, (dy,) * num
@@ -237,6 +246,7 @@ def FanInConcat(axis: int = 1) -> Layer:
 def fan_in_concat_backward(
     residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor
 ) -> tuple[Params, tuple[torch.Tensor, ...]]:
+    """y = concat(x₁ … xₙ)   ⇒   (dx₁ … dxₙ) = split(dy)"""
     axis, sizes, shape = residuals
     _checks.cotangent("FanInConcat", dy, shape)
     return {}, tuple(torch.split(dy, list(sizes), axis))

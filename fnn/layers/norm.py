@@ -27,7 +27,16 @@ from ..core import VJP, Key, Layer, LayerInfo, Params, PyTree, Shape, Shapes, ba
 from ..errors import FnnError, FnnTypeError, ShapeError, TreeError, describe
 from . import _checks
 
-__all__ = ["LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm"]
+__all__ = [
+    "LayerNorm",
+    "RMSNorm",
+    "GroupNorm",
+    "BatchNorm",
+    "layer_norm_backward",
+    "rms_norm_backward",
+    "group_norm_backward",
+    "batch_norm_backward",
+]
 
 aten = torch.ops.aten
 
@@ -239,6 +248,9 @@ def layer_norm_backward(
     ],
     dy: torch.Tensor,
 ) -> tuple[Params, torch.Tensor]:
+    """
+    y = γ x̂ + β, x̂ = (x − μ)/σ per row   ⇒   dγ = Σ dy x̂,  dβ = Σ dy,  dx = (g − mean(g) − x̂ mean(g x̂)) / σ  with g = γ dy
+    """
     x, weight, bias, mean, rstd, normalized = residuals
     _check_dy("LayerNorm", x, dy)
     mask = [True, weight is not None, bias is not None]
@@ -351,6 +363,9 @@ def RMSNorm(
 def rms_norm_backward(
     residuals: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """
+    y = γ x̂, x̂ = x r, r = 1/√(mean(x²) + ε) per row   ⇒   dγ = Σ dy x̂,  dx = r (g − x̂ mean(g x̂))  with g = γ dy
+    """
     x, weight, rstd, k = residuals
     _check_dy("RMSNorm", x, dy)
     dx, rows = _rms_norm_grads(x, weight, rstd, k, dy)
@@ -489,6 +504,9 @@ def group_norm_backward(
     residuals: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, int],
     dy: torch.Tensor,
 ) -> tuple[Params, torch.Tensor]:
+    """
+    y = γ x̂ + β, x̂ = (x − μ)/σ per example and group   ⇒   dγ = Σ dy x̂,  dβ = Σ dy,  dx = (g − mean(g) − x̂ mean(g x̂)) / σ  with g = γ dy
+    """
     x, weight, mean, rstd, groups = residuals
     _check_dy("GroupNorm", x, dy)
     n, c, hxw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
@@ -700,6 +718,9 @@ def batch_norm_backward(
     ],
     dy: torch.Tensor,
 ) -> tuple[Params, torch.Tensor]:
+    """
+    train: y = γ x̂ + β, x̂ = (x − μ_B)/σ_B  ⇒  dγ = Σ dy x̂,  dβ = Σ dy,  dx = γ/σ_B (dy − mean(dy) − x̂ mean(dy x̂));  eval: dx = γ dy / σ_run
+    """
     x, weight, mean, spread, train, eps = residuals
     _check_dy("BatchNorm", x, dy)
     affine = weight is not None

@@ -28,7 +28,17 @@ from ..errors import FnnError, FnnTypeError, ShapeError
 from . import _checks
 from .conv import Size, kernel_tuple, layout, ntuple
 
-__all__ = ["MaxPool", "AvgPool", "AdaptiveAvgPool"]
+__all__ = [
+    "MaxPool",
+    "AvgPool",
+    "AdaptiveAvgPool",
+    "max_pool_backward",
+    "avg_pool_backward",
+    "adaptive_avg_pool_backward",
+    "max_pool_forward",
+    "avg_pool_forward",
+    "adaptive_avg_pool_forward",
+]
 
 aten = torch.ops.aten
 
@@ -274,6 +284,7 @@ def max_pool_forward(x: torch.Tensor, window: tuple[Any, ...]) -> tuple[Any, tor
 # y = max over each window of x   ⇒   dx[argmax] += dy   (every other input gets 0)
 @backward
 def max_pool_backward(residuals: PoolResiduals, dy: Any) -> tuple[Params, torch.Tensor]:
+    """y = max over each window of x   ⇒   dx[argmax] += dy   (every other input gets 0)"""
     indices, x, _, window, _, _, name = residuals
     kernel, stride, padding, dilation, ceil, return_indices = window
     if return_indices:  # the cotangent of (y, indices): that of the indices is ignored
@@ -381,6 +392,7 @@ _HALF = (torch.bfloat16, torch.float16)
 # y = Σ over each window of x / divisor   ⇒   dx = Σ over the windows holding x of dy / divisor
 @backward
 def avg_pool_backward(residuals: PoolResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = Σ over each window of x / divisor   ⇒   dx = Σ over the windows holding x of dy / divisor"""
     _, x, _, window, _, _, _ = residuals
     dy = _lifted(residuals, dy)
     if len(window[0]) == 3:
@@ -470,6 +482,7 @@ def adaptive_avg_pool_forward(
 def adaptive_avg_pool_backward(
     residuals: PoolResiduals, dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y[i] = mean of x over cell i   ⇒   dx = dy[i] / |cell i| over each cell holding x"""
     x = residuals[1]
     dy = _lifted(residuals, dy)
     if x.ndim == 5:

@@ -41,7 +41,16 @@ from ..errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, describe
 from ..scan import scan
 from . import _checks
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "recurrent_cell_backward",
+    "recurrent_backward",
+]
 
 aten = torch.ops.aten
 # the overloads themselves: calling them skips the overload lookup of `aten.tanh_backward(...)`
@@ -270,6 +279,9 @@ def _check_step_input(
 # the step above, then the input's projection gx = x W_ihᵀ + b   ⇒   dW_ih = dgxᵀ x,  db = Σₙ dgx,  dx = dgx W_ih
 @backward
 def recurrent_cell_backward(residuals: tuple[Any, ...], dy: Any) -> tuple[Params, Any]:
+    """
+    the step above, then the input's projection gx = x W_ihᵀ + b   ⇒   dW_ih = dgxᵀ x,  db = Σₙ dgx,  dx = dgx W_ih
+    """
     return _cell_grads(residuals, dy, False)
 
 
@@ -691,6 +703,9 @@ def _initial_state(
 #   dx = Σ_dir dgx W_ih, through each dropout mask
 @backward
 def recurrent_backward(residuals: tuple[Any, ...], dy: Any) -> tuple[Params, Any]:
+    """
+    per layer and direction: gx = x W_ihᵀ + b, (h_T, ys) = scan(cell)(h0, gx)   ⇒   (_, (dh0, dgx)) = scan VJP((dh_T, dys)), dW_ih = Σₜ dgxₜᵀ xₜ,  dW_hh = Σₜ dgxₜᵀ hₜ₋₁,  db_ih = db_hh = Σ dgx (GRU: dW_hh, db_hh from scan's dparams), dx = Σ_dir dgx W_ih, through each dropout mask
+    """
     layers, flags = residuals
     return _recurrent_grads(list(layers), flags, dy, "call", True)
 

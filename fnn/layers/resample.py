@@ -21,7 +21,15 @@ from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, 
 from ..errors import FnnError, FnnTypeError, ShapeError
 from . import _checks
 
-__all__ = ["Pad", "Upsample"]
+__all__ = [
+    "Pad",
+    "Upsample",
+    "pad_backward",
+    "pad_layer_backward",
+    "upsample_backward",
+    "padded_shape",
+    "pad_forward",
+]
 
 aten = torch.ops.aten
 
@@ -202,6 +210,9 @@ def Pad(padding: Sequence[int], mode: str = "constant", value: float = 0.0) -> L
 def pad_layer_backward(
     residuals: tuple[torch.Tensor, torch.Size, list[int], str], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """
+    y = x with borders (constant, mirrored, repeated or wrapped)   ⇒   dx = Σ of dy over the output positions each input element went to
+    """
     x, y_shape, pads, mode = residuals
     if not isinstance(dy, torch.Tensor) or dy.shape != y_shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("Pad", dy, y_shape, x)
@@ -388,6 +399,7 @@ UpsampleResiduals = tuple[str, torch.Tensor, torch.Size, list[bool], list[float 
 def upsample_backward(
     residuals: UpsampleResiduals, dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y[j] = Σᵢ w(j, i) x[i] (nearest: w = 1 at i = ⌊j / scale⌋)   ⇒   dx[i] = Σⱼ w(j, i) dy[j]"""
     kernel, x, y_shape, aligned, scales = residuals
     if not isinstance(dy, torch.Tensor) or dy.shape != y_shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("Upsample", dy, y_shape, x)

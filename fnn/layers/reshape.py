@@ -12,7 +12,12 @@ from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, 
 from ..errors import FnnTypeError, ShapeError
 from . import _checks
 
-__all__ = ["Flatten", "Reshape"]
+__all__ = [
+    "Flatten",
+    "Reshape",
+    "flatten_backward",
+    "reshape_backward",
+]
 
 
 def Flatten(start_dim: int = 1, end_dim: int = -1) -> Layer:
@@ -91,6 +96,7 @@ def _flatten_axes(start_dim: int, end_dim: int, shape: Shape) -> tuple[int, int]
 def flatten_backward(
     residuals: tuple[Shape, Shape, bool], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
+    """y = flatten(x)   ⇒   dx = reshape(dy, x.shape)"""
     x_shape, y_shape, _ = residuals
     if not isinstance(dy, torch.Tensor) or dy.shape != y_shape:
         _checks.cotangent("Flatten", dy, y_shape)
@@ -174,6 +180,7 @@ def Reshape(shape: Sequence[int]) -> Layer:
 # y = reshape(x)   ⇒   dx = reshape(dy, x.shape)
 @backward
 def reshape_backward(residuals: tuple[str, Shape], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """y = reshape(x)   ⇒   dx = reshape(dy, x.shape)"""
     name, x_shape = residuals
     if (
         not isinstance(dy, torch.Tensor)

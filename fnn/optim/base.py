@@ -81,6 +81,9 @@ __all__ = [
     "scale_leaves",
     "scalar_for",
     "explain_lr_overflow",
+    "InitFn",
+    "UpdateFn",
+    "TransformFn",
 ]
 
 Schedule: TypeAlias = Callable[[int], float]
