@@ -390,6 +390,8 @@ def orthogonal(gain: float = 1.0) -> Initializer:
         flat.normal_(0, 1, generator=random.generator(key, device))
         if rows < cols:
             flat = flat.t()
+        q: torch.Tensor
+        r: torch.Tensor
         q, r = torch.linalg.qr(flat)
         q = q * torch.diag(r, 0).sign()
         if rows < cols:
