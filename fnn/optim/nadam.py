@@ -67,7 +67,7 @@ def nadam(
         >>> params = {"w": torch.zeros(2)}
         >>> params, state = opt.update(params, {"w": torch.tensor([1.0, -2.0])}, opt.init(params))
         >>> params["w"]
-        tensor([-0.1000,  0.1000])
+        tensor([-0.1056,  0.1056])
     """
     return _Nadam(
         name="nadam",
