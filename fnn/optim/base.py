@@ -246,33 +246,34 @@ def explain_lr_overflow(name: str, lr: float, leaves: TensorList) -> None:
 
 # Constant 0-d tensors.
 
-_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+_CONSTANTS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
 """The one module-level cache of fnn.optim, and why it cannot change a result: it holds
-0-d tensors of hyperparameter values (a momentum factor), created on first use and never
-written to or handed out, at most `_MAX_CONSTANTS` of them. `_foreach_mul(xs, t)` with a 0-d
-`t` of the lists' dtype takes half the time of `_foreach_mul(xs, 0.9)` on small CPU tensors
-(measured: 6 against 14 µs for 8 leaves of 25×25), and gives the same bits for float32 and
-float64 (a Python number is rounded to the same opmath type); `scalar_for` uses it only
-there, and only when every leaf has that one dtype."""
+CPU 0-d tensors of hyperparameter values (a momentum factor), created on first use and
+never written to or handed out, at most `_MAX_CONSTANTS` of them. On small CPU tensors
+`_foreach_mul(xs, t)` with a 0-d `t` of the lists' dtype takes half the time of
+`_foreach_mul(xs, 0.9)` (measured: 6 against 14 µs for 8 leaves of 25×25), and gives the
+same bits for float32 and float64 (the Python number is rounded to the same opmath type);
+`scalar_for` uses it only there: every leaf float32 (or every leaf float64) on the CPU.
+Elsewhere (other dtypes, other devices, where a Python number is no slower) the number
+itself goes to the kernel, as in torch.optim."""
 _MAX_CONSTANTS = 64
 
 
 def scalar_for(value: float, leaves: TensorList) -> torch.Tensor | float:
-    """`value` as a cached 0-d tensor of the leaves' dtype and device when all leaves are
-    float32 (or all float64) on one device; else `value` itself (as torch.optim passes it)."""
-    first = leaves[0]
-    dtype, device = first.dtype, first.device
+    """`value` as a cached CPU 0-d tensor of the leaves' dtype when all leaves are CPU
+    float32 (or all CPU float64); else `value` itself (as torch.optim passes it)."""
+    dtype = leaves[0].dtype
     if dtype is not torch.float32 and dtype is not torch.float64:
         return value
     for t in leaves:
-        if t.dtype is not dtype or t.device != device:
+        if t.dtype is not dtype or not t.is_cpu:
             return value
-    key = (value, dtype, device)
+    key = (value, dtype)
     found = _CONSTANTS.get(key)
     if found is None:
         if len(_CONSTANTS) >= _MAX_CONSTANTS:
             _CONSTANTS.clear()
-        found = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=device)
+        found = _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
     return found
 
 
