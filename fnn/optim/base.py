@@ -373,7 +373,8 @@ class FlatForm(ABC):
 
     `opt.init` and `opt.update` are bound methods of one `FlatForm`; `flat_form(opt)`
     gives it back. Subclasses (one per optimizer) add their hyperparameters as fields and
-    define `buffers` and `_math`; this class does the rest, the same for all.
+    define `_check` (of those), `buffers` and `_math`; this class does the rest, the same
+    for all.
 
     Attributes:
         name: the optimizer's name, for messages (`"adam"`).
@@ -392,6 +393,7 @@ class FlatForm(ABC):
     maximize: bool = False
     mask: Mask = None
     _by_name: dict[str, Any] | None = field(init=False, default=None, repr=False)
+    _keys: tuple[str, ...] = field(init=False, default=(), repr=False)  # buffers' names
 
     scalar_buffers: ClassVar[tuple[str, ...]] = ()
     """Buffers holding one 0-d tensor per leaf (NAdam's `mu_product`), not one of the
@@ -400,7 +402,13 @@ class FlatForm(ABC):
     def __post_init__(self) -> None:
         check_lr(self.name, self.lr)
         check_hyper(self.name, "weight_decay", self.weight_decay)
+        self._check()
         object.__setattr__(self, "_by_name", flat_mask(self.name, self.mask))
+        object.__setattr__(self, "_keys", tuple(self.buffers))
+
+    @abstractmethod
+    def _check(self) -> None:
+        """Check the subclass's own hyperparameters (raise a clear `FnnError`)."""
 
     @property
     @abstractmethod
@@ -441,7 +449,7 @@ class FlatForm(ABC):
         """
         _check_count(self.name, count)
         if not params:
-            return [], [[] for _ in self.buffers]
+            return [], [[] for _ in self._keys]
         lr = self.lr if not callable(self.lr) else learning_rate(self.name, self.lr, count)
         if self.maximize:
             grads = torch._foreach_neg(grads)
@@ -461,13 +469,12 @@ class FlatForm(ABC):
     def flat_state(self, state: PyTree, names: Sequence[str]) -> tuple[Buffers, int]:
         """`(buffers, count)` from the state: each buffer as a list in the order of `names`
         (the params' dotted names), and the step count."""
-        keys = self.buffers
-        if type(state) is not dict or "step" not in state or any(k not in state for k in keys):
+        if type(state) is not dict or "step" not in state:
             raise self._bad_state(state)
         buffers = []
-        for k in keys:
-            table = state[k]
-            if not isinstance(table, dict):
+        for k in self._keys:
+            table = state.get(k)
+            if type(table) is not dict:
                 raise self._bad_state(state)
             try:
                 buffers.append([table[n] for n in names])
@@ -489,7 +496,7 @@ class FlatForm(ABC):
         """The state from flat `buffers` (as `step` returns them) and the step count to
         record (after a step: the count it was given, plus 1)."""
         state: dict[str, Any] = {"step": count}
-        for k, values in zip(self.buffers, buffers):
+        for k, values in zip(self._keys, buffers):
             state[k] = dict(zip(names, values))
         return state
 

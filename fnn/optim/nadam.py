@@ -92,8 +92,7 @@ class _Nadam(FlatForm):
 
     scalar_buffers: ClassVar[tuple[str, ...]] = ("mu_product",)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_betas(self.name, self.betas)
         check_hyper(self.name, "eps", self.eps)
         check_hyper(self.name, "momentum_decay", self.momentum_decay)
