@@ -4,6 +4,10 @@
     python examples/digits.py --seeds 5          # seeds 0..4: per-seed and mean test accuracy
     python examples/digits.py --compare-torch    # same run in torch.nn + autograd, same weights
     python examples/digits.py --baselines        # sklearn MLP, k-NN, RBF-SVM on the same split
+    python examples/digits.py --plot out/        # confusion matrix and loss curve (PNG)
+
+A one-line progress bar (loss, steps/s) shows on a terminal when tqdm is installed (the
+`examples` extra); `--progress`/`--no-progress` force it on or off.
 
 Data: the 1797 images of `sklearn.datasets.load_digits`, pixels scaled to
 [0, 1], split 80/20 stratified with `random_state=0` (1437 train, 360 test).
@@ -102,6 +106,27 @@ def confusion_matrix(
     )
 
 
+def progress_bar(enabled: bool | None, total: int, desc: str):
+    """A one-line tqdm bar on stderr (steps/s and the loss), or None without tqdm.
+
+    `enabled=None` shows it only when stderr is a terminal; True or False force it.
+    """
+    if enabled is False:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the `examples` extra; without it, no bar
+        return None
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="step",
+        disable=None if enabled is None else False,
+        leave=True,  # the finished bar stays: steps, time, steps/s, last loss
+        dynamic_ncols=True,
+    )
+
+
 def train_fnn(args, seed: int, data, log=print) -> Run:
     (x_train, y_train), (x_test, y_test) = data
     init_key, shuffle_key = fnn.random.split(fnn.random.key(seed))
@@ -117,6 +142,9 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
     )
     opt_state = opt.init(params)
     loss_and_grads = fnn.value_and_grad(apply, fnn.losses.cross_entropy, has_aux=True)
+    bar = progress_bar(args.progress, args.epochs * steps_per_epoch, f"fnn, seed {seed}")
+    if log and bar is not None:
+        log = bar.write  # log lines above the bar, not through it
 
     start, eval_seconds = time.perf_counter(), 0.0
     for epoch, epoch_key in enumerate(fnn.random.split(shuffle_key, args.epochs)):
@@ -126,6 +154,9 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
             params, opt_state = opt.update(params, grads, opt_state)
             losses.append(loss)
             correct += int((logits.argmax(1) == yb).sum())
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                bar.update()
         run.step_losses += torch.stack(losses).tolist()
         if log:
             eval_start = time.perf_counter()
@@ -139,6 +170,8 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
     run.seconds = (
         time.perf_counter() - start - eval_seconds
     )  # training only, as train_torch times it
+    if bar is not None:
+        bar.close()
     run.params, run.state = params, state
     predicted = predict(apply, params, state, x_test)
     run.test_accuracy = (predicted == y_test).float().mean().item()
@@ -161,6 +194,7 @@ def train_torch(args, seed: int, data, initial_params, initial_state) -> Run:
     schedule = linear_decay(args.lr, args.epochs * steps_per_epoch)
     run = Run(params={}, state={})
     step = 0
+    bar = progress_bar(args.progress, args.epochs * steps_per_epoch, f"torch, seed {seed}")
     start = time.perf_counter()
     with torch.enable_grad():
         for epoch_key in fnn.random.split(shuffle_key, args.epochs):
@@ -175,8 +209,13 @@ def train_torch(args, seed: int, data, initial_params, initial_state) -> Run:
                 opt.step()
                 losses.append(loss.detach())
                 step += 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                    bar.update()
             run.step_losses += torch.stack(losses).tolist()
     run.seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
     model.eval()
     with torch.no_grad():
         run.test_accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
@@ -205,6 +244,74 @@ def print_confusion(matrix: torch.Tensor) -> None:
         print(f"  {i:2d}  " + "".join(f"{v:4d}" if v else "   ." for v in row))
 
 
+def plot(
+    directory: str, seed: int, run: Run, steps_per_epoch: int, reference: Run | None = None
+) -> list:
+    """Write confusion_matrix.png and loss_curve.png to `directory`; return their paths.
+
+    `reference` (the torch.nn run of --compare-torch) adds torch's loss curve.
+    """
+    import pathlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    matrix = run.confusion
+    classes = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    image = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax, label="test images")
+    for i in range(classes):
+        for j in range(classes):
+            count = int(matrix[i, j])
+            if count:
+                light = count > 0.6 * int(matrix.max())
+                ax.text(j, i, count, ha="center", va="center", color="white" if light else "black")
+    ax.set(
+        title=f"digits, seed {seed}: test accuracy {100 * run.test_accuracy:.2f} %",
+        xlabel="predicted digit",
+        ylabel="true digit",
+        xticks=range(classes),
+        yticks=range(classes),
+    )
+    fig.savefig(out / "confusion_matrix.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    steps = range(1, len(run.step_losses) + 1)
+    ax.semilogy(steps, run.step_losses, lw=1, alpha=0.6, label="fnn, each step")
+    epoch_ends = range(steps_per_epoch, len(run.step_losses) + 1, steps_per_epoch)
+    epoch_means = [
+        statistics.mean(run.step_losses[end - steps_per_epoch : end]) for end in epoch_ends
+    ]
+    ax.semilogy(epoch_ends, epoch_means, "o-", lw=2, color="C1", label="fnn, epoch mean")
+    if reference is not None:
+        ax.semilogy(
+            steps,
+            reference.step_losses,
+            ls="--",
+            lw=1,
+            color="black",
+            label=f"torch.nn + autograd (max gap {run.torch_gap:.1e})",
+        )
+    ax.set(
+        title=f"digits, seed {seed}: training loss per step",
+        xlabel="step (batch)",
+        ylabel="cross-entropy (log scale)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.savefig(out / "loss_curve.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    paths = [out / "confusion_matrix.png", out / "loss_curve.png"]
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return paths
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -227,6 +334,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--compare-torch", action="store_true")
     parser.add_argument("--baselines", action="store_true")
+    parser.add_argument(
+        "--plot", metavar="DIR", default=None, help="write the confusion matrix and loss curve"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a one-line progress bar on stderr (default: when stderr is a terminal)",
+    )
     return parser.parse_args(argv)
 
 
@@ -248,6 +364,7 @@ def main(argv=None) -> dict:
         print(f"seed {seed}: test accuracy {100 * run.test_accuracy:6.2f} %  ({run.seconds:.1f} s)")
         if len(seeds) == 1:
             print_confusion(run.confusion)
+        reference = None  # the torch.nn run, with --compare-torch
         if args.compare_torch:
             model = make_model()
             _, init_params = model.init(fnn.random.split(fnn.random.key(seed))[0], INPUT_SHAPE)
@@ -265,6 +382,9 @@ def main(argv=None) -> dict:
                 f"{max(gaps):.2e} over all {len(gaps)} steps (float32 rounding, amplified by training)"
             )
             run.torch_gap = max(gaps)
+        if args.plot:
+            steps_per_epoch = -(-len(data[0][1]) // args.batch_size)
+            plot(args.plot, seed, run, steps_per_epoch, reference)
     if len(seeds) > 1:
         accuracies = [100 * r.test_accuracy for r in results.values()]
         print(

@@ -6,6 +6,10 @@
     python examples/disk.py --compare-torch      # same run in torch.nn + autograd
     python examples/disk.py --baselines          # sklearn MLP, RBF-SVM, logistic regression
     python examples/disk.py --plot out/          # decision boundary and loss curves (PNG)
+    python examples/disk.py --plot out/ --compare-torch   # fnn's and torch's loss curves
+
+A one-line progress bar (loss, steps/s) shows on a terminal when tqdm is installed (the
+`examples` extra); `--progress`/`--no-progress` force it on or off.
 
 Default recipe: 1000 train / 1000 test points, ReLU, MSE on one-hot targets,
 SGD with momentum 0.9, learning rate 0.1 decaying linearly to 0, batch 100,
@@ -74,6 +78,34 @@ def linear_decay(lr: float, total_steps: int):
     return schedule
 
 
+def progress_bar(enabled: bool | None, total: int, desc: str):
+    """A one-line tqdm bar on stderr (steps/s and the loss), or None without tqdm.
+
+    `enabled=None` shows it only when stderr is a terminal; True or False force it.
+    """
+    if enabled is False:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the `examples` extra; without it, no bar
+        return None
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="step",
+        disable=None if enabled is None else False,
+        leave=True,  # the finished bar stays: steps, time, steps/s, last loss
+        dynamic_ncols=True,
+    )
+
+
+def advance(bar, steps: int, loss: float) -> None:
+    """Move the bar on by one epoch's steps and show that epoch's mean loss."""
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss:.5f}", refresh=False)
+        bar.update(steps)
+
+
 def train_fnn(args, seed: int, data, log=print) -> Run:
     (x_train, y_train), (x_test, y_test) = data
     init_key, shuffle_key = fnn.random.split(fnn.random.key(seed))
@@ -86,6 +118,9 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
     loss_and_grads = fnn.value_and_grad(apply, LOSSES[args.loss])
     targets = targets_for(args.loss, y_train)
 
+    bar = progress_bar(args.progress, args.epochs * steps_per_epoch, f"fnn, seed {seed}")
+    if log and bar is not None:
+        log = bar.write  # log lines above the bar, not through it
     start = time.perf_counter()
     for epoch, epoch_key in enumerate(fnn.random.split(shuffle_key, args.epochs)):
         batch_losses = []
@@ -96,6 +131,7 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
         losses = torch.stack(batch_losses).tolist()
         run.step_losses += losses
         run.epoch_losses.append(sum(losses) / len(losses))
+        advance(bar, len(losses), run.epoch_losses[-1])
         if log and (epoch + 1) % args.log_every == 0:
             log(
                 f"epoch {epoch + 1:4d}  loss {run.epoch_losses[-1]:.5f}  "
@@ -103,6 +139,8 @@ def train_fnn(args, seed: int, data, log=print) -> Run:
                 f"test error {100 * error_rate(apply, params, x_test, y_test):5.2f} %"
             )
     run.seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
     run.params = params
     run.train_error = error_rate(apply, params, x_train, y_train)
     run.test_error = error_rate(apply, params, x_test, y_test)
@@ -137,6 +175,7 @@ def train_torch(args, seed: int, data, initial_params) -> Run:
     targets = targets_for(args.loss, y_train)
     run = Run(params={})
     step = 0
+    bar = progress_bar(args.progress, args.epochs * steps_per_epoch, f"torch, seed {seed}")
     start = time.perf_counter()
     with torch.enable_grad():
         for epoch_key in fnn.random.split(shuffle_key, args.epochs):
@@ -153,7 +192,10 @@ def train_torch(args, seed: int, data, initial_params) -> Run:
             losses = torch.stack(batch_losses).tolist()
             run.step_losses += losses
             run.epoch_losses.append(sum(losses) / len(losses))
+            advance(bar, len(losses), run.epoch_losses[-1])
     run.seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
     with torch.no_grad():
         run.train_error = (model(x_train).argmax(1) != y_train).float().mean().item()
         run.test_error = (model(x_test).argmax(1) != y_test).float().mean().item()
@@ -184,13 +226,19 @@ def baselines(data) -> None:
         print(f"  {name:<36} test error {100 * error:5.2f} %")
 
 
-def plot(directory: str, args, run: Run, data) -> None:
+def plot(directory: str, args, seed: int, run: Run, data, reference: Run | None = None) -> list:
+    """Write decision_boundary.png and loss_curves.png to `directory`; return their paths.
+
+    `reference` (the torch.nn run of --compare-torch) adds torch's loss curve.
+    """
     import pathlib
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     out = pathlib.Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,25 +247,69 @@ def plot(directory: str, args, run: Run, data) -> None:
     grid = torch.linspace(0, 1, 200)
     gx, gy = torch.meshgrid(grid, grid, indexing="xy")
     logits, _ = apply(run.params, torch.stack([gx.flatten(), gy.flatten()], 1))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    cmap = matplotlib.colormaps["coolwarm"]
+    outside, inside = cmap(0.0), cmap(1.0)
+    fig, ax = plt.subplots(figsize=(5.5, 6.5))
     ax.contourf(
         gx,
         gy,
         logits.argmax(1).reshape(gx.shape),
         levels=[-0.5, 0.5, 1.5],
-        alpha=0.3,
-        cmap="coolwarm",
+        colors=[outside, inside],
+        alpha=0.25,
     )
-    ax.scatter(x_test[:, 0], x_test[:, 1], c=y_test, s=4, cmap="coolwarm")
+    ax.scatter(
+        x_test[:, 0], x_test[:, 1], c=[inside if y else outside for y in y_test.tolist()], s=4
+    )
     ax.add_patch(matplotlib.patches.Circle((0.5, 0.5), fnn.data.DISK_RADIUS, fill=False, ls="--"))
-    ax.set(title=f"fnn decision boundary — test error {100 * run.test_error:.2f} %", aspect="equal")
-    fig.savefig(out / "decision_boundary.png", dpi=120)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(run.epoch_losses, label="fnn")
-    ax.set(xlabel="epoch", ylabel=f"training loss ({args.loss})")
+    ax.set(
+        title=f"fnn decision boundary: test error {100 * run.test_error:.2f} %",
+        xlabel="x₁",
+        ylabel="x₂",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        aspect="equal",
+    )
+    ax.legend(
+        handles=[
+            Patch(color=inside, alpha=0.25, label="predicted: inside (label 1)"),
+            Patch(color=outside, alpha=0.25, label="predicted: outside (label 0)"),
+            Line2D([], [], ls="", marker="o", ms=3, color=inside, label="test point, label 1"),
+            Line2D([], [], ls="", marker="o", ms=3, color=outside, label="test point, label 0"),
+            Line2D([], [], ls="--", color="black", label="true disk, radius 1/√(2π)"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncol=2,
+        fontsize="small",
+    )
+    fig.savefig(out / "decision_boundary.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    epochs = range(1, len(run.epoch_losses) + 1)
+    ax.semilogy(epochs, run.epoch_losses, lw=2.5, label="fnn")
+    if reference is not None:
+        ax.semilogy(
+            epochs,
+            reference.epoch_losses,
+            ls="--",
+            color="black",
+            label=f"torch.nn + autograd (max step gap {run.torch_gap:.1e})",
+        )
+    ax.set(
+        title=f"disk task, seed {seed}: mean training loss per epoch",
+        xlabel="epoch",
+        ylabel=f"training loss ({args.loss}, log scale)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=120)
-    print(f"wrote {out / 'decision_boundary.png'} and {out / 'loss_curves.png'}")
+    plt.close(fig)
+    paths = [out / "decision_boundary.png", out / "loss_curves.png"]
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return paths
 
 
 def parse_args(argv=None):
@@ -244,7 +336,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--compare-torch", action="store_true")
     parser.add_argument("--baselines", action="store_true")
-    parser.add_argument("--plot", metavar="DIR", default=None)
+    parser.add_argument(
+        "--plot", metavar="DIR", default=None, help="write the decision boundary and loss curves"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a one-line progress bar on stderr (default: when stderr is a terminal)",
+    )
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
@@ -270,6 +370,7 @@ def main(argv=None) -> dict:
             f"seed {seed}: train error {100 * run.train_error:5.2f} %, "
             f"test error {100 * run.test_error:5.2f} %  ({run.seconds:.1f} s)"
         )
+        reference = None  # the torch.nn run, with --compare-torch
         if args.compare_torch:
             _, init_params = make_model(args.activation).init(
                 fnn.random.split(fnn.random.key(seed))[0], (-1, 2)
@@ -286,7 +387,7 @@ def main(argv=None) -> dict:
         if args.baselines:
             baselines(data)
         if args.plot:
-            plot(args.plot, args, run, data)
+            plot(args.plot, args, seed, run, data, reference)
     if len(seeds) > 1:
         errors = [100 * r.test_error for r in results.values()]
         print(

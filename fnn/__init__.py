@@ -11,6 +11,7 @@ plus explicit residuals. No autograd anywhere.
 """
 
 from . import (
+    core,
     data,
     debug,
     distributed,
@@ -47,6 +48,7 @@ from .remat import remat
 from .rules import with_vjp
 from .state import init_state
 from .summary import graph_repr, summary
+from .train import TrainStep, train_step
 from .update import update
 
 __version__ = "0.1.0"
@@ -63,9 +65,12 @@ __all__ = [
     "ApplyFn",
     "BackwardFn",
     "FnnError",
+    "core",
     "serial",
     "parallel",
     "value_and_grad",
+    "train_step",
+    "TrainStep",
     "init_state",
     "state",
     "per_example_grads",

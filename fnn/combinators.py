@@ -15,7 +15,20 @@ from typing import Any, TypeGuard
 import torch
 
 from . import debug, random
-from .core import VJP, Key, Layer, Params, Shapes, backprop, register_consumer
+from .core import (
+    VJP,
+    Key,
+    Layer,
+    LayerInfo,
+    Params,
+    Shapes,
+    backprop,
+    backward,
+    check_keywords,
+    declare,
+    layer_info,
+    per_example_rule,
+)
 from .errors import (
     FnnError,
     FnnTypeError,
@@ -25,7 +38,6 @@ from .errors import (
     describe,
     with_context,
 )
-from .fastpath import DENSE
 
 __all__ = ["serial", "parallel"]
 
@@ -50,6 +62,13 @@ class _Children:
         self.names = tuple(str(i) for i in range(len(layers)))
         self.position = {name: i for i, name in enumerate(self.names)}
         self.all_positions = tuple(range(len(layers)))
+        infos = [layer_info(layer) for layer in layers]
+        keywords: frozenset[str] | None = frozenset({"state", "train"})  # any model takes a state
+        for info in infos:
+            keywords = (
+                None if keywords is None or info.keywords is None else keywords | info.keywords
+            )
+        self.info = LayerInfo(kind, kind=kind, children=tuple(layers), keywords=keywords)
 
     def where(self, i: int) -> str:
         return f"{self.kind}[{i}]"
@@ -198,12 +217,18 @@ def serial(*layers: Layer) -> Layer:
     def apply(
         params: Params, x: Any, *, key: Key | None = None, **kwargs: Any
     ) -> tuple[Any, ...]:  # (y, vjp), or (y, vjp, new_state) given state= (see ApplyFn)
-        if "state" in kwargs:  # a model with running statistics (BatchNorm): see fnn/state.py
-            return _apply_with_state(children, params, x, key, kwargs)
+        if kwargs:
+            check_keywords("serial", children.info, kwargs)
+            if "state" in kwargs:  # a model with running statistics (BatchNorm): fnn/state.py
+                return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
         vjps = []
-        applies = debug.checked(children.applies) if debug.CHECK_FINITE else children.applies
+        applies = (
+            debug.checked_applies(children.applies)
+            if debug.is_checking_finite()
+            else children.applies
+        )
         for i, child_apply in enumerate(applies):
             try:
                 if keys is not None:
@@ -217,16 +242,11 @@ def serial(*layers: Layer) -> Layer:
             vjps.append(vjp)
         return x, VJP(serial_backward, (tuple(vjps), given, positions))
 
-    apply.__dict__.update(layer_name="serial", children=layers)  # see fnn.core.layer_name
-    specs = tuple(getattr(child_apply, "fast_spec", None) for child_apply in children.applies)
-    plan = tuple(spec for spec in specs if spec is not None)
-    if len(plan) == len(specs):  # Dense and activations only: fnn/fastpath.py
-        with_params = tuple(n for n, spec in zip(children.names, plan) if spec[0] == DENSE)
-        apply.__dict__["fast_plan"] = (plan, children.names, with_params)
-    return Layer(init, apply)
+    return declare(init, apply, children.info)
 
 
 # y = fₙ(…f₁(x))   ⇒   walk the children's VJPs in reverse: dxᵢ₋₁ = vjpᵢ(dxᵢ)
+@backward
 def serial_backward(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any
 ) -> tuple[Params, Any]:
@@ -240,7 +260,8 @@ def serial_backward(
     return _gather(grads, given, positions), dy
 
 
-def serial_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
+@serial_backward.consumer
+def _serial_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
     """`serial_backward` for `fnn.core.backprop`: frees each child's residuals and each
     cotangent once used, and asks the first child for no `dx` when the caller needs none."""
     dy = box.pop()
@@ -258,7 +279,20 @@ def serial_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
     return _gather(grads, given, positions), dy
 
 
-register_consumer(serial_backward, serial_consume)
+# per example: the children's rules, walked in reverse
+@serial_backward.per_example_rule
+def _serial_per_example(
+    residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any, need_dx: bool
+) -> tuple[Params, Any]:
+    vjps, given, positions = residuals
+    grads: list[Any] = [None] * len(vjps)
+    for i in range(len(vjps) - 1, -1, -1):
+        rule = per_example_rule(vjps[i])
+        try:
+            grads[i], dy = rule(vjps[i].residuals, dy, need_dx or i > 0)
+        except FnnError as error:
+            raise with_context(error, f"serial[{i}]") from None
+    return _gather(grads, given, positions), dy
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -316,14 +350,20 @@ def parallel(*layers: Layer) -> Layer:
     def apply(
         params: Params, x: Sequence[torch.Tensor], *, key: Key | None = None, **kwargs: Any
     ) -> tuple[Any, ...]:  # (ys, vjp), or (ys, vjp, new_state) given state= (see ApplyFn)
-        if "state" in kwargs:  # a model with running statistics (BatchNorm): see fnn/state.py
-            return _apply_with_state(children, params, x, key, kwargs)
+        if kwargs:
+            check_keywords("parallel", children.info, kwargs)
+            if "state" in kwargs:  # a model with running statistics (BatchNorm): fnn/state.py
+                return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
         if not isinstance(x, tuple | list) or len(x) != count:
             raise ShapeError(f"parallel: expected a tuple of {count} inputs, got {describe(x)}")
         keys = children.init_keys(key) if key is not None else None
         ys, vjps = [], []
-        applies = debug.checked(children.applies) if debug.CHECK_FINITE else children.applies
+        applies = (
+            debug.checked_applies(children.applies)
+            if debug.is_checking_finite()
+            else children.applies
+        )
         for i, child_apply in enumerate(applies):
             child_kwargs = dict(kwargs, key=keys[i]) if keys is not None else kwargs
             try:
@@ -334,11 +374,11 @@ def parallel(*layers: Layer) -> Layer:
             vjps.append(vjp)
         return tuple(ys), VJP(parallel_backward, (tuple(vjps), given, positions))
 
-    apply.__dict__.update(layer_name="parallel", children=layers)  # see fnn.core.layer_name
-    return Layer(init, apply)
+    return declare(init, apply, children.info)
 
 
 # (y₀, y₁, …) = (f₀(x₀), f₁(x₁), …)   ⇒   dxᵢ = vjpᵢ(dyᵢ)
+@backward
 def parallel_backward(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Sequence[Any]
 ) -> tuple[Params, tuple[Any, ...]]:
@@ -356,3 +396,34 @@ def parallel_backward(
         grads.append(g)
         dxs.append(dx)
     return _gather(grads, given, positions), tuple(dxs)
+
+
+# per example: each child's rule on its own cotangent
+@parallel_backward.per_example_rule
+def _parallel_per_example(
+    residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any, need_dx: bool
+) -> tuple[Params, tuple[Any, ...]]:
+    vjps, given, positions = residuals
+    if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
+        raise ShapeError(
+            f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}"
+        )
+    grads, dxs = [], []
+    for i, (vjp, dyi) in enumerate(zip(vjps, dy)):
+        try:
+            g, dx = per_example_rule(vjp)(vjp.residuals, dyi, need_dx)
+        except FnnError as error:
+            raise with_context(error, f"parallel[{i}]") from None
+        grads.append(g)
+        dxs.append(dx)
+    return _gather(grads, given, positions), tuple(dxs)
+
+
+def _child_vjps(
+    residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]],
+) -> tuple[VJP, ...]:
+    return residuals[0]
+
+
+serial_backward.holds_children(_child_vjps)
+parallel_backward.holds_children(_child_vjps)

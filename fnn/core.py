@@ -10,11 +10,14 @@ pickles, replays, and keeps alive exactly what it names:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeAlias, overload
 
 import torch
 from typing_extensions import Protocol
+
+from .errors import FnnError
 
 __all__ = [
     "Layer",
@@ -27,6 +30,15 @@ __all__ = [
     "InitFn",
     "ApplyFn",
     "BackwardFn",
+    "LayerInfo",
+    "declare",
+    "layer_info",
+    "Backward",
+    "backward",
+    "backprop",
+    "layer_name",
+    "check_keywords",
+    "per_example_rule",
 ]
 
 PyTree: TypeAlias = Any
@@ -146,50 +158,312 @@ class Layer(NamedTuple):
     apply: ApplyFn
 
 
-# fnn's layer constructors tag their `apply` with attributes read through `getattr`:
-# `layer_name` (here), `children` (serial/parallel), `init_state` (fnn.state) and `wrapped`
-# (fnn.rules, fnn.remat). They set them with `apply.__dict__.update(...)`, which type
-# checkers accept: they do not model attributes assigned on functions.
-def layer_name(layer: Layer | ApplyFn) -> str:
-    """The constructor name of a layer made by fnn ("Dense"), else its apply's name."""
-    apply = layer.apply if isinstance(layer, Layer) else layer
-    name = getattr(apply, "layer_name", None)
-    if name:
-        return str(name)
+# ---------------------------------------------------------------------------------------
+# What engines read: a layer's declaration (`LayerInfo`) and a backward's rules (`Backward`)
+
+
+class LayerInfo(NamedTuple):
+    """What fnn's engines read from a layer, declared once by its constructor (`declare`).
+
+    `summary`, `init_state`, `check_finite`, `per_example_grads` and `train_step` read these
+    fields through `layer_info`; none of them reads anything else from a layer. A user's own
+    `Layer(init, apply)` has no declaration: `layer_info` then gives its function's name and
+    `keywords=None` (any keyword accepted).
+
+    Attributes:
+        name: the constructor's name, used in messages and summaries (`"Dense"`).
+        kind: `"layer"`, a combinator (`"serial"`, `"parallel"`: `children` are its layers,
+            params nest under `"0"`, `"1"`, …) or `"wrapper"` (remat, with_vjp, bind:
+            `children` holds the wrapped layer, which shares its params).
+        children: the layers inside a combinator or wrapper; `()` otherwise.
+        keywords: the keywords `apply` uses (`{"key"}` for Dropout); `None` if unknown.
+            A model given a keyword none of its layers uses raises an `FnnError`.
+        init_state: `init_state(input_shape, *, dtype, device) -> (output_shape, state)` for a
+            layer with running statistics (BatchNorm); `None` otherwise (see `fnn.state`).
+        step: how `fnn.train_step` may compute this layer inline (plain data, e.g.
+            `("dense", out_features, bias)`), or `None`: the step then runs its VJP.
+        backward: the backward function the layer's VJP names when `step` is set; the step
+            computes the layer inline only while that function is still the one its module
+            names, so a patched backward is always the one that runs.
+
+    Example:
+        >>> fnn.core.layer_info(L.Dropout(0.5)).keywords
+        frozenset({'key'})
+    """
+
+    name: str
+    kind: str = "layer"
+    children: tuple[Layer, ...] = ()
+    keywords: frozenset[str] | None = frozenset()
+    init_state: Any = None
+    step: Any = None
+    backward: Any = None
+
+
+class _DeclaredApply(functools.partial):  # type: ignore[type-arg]
+    """A layer's `apply` with its `LayerInfo`: called exactly as the function it holds."""
+
+    __slots__ = ("info",)
+    info: LayerInfo
+
+    def __repr__(self) -> str:
+        return f"<apply of {self.info.name}>"
+
+
+def declare(init: InitFn, apply: Callable[..., Any], info: LayerInfo) -> Layer:
+    """`Layer(init, apply)` whose `apply` carries `info`, the layer's declaration for engines.
+
+    Args:
+        init: the layer's `init(key, input_shape, *, dtype, device)`.
+        apply: the layer's `apply(params, x, **kwargs) -> (y, vjp)`.
+        info: what engines may read about the layer (see `LayerInfo`).
+
+    Returns:
+        A `Layer(init, apply)`; its `apply` calls the given one unchanged, and
+            `layer_info(layer)` returns `info`.
+
+    Example:
+        >>> def init(key, shape, *, dtype=torch.float32, device="cpu"):
+        ...     return shape, {}
+        >>> def apply(params, x, **kwargs):
+        ...     return 2 * x, fnn.VJP(double_backward, None)
+        >>> def double_backward(residuals, dy):
+        ...     return {}, 2 * dy
+        >>> layer = fnn.core.declare(init, apply, fnn.core.LayerInfo("Double"))
+        >>> fnn.core.layer_info(layer).name
+        'Double'
+    """
+    declared = _DeclaredApply(apply)
+    declared.info = info
+    return Layer(init, declared)
+
+
+def layer_info(layer: Layer | Callable[..., Any]) -> LayerInfo:
+    """The declaration of a layer (or of its `apply`): see `LayerInfo`.
+
+    Args:
+        layer: a `Layer`, or its `apply`.
+
+    Returns:
+        The `LayerInfo` its constructor declared; for a layer fnn did not make, one with its
+            function's name and `keywords=None`.
+
+    Example:
+        >>> fnn.core.layer_info(fnn.serial(L.Dense(2), L.Relu())).kind
+        'serial'
+    """
+    apply = layer[1] if isinstance(layer, tuple) else layer
+    if type(apply) is _DeclaredApply:
+        return apply.info
     qualname = getattr(apply, "__qualname__", type(apply).__name__)
-    return qualname.split(".<locals>")[0].split(".")[0]
+    return LayerInfo(qualname.split(".<locals>")[0].split(".")[0], keywords=None)
 
 
-# Backpropagation inside fnn (value_and_grad) may *consume* a VJP instead of calling it.
-# The VJP and its cotangent travel in a list, `box = [vjp, dy]`, that the callee empties:
-# then no caller's frame keeps them alive, each residual and each cotangent is freed as
-# soon as the backward pass is done with it (the peak memory of a large-batch step), and a
-# layer may skip `dx` when nobody needs it (the first layer of a model). A layer opts in by
-# registering a consumer `f(box, need_dx) -> (dparams, dx or None)` for its backward, where
-# `box = [residuals, dy]`. Calling `vjp(dy)` directly is unaffected.
+def layer_name(layer: Layer | Callable[..., Any]) -> str:
+    """The constructor name of a layer made by fnn ("Dense"), else its apply's name.
+
+    Args:
+        layer: a `Layer`, or its `apply`.
+
+    Returns:
+        `layer_info(layer).name`.
+
+    Example:
+        >>> fnn.core.layer_name(L.Dense(3))
+        'Dense'
+    """
+    return layer_info(layer).name
+
+
+def check_keywords(where: str, info: LayerInfo, kwargs: Mapping[str, Any]) -> None:
+    """Raise an `FnnError` if `kwargs` holds a keyword no layer of the model uses.
+
+    Args:
+        where: the caller, for the message (`"value_and_grad"`).
+        info: the model's declaration; `keywords=None` accepts anything.
+        kwargs: the keywords given.
+
+    Raises:
+        FnnError: a keyword outside `info.keywords`, naming the ones the model takes.
+
+    Example:
+        >>> info = fnn.core.layer_info(fnn.serial(L.Dense(2), L.Dropout(0.5)))
+        >>> fnn.core.check_keywords("f", info, {"key": fnn.random.key(0)})
+    """
+    if not kwargs or info.keywords is None:
+        return
+    unknown = sorted(k for k in kwargs if k not in info.keywords)
+    if unknown:
+        takes = ", ".join(f"{k}=" for k in sorted(info.keywords)) or "no keywords"
+        raise FnnError(
+            f"{where}: unexpected keyword {', '.join(f'{k}=' for k in unknown)}; "
+            f"this model ({info.name}) takes {takes}"
+        )
+
+
+class Backward:
+    """A module-level backward function with the variants engines may run in its place.
+
+    Made with the `@backward` decorator; called exactly as the function it wraps,
+    `backward(residuals, dy) -> (dparams, dx)`, and pickled by its name, like a function.
+    The variants are declared right below the function, each with the same math:
+
+    - `consume(box, need_dx) -> (dparams, dx or None)`, with `box = [residuals, dy]` that it
+      empties: lets backpropagation free residuals and cotangents as soon as they are used
+      and skip `dx` when nobody needs it (the first layer of a model);
+    - `per_example(residuals, dy, need_dx) -> (dparams, dx)`: the VJP with the batch axis
+      kept on every `dparams` leaf (`fnn.per_example_grads`); `example_wise()` declares a
+      parameter-free backward whose output row n depends on input row n only;
+    - `children(residuals) -> tuple[VJP, ...]`: the VJPs held inside (combinators), so an
+      engine uses a variant only if every child VJP has one.
+
+    A backward replaced by a plain function (patched, or swapped with `fnn.with_vjp`) has no
+    variants: engines then call it as it is.
+
+    Args:
+        function: the backward, `function(residuals, dy) -> (dparams, dx)`, module-level.
+
+    Example:
+        >>> @fnn.core.backward
+        ... def double_backward(residuals, dy):      # y = 2x  ⇒  dx = 2 dy
+        ...     return {}, 2 * dy
+        >>> double_backward.example_wise()
+        >>> fnn.VJP(double_backward, None)(torch.ones(2))
+        ({}, tensor([2., 2.]))
+    """
+
+    __name__: str
+    __qualname__: str
+
+    def __init__(self, function: Callable[[Any, Any], Any]):
+        self.function = function
+        self.consume: ConsumerFn | None = None
+        self.per_example: Callable[[Any, Any, bool], tuple[Params, Any]] | None = None
+        self.children: Callable[[Any], tuple[VJP, ...]] | None = None
+        functools.update_wrapper(self, function)
+
+    def __call__(self, residuals: Any, dy: Any, /) -> Any:
+        return self.function(residuals, dy)
+
+    def __reduce__(self) -> str:
+        return str(self.__qualname__)  # pickled by reference, as a module-level function is
+
+    def __repr__(self) -> str:
+        return f"<backward {self.__module__}.{self.__qualname__}>"
+
+    def consumer(self, consume: ConsumerFn) -> ConsumerFn:
+        """Declare `consume(box, need_dx)` as this backward's memory-freeing variant."""
+        self.consume = consume
+        return consume
+
+    def per_example_rule(
+        self, rule: Callable[[Any, Any, bool], tuple[Params, Any]]
+    ) -> Callable[[Any, Any, bool], tuple[Params, Any]]:
+        """Declare `rule(residuals, dy, need_dx)` as this backward's per-example variant."""
+        self.per_example = rule
+        return rule
+
+    def example_wise(self) -> None:
+        """Declare this (parameter-free) backward example-wise: its VJP is its own rule."""
+        self.per_example = functools.partial(_example_wise, self.function)
+
+    def holds_children(self, children: Callable[[Any], tuple[VJP, ...]]) -> None:
+        """Declare `children(residuals)`, the child VJPs a combinator's residuals hold."""
+        self.children = children
+
+
+def backward(function: Callable[[Any, Any], Any]) -> Backward:
+    """Decorator: make a module-level backward function a `Backward` (see there).
+
+    Args:
+        function: `backward(residuals, dy) -> (dparams, dx)`, defined at module level.
+
+    Returns:
+        A `Backward` called exactly as `function`, pickled by its name.
+
+    Example:
+        >>> @fnn.core.backward
+        ... def negate_backward(residuals, dy):      # y = −x  ⇒  dx = −dy
+        ...     return {}, -dy
+        >>> negate_backward(None, torch.ones(1))
+        ({}, tensor([-1.]))
+    """
+    return Backward(function)
+
+
+def _example_wise(
+    function: Callable[[Any, Any], Any], residuals: Any, dy: Any, need_dx: bool
+) -> tuple[Params, Any]:
+    del need_dx
+    grads: tuple[Params, Any] = function(residuals, dy)
+    return grads
+
+
+# Backpropagation inside fnn (value_and_grad, train_step) may *consume* a VJP instead of
+# calling it. The VJP and its cotangent travel in a list, `box = [vjp, dy]`, that the callee
+# empties: then no caller's frame keeps them alive, each residual and each cotangent is freed
+# as soon as the backward pass is done with it (the peak memory of a large-batch step), and a
+# layer may skip `dx` when nobody needs it. Calling `vjp(dy)` directly is unaffected.
 ConsumerFn: TypeAlias = Callable[[list[Any], bool], tuple[Params, Any]]
 """`consumer(box, need_dx) -> (dparams, dx or None)`, with `box = [residuals, dy]`."""
-
-_CONSUMERS: dict[BackwardFn, ConsumerFn] = {}
-
-
-def register_consumer(backward: BackwardFn, consumer: ConsumerFn) -> None:
-    """Register `consumer(box, need_dx)` as the consuming variant of `backward`."""
-    _CONSUMERS[backward] = consumer
 
 
 def backprop(box: list[Any], need_dx: bool = True) -> tuple[Params, Any]:
     """`(dparams, dx)` for `box = [vjp, dy]`, emptying `box` so memory is freed as used.
 
-    With `need_dx=False`, `dx` may be `None`. The caller must keep no other
-    reference to the VJP or to `dy` for the memory to be released early.
+    Runs the VJP's `consume` variant when its backward declares one (see `Backward`), else
+    the backward itself. The caller must keep no other reference to the VJP or to `dy` for
+    the memory to be released early.
+
+    Args:
+        box: `[vjp, dy]`, emptied by the call.
+        need_dx: whether the caller needs `dx` (`False` lets the first layer skip it).
+
+    Returns:
+        `(dparams, dx)` as `vjp(dy)` gives them; `dx` may be `None` when not needed.
+
+    Example:
+        >>> _, vjp = L.Dense(2).apply({"weight": torch.ones(2, 3), "bias": torch.zeros(2)},
+        ...                           torch.ones(4, 3))
+        >>> dparams, dx = fnn.core.backprop([vjp, torch.ones(4, 2)], need_dx=False)
+        >>> dx is None, dparams["weight"].shape
+        (True, torch.Size([2, 3]))
     """
     dy = box.pop()
-    backward, residuals = box.pop()
-    consumer = _CONSUMERS.get(backward)
-    if consumer is None:
-        grads: tuple[Params, Any] = backward(residuals, dy)  # a layer's backward, not a loss's
+    backward_fn, residuals = box.pop()
+    consume = backward_fn.consume if type(backward_fn) is Backward else None
+    if consume is None:
+        grads: tuple[Params, Any] = backward_fn(residuals, dy)
         return grads
     box += (residuals, dy)
     del residuals, dy
-    return consumer(box, need_dx)
+    return consume(box, need_dx)
+
+
+def per_example_rule(vjp: VJP) -> Callable[[Any, Any, bool], tuple[Params, Any]]:
+    """The per-example rule a VJP's backward declares (see `Backward`).
+
+    Args:
+        vjp: a layer's VJP.
+
+    Returns:
+        `rule(residuals, dy, need_dx) -> (dparams, dx)`, `dparams` with a batch axis.
+
+    Raises:
+        FnnError: the backward declares no rule (a plain function).
+
+    Example:
+        >>> _, vjp = L.Dense(2).apply({"weight": torch.ones(2, 3), "bias": torch.zeros(2)},
+        ...                           torch.ones(4, 3))
+        >>> dparams, _ = fnn.core.per_example_rule(vjp)(vjp.residuals, torch.ones(4, 2), False)
+        >>> dparams["weight"].shape
+        torch.Size([4, 2, 3])
+    """
+    backward_fn = vjp.backward
+    rule = backward_fn.per_example if type(backward_fn) is Backward else None
+    if rule is None:
+        raise FnnError(
+            f"per_example_grads: the backward {getattr(backward_fn, '__name__', backward_fn)!r} "
+            "declares no per-example rule"
+        )
+    return rule

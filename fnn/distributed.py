@@ -48,11 +48,12 @@ __all__ = [
 
 ProcessGroup = Any  # torch.distributed.ProcessGroup, or None for the default (world) group
 
-DEFAULT_BUCKET_MB = 25.0
-"""Bucket size cap, as `torch.nn.parallel.DistributedDataParallel`'s `bucket_cap_mb`."""
+DEFAULT_BUCKET_MB = 1024.0
+"""Leaves of one dtype and device travel in one flat tensor up to this size (MiB): one
+collective per step for any model that fits, which measured fastest (docs/distributed.md)."""
 
 
-class CollectiveError(RuntimeError):
+class CollectiveError(FnnError, RuntimeError):
     """A `torch.distributed` collective failed under fnn: a peer died, the connection
     broke, or the process group's timeout ran out while a peer did not join."""
 
@@ -219,8 +220,8 @@ def all_reduce_mean(
 
     Args:
         grads: a pytree of floating-point tensors of any shapes, on the group's devices.
-        bucket_mb: leaves travel concatenated in buckets of at most this many MiB (25, as
-            torch's DDP).
+        bucket_mb: leaves travel concatenated in flat tensors of at most this many MiB
+            (1024: in practice one collective per dtype and device).
         group: a `torch.distributed` process group; `None` for the world.
 
     Returns:
@@ -258,16 +259,13 @@ def all_reduce_mean(
     if count == 1:
         return tree.unflatten(treedef, leaves)
     out: list[Any] = list(leaves)
-    pending = []
-    try:
+    try:  # one flat tensor per bucket, one blocking collective each (measured faster than
+        # overlapping asynchronous buckets on CPU: docs/distributed.md)
         for bucket in _buckets(leaves, cap):
             flat = _pack(leaves, bucket)
             if flat.numel():
-                work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True)
-                pending.append((work, flat, bucket))
-        for work, flat, bucket in pending:
-            work.wait()
-            _unpack(flat.div_(count), leaves, bucket, out)
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+                _unpack(flat.div_(count), leaves, bucket, out)
     except RuntimeError as error:
         raise _failed("all_reduce_mean", group, error) from error
     return tree.unflatten(treedef, out)
@@ -395,7 +393,8 @@ def broadcast(
                     )
                 )
         for work, flat, bucket in pending:
-            work.wait()
+            if work is not None:  # None on torch builds that return no handle
+                work.wait()
             if me != src:
                 _unpack(flat, tensors, bucket, received)
     except RuntimeError as error:

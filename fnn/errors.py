@@ -16,6 +16,7 @@ __all__ = [
     "TreeError",
     "KeyArrayError",
     "with_context",
+    "describe",
 ]
 
 
@@ -60,7 +61,19 @@ def with_context(error: FnnError, where: str) -> FnnError:
 
 
 def describe(x: object) -> str:
-    """A short description of a value for error messages."""
+    """A short description of a value for error messages.
+
+    Args:
+        x: any value.
+
+    Returns:
+        Its shape, dtype and device for a tensor, its type and length for a list or tuple,
+            else its type's name.
+
+    Example:
+        >>> describe(torch.ones(2, 3))
+        'tensor of shape (2, 3), dtype torch.float32, device cpu'
+    """
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
     if isinstance(x, tuple | list):

@@ -8,8 +8,8 @@ from typing import Any, Literal, TypeVar, overload
 import torch
 from typing_extensions import Protocol
 
-from . import debug, fastpath, losses
-from .core import VJP, ApplyFn, Params, backprop
+from . import losses
+from .core import VJP, ApplyFn, Params, backprop, check_keywords, layer_info
 from .errors import FnnError, FnnTypeError, describe
 
 __all__ = ["value_and_grad", "Loss", "ValueAndGradFn"]
@@ -41,15 +41,6 @@ class ValueAndGradFn(Protocol[_Value]):
 # fnn's own losses accept a Python number as cotangent, which saves a tensor op per step;
 # users' losses get a tensor, as the contract says.
 _SCALAR_COTANGENT_LOSSES = frozenset((losses.mse, losses.cross_entropy, losses.bce_with_logits))
-# Losses with a fused value-and-gradient kernel for the fast path (fnn/fastpath.py): the eager
-# kernel, and the one torch.compile traces.
-_FAST_LOSSES: dict[Any, tuple[fastpath.FastLoss, fastpath.FastLoss]] = {
-    losses.mse: (losses.mse_value_and_dpred, losses.mse_value_and_dpred),
-    losses.cross_entropy: (
-        losses.cross_entropy_value_and_dlogits_eager,
-        losses.cross_entropy_value_and_dlogits,
-    ),
-}
 
 
 @overload
@@ -96,30 +87,20 @@ def value_and_grad(apply: ApplyFn, loss: Loss, has_aux: bool = False) -> ValueAn
             f"{describe(apply)} and {describe(loss)} (pass layer.apply, not the layer)"
         )
 
-    # A serial chain of Dense and activations with one of fnn's losses: see fnn/fastpath.py.
-    fast_plan: Any = getattr(apply, "fast_plan", None)
-    fast_losses = _FAST_LOSSES.get(loss) if fast_plan is not None else None
-    if fast_losses is not None:  # the eager variant, and the one torch.compile traces
-        fast_runs = (
-            fastpath.compile_plan(fast_plan),
-            fastpath.compile_plan(fast_plan, eager=False),
-        )
-    is_compiling = torch.compiler.is_compiling
+    info = layer_info(apply)
+    scalar_cotangent = loss in _SCALAR_COTANGENT_LOSSES
 
     def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, ...]:
-        if (
-            fast_losses is not None
-            and (not kwargs or kwargs.keys() == {"key"})
-            and not debug.CHECK_FINITE
-        ):
-            traced = is_compiling()
-            try:  # the flat fast path, fnn/fastpath.py; None (or an error) means "take the general path"
-                found = fast_runs[traced](fast_losses[traced], params, x, target, has_aux)
-            except Exception:
-                found = None
-            if found is not None:
-                value, y, grads = found
-                return ((value, y), grads) if has_aux else (value, grads)
+        if kwargs:
+            check_keywords("value_and_grad", info, kwargs)
+        if torch.is_grad_enabled():  # inputs that require grad must not build a graph
+            with torch.no_grad():
+                return _loss_and_grads(params, x, target, kwargs)
+        return _loss_and_grads(params, x, target, kwargs)
+
+    def _loss_and_grads(
+        params: Params, x: Any, target: Any, kwargs: dict[str, Any]
+    ) -> tuple[Any, ...]:
         stateful = (
             "state" in kwargs
         )  # a model with running statistics (BatchNorm): see fnn/state.py
@@ -135,7 +116,7 @@ def value_and_grad(apply: ApplyFn, loss: Loss, has_aux: bool = False) -> ValueAn
             )
         if not has_aux:
             del y  # the loss keeps what its VJP needs; the output itself may die now
-        dvalue = 1.0 if loss in _SCALAR_COTANGENT_LOSSES else torch.ones_like(value)
+        dvalue = 1.0 if scalar_cotangent else torch.ones_like(value)
         box = [vjp, loss_vjp(dvalue)]
         del vjp, loss_vjp  # `backprop` frees residuals and cotangents as soon as they are used
         grads, _ = backprop(box, need_dx=False)

@@ -27,6 +27,7 @@ from .errors import FnnError, FnnTypeError
 
 __all__ = [
     "Initializer",
+    "fan_in_uniform",
     "fans",
     "torch_default",
     "uniform",
@@ -271,7 +272,9 @@ def _kaiming_std(
 ) -> Callable[[int, int], float]:
     if mode not in ("fan_in", "fan_out"):
         raise FnnError(f"kaiming init: mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    gain = torch.nn.init.calculate_gain(nonlinearity, a)
+    # typed here: torch ≤ 2.6 leaves calculate_gain unannotated
+    calculate_gain: Callable[[Nonlinearity, float], float] = torch.nn.init.calculate_gain
+    gain = calculate_gain(nonlinearity, a)
 
     def std(fan_in: int, fan_out: int) -> float:
         return gain / math.sqrt(fan_in if mode == "fan_in" else fan_out)
@@ -478,6 +481,18 @@ def truncated_normal(
 
 
 def fan_in_uniform(fan_in: int) -> Initializer:
-    """U(±1/√fan_in): torch's default bias init for a layer with that fan-in."""
+    """U(±1/√fan_in): torch's default bias init for a layer with that fan-in.
+
+    Args:
+        fan_in: the layer's number of inputs per output (0 gives zeros).
+
+    Returns:
+        An initializer `f(key, shape, dtype, device)` drawing uniform in ±1/√fan_in.
+
+    Example:
+        >>> b = fan_in_uniform(4)(fnn.random.key(0), (3,), torch.float32, "cpu")
+        >>> bool((b.abs() <= 0.5).all())
+        True
+    """
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return uniform(-bound, bound)

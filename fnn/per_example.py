@@ -9,10 +9,12 @@ so `losses.mean()` is the batch loss and the mean of the per-example gradients i
 `fnn.value_and_grad`'s gradient.
 
 How: one batched forward pass, then a backward pass that keeps the batch axis.
-Each layer's VJP is replaced by a *per-example rule* keyed by its backward function
-(`register_per_example`): `Dense` forms one outer product per example instead of
-summing them, parameter-free layers use their VJP as is, and `serial`/`parallel`
-walk their children. A layer without a rule (a user's custom layer) falls back to
+Each layer's VJP is replaced by the *per-example rule* its backward declares
+(`fnn.core.Backward.per_example`, right below the backward in the layer's file):
+`Dense` forms one outer product per example instead of summing them, parameter-free
+layers use their VJP as is, and `serial`/`parallel` walk their children. A layer
+without a rule (a user's custom layer, or a backward swapped or patched with a plain
+function, so the swapped rule is the one that runs) falls back to
 `torch.func.vmap` over its `apply` and VJP on batches of one, which is exact but
 slower; a layer whose output mixes examples (BatchNorm with batch statistics) has
 no per-example gradients, and the fallback says so.
@@ -23,7 +25,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeGuard
 
@@ -31,14 +32,22 @@ import torch
 from typing_extensions import Protocol, final
 
 from . import debug, tree
-from .combinators import _Children, parallel_backward, serial_backward
-from .core import VJP, ApplyFn, BackwardFn, Params, layer_name
+from .combinators import _Children
+from .core import (
+    VJP,
+    ApplyFn,
+    Backward,
+    Params,
+    check_keywords,
+    declare,
+    layer_info,
+    layer_name,
+    per_example_rule,
+)
 from .errors import FnnError, FnnTypeError, ShapeError, describe, with_context
 from .grad import Loss
-from .layers import _checks, activations, dropout, fan, reshape
-from .layers.dense import dense_backward
 
-__all__ = ["per_example_grads", "register_per_example", "PerExampleRule"]
+__all__ = ["per_example_grads", "PerExampleRule"]
 
 PerExampleRule = Callable[[Any, Any, bool], tuple[Params, Any]]
 """`rule(residuals, dy, need_dx) -> (dparams, dx)`: a layer's VJP with the batch axis kept.
@@ -46,51 +55,23 @@ PerExampleRule = Callable[[Any, Any, bool], tuple[Params, Any]]
 `residuals` are the layer's VJP residuals and `dy` the cotangent of its output for
 the whole batch (each example's row is the cotangent of that example's own loss).
 `dparams` mirrors the layer's params with a leading batch axis on every leaf;
-`dx` is the usual input cotangent (`None` allowed when `need_dx` is false)."""
-
-_RULES: dict[BackwardFn, PerExampleRule] = {}
-# Backward functions whose residuals hold child VJPs: a rule applies only if all children have one.
-_CHILD_VJPS: dict[BackwardFn, Callable[[Any], tuple[VJP, ...]]] = {}
-
-
-def register_per_example(backward: BackwardFn, rule: PerExampleRule | None = None) -> None:
-    """Give the layer whose VJP uses `backward` a per-example rule (see `PerExampleRule`).
-
-    Layers without a rule fall back to `torch.func.vmap`, which is exact but slower.
-
-    Args:
-        backward: the module-level backward function of the layer's `fnn.VJP`.
-        rule: `rule(residuals, dy, need_dx) -> (dparams, dx)` with a leading batch axis `N`
-            on every `dparams` leaf; `None` declares the layer parameter-free and
-            example-wise (output row n depends on input row n only), so its ordinary VJP
-            is already right.
-
-    Raises:
-        FnnTypeError: `backward` (or a given `rule`) is not callable.
-
-    Example:
-        >>> def double_backward(residuals, dy):       # y = 2x  ⇒  dx = 2 dy
-        ...     return {}, 2 * dy
-        >>> register_per_example(double_backward)
-    """
-    if not callable(backward) or (rule is not None and not callable(rule)):
-        raise FnnTypeError(
-            f"register_per_example: expected a backward function and a rule (or None), got "
-            f"{describe(backward)} and {describe(rule)}"
-        )
-    _RULES[backward] = rule if rule is not None else functools.partial(_example_wise, backward)
+`dx` is the usual input cotangent (`None` allowed when `need_dx` is false). A layer
+declares it with `@its_backward.per_example_rule` (see `fnn.core.Backward`)."""
 
 
 def _has_rule(vjp: Any) -> bool:
     """Whether `vjp` (and, for composites, every child VJP in it) has a per-example rule."""
-    if type(vjp) is not VJP or vjp.backward not in _RULES:
+    if type(vjp) is not VJP or type(vjp.backward) is not Backward:
         return False
-    children = _CHILD_VJPS.get(vjp.backward)
+    backward_fn = vjp.backward
+    if backward_fn.per_example is None:
+        return False
+    children = backward_fn.children
     return children is None or all(_has_rule(c) for c in children(vjp.residuals))
 
 
 def _per_example_vjp(vjp: VJP, dy: Any, need_dx: bool) -> tuple[Params, Any]:
-    return _RULES[vjp.backward](vjp.residuals, dy, need_dx)
+    return per_example_rule(vjp)(vjp.residuals, dy, need_dx)
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,23 +120,58 @@ def per_example_grads(
             f"{describe(apply)} and {describe(loss)} (pass layer.apply, not the layer)"
         )
     plan = _plan(apply)
+    info = layer_info(apply)
     reducible = loss if _takes_reduction(loss) else None
 
     def losses_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, Params]:
+        if kwargs:
+            check_keywords("per_example_grads", info, kwargs)
+        if torch.is_grad_enabled():  # inputs that require grad must not build a graph
+            with torch.no_grad():
+                return _losses_and_grads(params, x, target, kwargs)
+        return _losses_and_grads(params, x, target, kwargs)
+
+    def _losses_and_grads(
+        params: Params, x: Any, target: Any, kwargs: dict[str, Any]
+    ) -> tuple[Any, Params]:
         batch = _batch_size(x)
-        # The model's own forward pass; only if some layer in it has no rule is it re-run
-        # with serial/parallel opened up, so that just that layer is vmapped.
-        y, tape = _forward_leaf(apply, apply, params, x, kwargs)
-        if type(tape) is _VmapTape and type(plan) is _Composite:
-            y, tape = _forward(plan, params, x, kwargs)
+        new_state = None
+        if "state" in kwargs:  # running statistics: example-wise in evaluation (train=False)
+            kwargs = dict(kwargs)
+            state = kwargs.pop("state")
+            y, vjp, new_state = apply(params, x, state=state, **kwargs)
+            bound = declare(
+                _no_init, functools.partial(_with_state, apply, state), layer_info(apply)
+            ).apply
+            tape: Any = _RuleTape(vjp) if _has_rule(vjp) else _VmapTape(bound, params, x, kwargs, y)
+            del vjp
+        else:
+            # The model's own forward pass; only if some layer in it has no rule is it re-run
+            # with serial/parallel opened up, so that just that layer is vmapped.
+            y, tape = _forward_leaf(apply, apply, params, x, kwargs)
+            if type(tape) is _VmapTape and type(plan) is _Composite:
+                y, tape = _forward(plan, params, x, kwargs)
         if reducible is not None:
             losses, dy = _per_example_loss(reducible, y, target, batch)
         else:
             losses, dy = _vmapped_loss(loss, y, target, batch)
         grads, _ = _backward(tape, dy, False)
-        return ((losses, y), grads) if has_aux else (losses, grads)
+        result = ((losses, y), grads) if has_aux else (losses, grads)
+        return result if new_state is None else (*result, new_state)
 
     return losses_and_grads
+
+
+def _no_init(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("not called")
+
+
+def _with_state(
+    apply: ApplyFn, state: Any, params: Params, x: Any, **kwargs: Any
+) -> tuple[Any, VJP]:
+    """`apply` with its running statistics fixed: `(y, vjp)`, the new state dropped."""
+    y, vjp, _ = apply(params, x, state=state, **kwargs)
+    return y, vjp
 
 
 def _batch_size(x: Any) -> int:
@@ -218,10 +234,13 @@ def _vmapped_loss(loss: Loss, y: Any, target: Any, batch: int) -> tuple[torch.Te
     if batch == 0:
         return tree.leaves(y)[0].new_zeros((0,)), tree.map(torch.zeros_like, y)
     try:
-        return torch.func.vmap(functools.partial(_one_example_loss, loss))(y, target)
+        result: tuple[torch.Tensor, Any] = torch.func.vmap(
+            functools.partial(_one_example_loss, loss)
+        )(y, target)  # (annotated: torch ≤ 2.6 types vmap's result as Any)
+        return result
     except FnnError:
         raise
-    except Exception as error:  # vmap's own errors come as RuntimeError/ValueError/…
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:  # vmap's own
         raise FnnError(
             f"per_example_grads: the loss {getattr(loss, '__name__', describe(loss))} has no "
             f"`reduction` keyword, and running it per example under torch.func.vmap failed: {error}"
@@ -285,10 +304,12 @@ class _CompositeTape(NamedTuple):
 
 
 def _plan(apply: ApplyFn) -> _Leaf | _Composite:
-    kind = getattr(apply, "layer_name", None)
-    layers = getattr(apply, "children", None)
-    if kind in ("serial", "parallel") and isinstance(layers, tuple):
-        return _Composite(kind, _Children(kind, layers), tuple(_plan(layer[1]) for layer in layers))
+    info = layer_info(apply)
+    if info.kind in ("serial", "parallel"):
+        layers = info.children
+        return _Composite(
+            info.kind, _Children(info.kind, layers), tuple(_plan(layer[1]) for layer in layers)
+        )
     return _Leaf(apply)
 
 
@@ -307,7 +328,9 @@ def _forward(
     if "key" in kwargs:  # as in serial/parallel: the key is split, the other keywords go to all
         kwargs = {k: v for k, v in kwargs.items() if k != "key"}
     keys = children.init_keys(key) if key is not None else None
-    calls = debug.checked(children.applies) if debug.CHECK_FINITE else children.applies
+    calls = (
+        debug.checked_applies(children.applies) if debug.is_checking_finite() else children.applies
+    )
     ys, tapes = [], []
     for i, child in enumerate(node.nodes):
         child_kwargs = dict(kwargs, key=keys[i]) if keys is not None else kwargs
@@ -390,14 +413,13 @@ def _vmap_backward(tape: _VmapTape, dy: Any) -> tuple[Params, Any]:
     one = functools.partial(_one_example_layer, tape.apply, tape.kwargs)
     try:
         ys, dparams, dx = torch.func.vmap(one, in_dims=(None, 0, 0))(tape.params, tape.x, dy)
-    except (
-        Exception
-    ) as error:  # the batched forward worked, so this is about batches of one or vmap
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:
+        # the batched forward worked, so this is about batches of one or vmap
         raise FnnError(
             f"{name}: no per-example rule, and running it on batches of one under torch.func.vmap "
             f"failed ({type(error).__name__}: {error}). If it mixes examples (BatchNorm with batch "
             "statistics), per-example gradients are not defined; otherwise give it a rule with "
-            "fnn.per_example.register_per_example"
+            "a rule (fnn.core.Backward.per_example_rule)"
         ) from None
     if batch > 1 and not _same_outputs(ys, tape.y):
         raise FnnError(
@@ -428,155 +450,3 @@ def _same_outputs(per_example: Any, batched: Any) -> bool:
         if not torch.allclose(a, b, rtol=tol, atol=tol * float(b.abs().max())):
             return False
     return True
-
-
-# ---------------------------------------------------------------------------------------
-# Rules for fnn's layers
-
-
-# y = x Wᵀ + b   ⇒   per example: dW[n] = Σₘ dy[n,m] ⊗ x[n,m],  db[n] = Σₘ dy[n,m],  dx = dy W
-def dense_per_example(
-    residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor, need_dx: bool
-) -> tuple[Params, torch.Tensor | None]:
-    x, weight, has_bias = residuals
-    expected = x.shape[:-1] + weight.shape[:1]
-    if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype is not x.dtype:
-        _checks.cotangent_like("Dense", dy, expected, x)
-    if x.ndim == 2:  # (N, in): one outer product per example, a single broadcast multiply
-        grads = {"weight": dy.unsqueeze(2).mul(x.unsqueeze(1))}
-        db = dy
-        dx = dy.mm(weight) if need_dx else None
-    elif x.ndim > 2:  # (N, …, in): sum the outer products over the middle axes
-        batch, middle = x.shape[0], math.prod(x.shape[1:-1])
-        dy3 = dy.reshape(batch, middle, dy.shape[-1])
-        grads = {"weight": dy3.transpose(1, 2).bmm(x.reshape(batch, middle, x.shape[-1]))}
-        db = dy3.sum(1)
-        dx = dy.matmul(weight) if need_dx else None
-    else:
-        raise ShapeError(
-            f"Dense: per-example gradients need an input with a batch axis (N, ..., in), got {tuple(x.shape)}"
-        )
-    if has_bias:
-        grads["bias"] = db
-    return grads, dx
-
-
-# parameter-free and example-wise: dparams = {} and dx = vjp(dy), row n from row n
-def _example_wise(
-    backward: BackwardFn, residuals: Any, dy: Any, need_dx: bool
-) -> tuple[Params, Any]:
-    del need_dx
-    grads: tuple[Params, Any] = backward(residuals, dy)
-    return grads
-
-
-# softmax over the last axis: example-wise unless that axis is the batch axis
-def _last_axis_per_example(
-    name: str, backward: BackwardFn, y: torch.Tensor, dy: torch.Tensor, need_dx: bool
-) -> tuple[Params, torch.Tensor]:
-    del need_dx
-    if y.ndim < 2:
-        raise FnnError(
-            f"{name}: on an input of shape {tuple(y.shape)} its last axis is the batch axis, so it "
-            "mixes examples and per-example gradients are not defined"
-        )
-    grads: tuple[Params, torch.Tensor] = backward(y, dy)
-    return grads
-
-
-# concatenation: example-wise unless it joins along the batch axis
-def _concat_per_example(
-    residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor, need_dx: bool
-) -> tuple[Params, tuple[torch.Tensor, ...]]:
-    del need_dx
-    axis, _, shape = residuals
-    if axis % len(shape) == 0:
-        raise FnnError(
-            "FanInConcat: joining along the batch axis mixes examples; per-example "
-            "gradients are not defined"
-        )
-    return fan.fan_in_concat_backward(residuals, dy)
-
-
-# y = fₙ(…f₁(x))   ⇒   walk the children's rules in reverse
-def _serial_per_example(
-    residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any, need_dx: bool
-) -> tuple[Params, Any]:
-    vjps, given, positions = residuals
-    grads: list[Any] = [None] * len(vjps)
-    for i in range(len(vjps) - 1, -1, -1):
-        try:
-            grads[i], dy = _per_example_vjp(vjps[i], dy, need_dx or i > 0)
-        except FnnError as error:
-            raise with_context(error, f"serial[{i}]") from None
-    return {name: grads[i] for name, i in zip(given, positions)}, dy
-
-
-# (y₀, y₁, …) = (f₀(x₀), f₁(x₁), …)   ⇒   each child's rule on its own cotangent
-def _parallel_per_example(
-    residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any, need_dx: bool
-) -> tuple[Params, tuple[Any, ...]]:
-    vjps, given, positions = residuals
-    if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
-        raise ShapeError(
-            f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}"
-        )
-    grads, dxs = [], []
-    for i, (vjp, dyi) in enumerate(zip(vjps, dy)):
-        try:
-            g, dx = _per_example_vjp(vjp, dyi, need_dx)
-        except FnnError as error:
-            raise with_context(error, f"parallel[{i}]") from None
-        grads.append(g)
-        dxs.append(dx)
-    return {name: grads[i] for name, i in zip(given, positions)}, tuple(dxs)
-
-
-# fnn.debug.check_finite's wrapper: the wrapped layer's rule, with the same checks
-def _checked_per_example(residuals: tuple[VJP, str], dy: Any, need_dx: bool) -> tuple[Params, Any]:
-    vjp, name = residuals
-    debug._check(
-        dy,
-        f"{name} VJP: the incoming cotangent already contains NaN/Inf (from the loss or the caller)",
-    )
-    dparams, dx = _per_example_vjp(vjp, dy, need_dx)
-    for path, leaf in zip(tree.paths(dparams), tree.leaves(dparams)):
-        debug._check(leaf, f"{name} VJP: the per-example gradient of params{path} contains NaN/Inf")
-    if dx is not None:
-        debug._check(dx, f"{name} VJP: the input gradient contains NaN/Inf")
-    return dparams, dx
-
-
-register_per_example(dense_backward, dense_per_example)
-for _backward_fn in (
-    activations.identity_backward,
-    activations.relu_backward,
-    activations.leaky_relu_backward,
-    activations.tanh_backward,
-    activations.sigmoid_backward,
-    activations.elu_backward,
-    activations.gelu_backward,
-    activations.softplus_backward,
-    dropout.dropout_backward,
-    reshape.reshape_backward,
-    fan.fan_out_backward,
-    fan.fan_in_sum_backward,
-):
-    register_per_example(_backward_fn)
-register_per_example(
-    activations.softmax_backward,
-    functools.partial(_last_axis_per_example, "Softmax", activations.softmax_backward),
-)
-register_per_example(
-    activations.log_softmax_backward,
-    functools.partial(_last_axis_per_example, "LogSoftmax", activations.log_softmax_backward),
-)
-register_per_example(fan.fan_in_concat_backward, _concat_per_example)
-register_per_example(serial_backward, _serial_per_example)
-register_per_example(parallel_backward, _parallel_per_example)
-register_per_example(debug.checked_backward, _checked_per_example)
-_CHILD_VJPS[serial_backward] = _CHILD_VJPS[parallel_backward] = operator.itemgetter(
-    0
-)  # (vjps, given, positions)
-_CHILD_VJPS[debug.checked_backward] = operator.itemgetter(slice(0, 1))  # (vjp, name)
-del _backward_fn

@@ -20,7 +20,17 @@ import torch
 
 from .errors import FnnError, KeyArrayError
 
-__all__ = ["key", "split", "fold_in", "uniform", "normal", "bernoulli", "permutation", "randint"]
+__all__ = [
+    "key",
+    "split",
+    "fold_in",
+    "uniform",
+    "normal",
+    "bernoulli",
+    "permutation",
+    "randint",
+    "generator",
+]
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -36,6 +46,14 @@ def _mix64(z: int) -> int:
 
 
 def _words(k: object) -> tuple[int, int]:
+    _check_key(k)
+    assert isinstance(k, torch.Tensor)
+    hi, lo = k.tolist()
+    return hi, lo
+
+
+def _check_key(k: object) -> None:
+    """A `KeyArrayError` unless `k` is a key; reads metadata only, so `torch.compile` traces it."""
     if not (
         isinstance(k, torch.Tensor)
         and k.dtype == torch.int64
@@ -51,8 +69,6 @@ def _words(k: object) -> tuple[int, int]:
             f"expected an fnn.random key (a CPU int64 tensor of shape (2,), made by "
             f"fnn.random.key(seed) or split), got {got}"
         )
-    hi, lo = k.tolist()
-    return hi, lo
 
 
 def _from_int(z: int) -> Key:
@@ -84,6 +100,9 @@ def key(seed: int) -> Key:
 def split(k: Key, num: int = 2) -> Key:
     """`num` new independent keys from `k`; use each new key once, and `k` no more.
 
+    Under `torch.compile` it runs as tensor ops (no Python int of the key's value), with
+    the same numbers, so a model that splits its `key=` (Dropout) compiles whole.
+
     Args:
         k: a key, shape `(2,)`.
         num: how many keys to make.
@@ -102,6 +121,11 @@ def split(k: Key, num: int = 2) -> Key:
     """
     if not isinstance(num, int) or num < 1:
         raise FnnError(f"fnn.random.split: num must be a positive int, got {num!r}")
+    if torch.compiler.is_compiling():  # the same numbers, from tensor ops torch.compile traces
+        _check_key(k)
+        mixed = _mix64_tensor(_seed_tensor(k))
+        words = _mix64_tensor(mixed ^ _mix64_tensor(torch.arange(1, num + 1, dtype=torch.int64)))
+        return torch.stack([_shift_right(words, 32), words & _MASK32], 1)
     hi, lo = _words(k)
     base = _mix64((hi << 32) | lo)
     rows = [_mix64(base ^ _mix64(i + 1)) for i in range(num)]
@@ -131,7 +155,23 @@ def fold_in(k: Key, data: int) -> Key:
 
 
 def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh `torch.Generator` on `device`, seeded from `k` (for users' own sampling)."""
+    """A fresh `torch.Generator` on `device`, seeded from `k` (for users' own sampling).
+
+    Args:
+        k: a key, shape `(2,)`.
+        device: the generator's device.
+
+    Returns:
+        A new `torch.Generator`; the same key gives the same generator state, always.
+
+    Raises:
+        FnnError: a device without a random generator (meta).
+
+    Example:
+        >>> g = generator(key(0))
+        >>> torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=generator(key(0))))
+        True
+    """
     hi, lo = _words(k)
     try:
         g = torch.Generator(device=device)
@@ -141,6 +181,67 @@ def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
         ) from None
     g.manual_seed(_mix64(((hi << 32) | lo) ^ 0x2545F4914F6CDD1D) >> 1)
     return g
+
+
+# The same mixing on int64 tensors (two's-complement wrapping), for what `torch.compile` must
+# trace: a generator seeded from a key's value cannot be made inside a compiled graph.
+
+
+def _signed(z: int) -> int:
+    return z - (1 << 64) if z >= 1 << 63 else z
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """A logical right shift of int64 words (torch's `>>` is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix64_tensor(z: torch.Tensor) -> torch.Tensor:
+    """`_mix64` of each int64 element, bit for bit."""
+    z = z + _signed(0x9E3779B97F4A7C15)
+    z = (z ^ _shift_right(z, 30)) * _signed(0xBF58476D1CE4E5B9)
+    z = (z ^ _shift_right(z, 27)) * _signed(0x94D049BB133111EB)
+    return z ^ _shift_right(z, 31)
+
+
+def _seed_tensor(k: torch.Tensor) -> torch.Tensor:
+    """The key's 64-bit value `(hi << 32) | lo` as a 0-d int64 tensor."""
+    return (k[0] << 32) | k[1]
+
+
+def _hash32(z: torch.Tensor) -> torch.Tensor:
+    """lowbias32, a bijective 32-bit hash, of each int32 element (wrapping arithmetic)."""
+    z = z ^ ((z >> 16) & 0xFFFF)
+    z = z * 0x7FEB352D
+    z = z ^ ((z >> 15) & 0x1FFFF)
+    z = z * (0x846CA68B - (1 << 32))
+    return z ^ ((z >> 16) & 0xFFFF)
+
+
+def _bernoulli_traceable(
+    k: Key, p: float, shape: tuple[int, ...], device: torch.device | str
+) -> torch.Tensor:
+    """A bool tensor of `shape`, each element True with probability `p` (a number in [0, 1],
+    resolved to 2⁻²⁴ as torch.rand's float32), drawn from `k` with tensor ops only, so
+    `torch.compile(fullgraph=True)` traces it and the compiled draw equals the eager one.
+
+    Element i is True when the top 24 bits of `hash32(i ^ s)` are below `p · 2²⁴`, `s` a
+    32-bit seed mixed from the key (for Dropout; the pattern repeats every 2³² elements)."""
+    _check_key(k)
+    seed = (_mix64_tensor(_seed_tensor(k) ^ 0x2545F4914F6CDD1D) & _MASK32).to(torch.int32)
+    count = 1
+    for d in shape:
+        count *= d
+    if count < 1 << 31:
+        index = torch.arange(count, dtype=torch.int32, device=device)
+    else:
+        index = torch.arange(count, dtype=torch.int64, device=device).to(torch.int32)
+    bits = (_hash32(index ^ seed.to(device)) >> 8) & 0xFFFFFF
+    return (bits < int(p * (1 << 24))).reshape(shape)
+
+
+def _on_meta(device: torch.device | str) -> bool:
+    return isinstance(device, torch.device | str) and torch.device(device).type == "meta"
 
 
 def _shape(shape: Sequence[int] | int) -> tuple[int, ...]:
@@ -181,6 +282,8 @@ def uniform(
         tensor([[0.4604, 0.3453, 0.9581],
                 [0.5577, 0.9528, 0.1147]])
     """
+    if _on_meta(device):  # sizes only (no data, no generator): `init(..., device="meta")`
+        return torch.empty(_shape(shape), dtype=dtype, device="meta")
     g = generator(k, device)
     u = torch.rand(_shape(shape), generator=g, dtype=dtype, device=device)
     if low != 0.0 or high != 1.0:
@@ -218,6 +321,8 @@ def normal(
         >>> normal(key(0), 2)
         tensor([-0.6037, -1.3497])
     """
+    if _on_meta(device):  # sizes only (no data, no generator): `init(..., device="meta")`
+        return torch.empty(_shape(shape), dtype=dtype, device="meta")
     g = generator(k, device)
     z = torch.randn(_shape(shape), generator=g, dtype=dtype, device=device)
     if mean != 0.0 or std != 1.0:

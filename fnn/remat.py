@@ -10,15 +10,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import VJP, ApplyFn, Layer, Params, backprop, layer_name, register_consumer
-from .errors import FnnTypeError, describe
+from .core import VJP, Layer, LayerInfo, Params, backprop, backward, declare, layer_info
+from .errors import FnnError, FnnTypeError, describe
 
 __all__ = ["remat"]
 
-# The wrapped layers' `apply` functions, by number. A remat VJP names its layer by this
-# number (a plain int), not by the `apply` closure itself, so the VJP stays closure-free
-# data and pickles; it can be replayed in the process that made it.
-_APPLIES: list[ApplyFn] = []
+
+class _Forward:
+    """The wrapped layer's `apply`, held in a remat VJP's residuals so its backward can run
+    the forward again. A layer's `apply` is usually a closure, which no pickle can carry: this
+    says so clearly instead of failing deep inside pickle."""
+
+    __slots__ = ("apply",)
+
+    def __init__(self, apply: Any):
+        self.apply = apply
+
+    def __reduce__(self) -> Any:
+        raise FnnError(
+            f"remat: a remat VJP holds {layer_info(self.apply).name}'s forward function to run "
+            "it again, and a layer's apply cannot be pickled; pickle the params and input "
+            "instead and call the model again"
+        )
 
 
 def remat(layer: Layer) -> Layer:
@@ -53,35 +66,43 @@ def remat(layer: Layer) -> Layer:
         raise FnnTypeError(
             f"remat: expected a Layer (init, apply) pair, got {describe(layer)}{hint}"
         )
-    index = len(_APPLIES)
-    _APPLIES.append(layer.apply)
     inner = layer.apply
+    forward = _Forward(inner)
 
-    def apply(params: Params, x: Any, **kwargs: Any) -> tuple[Any, VJP]:
+    def apply(params: Params, x: Any, **kwargs: Any) -> tuple[Any, ...]:
+        if "state" in kwargs:  # (y, vjp, new_state): the recomputation sees the same state
+            y, _, new_state = inner(params, x, **kwargs)
+            return y, VJP(remat_backward, (forward, params, x, kwargs)), new_state
         y, _ = inner(params, x, **kwargs)  # the residuals are dropped here
-        return y, VJP(remat_backward, (index, params, x, kwargs))
+        return y, VJP(remat_backward, (forward, params, x, kwargs))
 
-    apply.__dict__.update(layer_name=f"remat({layer_name(layer)})", wrapped=layer)
-    return Layer(layer.init, apply)
+    inner_info = layer_info(layer)
+    info = LayerInfo(
+        f"remat({inner_info.name})",
+        kind="wrapper",
+        children=(layer,),
+        keywords=inner_info.keywords,
+        init_state=inner_info.init_state,
+    )
+    return declare(layer.init, apply, info)
 
 
 # y = f(params, x)   ⇒   recompute (y, vjp_f) = f(params, x), then (dparams, dx) = vjp_f(dy)
+@backward
 def remat_backward(
-    residuals: tuple[int, Params, Any, dict[str, Any]], dy: Any
+    residuals: tuple[_Forward, Params, Any, dict[str, Any]], dy: Any
 ) -> tuple[Params, Any]:
-    index, params, x, kwargs = residuals
-    _, vjp = _APPLIES[index](params, x, **kwargs)
+    forward, params, x, kwargs = residuals
+    vjp = forward.apply(params, x, **kwargs)[1]
     grads: tuple[Params, Any] = vjp(dy)
     return grads
 
 
-def remat_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
+@remat_backward.consumer
+def _remat_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
     """`remat_backward` for `fnn.core.backprop`: the recomputed residuals are freed as used."""
     dy = box.pop()
-    index, params, x, kwargs = box.pop()
-    _, vjp = _APPLIES[index](params, x, **kwargs)
+    forward, params, x, kwargs = box.pop()
+    vjp = forward.apply(params, x, **kwargs)[1]
     del x
     return backprop([vjp, dy], need_dx)
-
-
-register_consumer(remat_backward, remat_consume)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import random
-from .core import VJP, BackwardFn, Key, Layer, Params, layer_name
+from .core import VJP, BackwardFn, Key, Layer, Params, backward, declare, layer_info
 from .errors import FnnError, FnnTypeError, describe
 from .layers import Dense, _checks
 from .layers.activations import elementwise
@@ -47,7 +47,8 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
             `layer`'s `y` and `fnn.VJP(backward, residuals)`.
 
     Raises:
-        FnnTypeError: `layer` is not a `Layer`, or `backward` is not callable.
+        FnnTypeError: `layer` is not a `Layer`, or `backward` is not callable or is a lambda
+            or nested function (its VJP could not pickle).
 
     Example:
         >>> def zero_dx_backward(residuals, dy):   # dW, db as Dense; dx = 0
@@ -64,14 +65,29 @@ def with_vjp(layer: Layer, backward: BackwardFn) -> Layer:
         raise FnnTypeError(
             f"with_vjp: expected a backward function (residuals, dy), got {describe(backward)}"
         )
+    qualname = getattr(backward, "__qualname__", "")
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise FnnTypeError(
+            f"with_vjp: backward must be a module-level function, so that the VJP pickles by "
+            f"name, got {qualname!r}; define it with `def` at the top level of a module"
+        )
     inner = layer.apply
 
-    def apply(params: Params, x: Any, **kwargs: Any) -> tuple[Any, VJP]:
+    def apply(params: Params, x: Any, **kwargs: Any) -> tuple[Any, ...]:
+        if "state" in kwargs:
+            y, vjp, new_state = inner(params, x, **kwargs)
+            return y, VJP(backward, vjp.residuals), new_state
         y, vjp = inner(params, x, **kwargs)
         return y, VJP(backward, vjp.residuals)
 
-    apply.__dict__.update(layer_name=layer_name(layer), wrapped=layer)
-    return Layer(layer.init, apply)
+    return declare(layer.init, apply, _wrapper_info(layer, layer_info(layer).name))
+
+
+def _wrapper_info(layer: Layer, name: str) -> Any:
+    """A wrapper's declaration: its own name, the wrapped layer's keywords and state, and no
+    inline form for `fnn.train_step` (the step runs the wrapper's VJP, the swapped one)."""
+    inner = layer_info(layer)
+    return inner._replace(name=name, kind="wrapper", children=(layer,), step=None, backward=None)
 
 
 def feedback_alignment(
@@ -131,7 +147,9 @@ def feedback_alignment(
     def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
         y, vjp = inner(params, x, **kwargs)
         if vjp.backward is not dense_backward:
-            raise FnnError(f"feedback_alignment: expected a Dense layer, got a {layer_name(layer)}")
+            raise FnnError(
+                f"feedback_alignment: expected a Dense layer, got a {layer_info(layer).name}"
+            )
         weight = vjp.residuals[1]
         bound = scale if scale is not None else weight.shape[1] ** -0.5
         feedback = random.uniform(
@@ -139,11 +157,11 @@ def feedback_alignment(
         )
         return y, VJP(feedback_alignment_backward, (vjp.residuals, feedback))
 
-    apply.__dict__.update(layer_name="Dense", wrapped=layer)
-    return Layer(layer.init, apply)
+    return declare(layer.init, apply, _wrapper_info(layer, "Dense"))
 
 
 # y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy B   (B fixed and random, not W)
+@backward
 def feedback_alignment_backward(
     residuals: tuple[tuple[torch.Tensor, torch.Tensor, bool], torch.Tensor], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -171,6 +189,7 @@ def Sign() -> Layer:
 
 
 # y = sign x   ⇒   dx = 0 (almost everywhere)
+@backward
 def sign_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("Sign", dy, x.shape, x)
@@ -198,7 +217,24 @@ def straight_through(layer: Layer | None = None) -> Layer:
 
 
 # y = sign x   ⇒   dx ≈ dy · 1{|x| ≤ 1}   (straight-through estimator)
+@backward
 def straight_through_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.dtype is not x.dtype:
         _checks.cotangent_like("straight_through", dy, x.shape, x)
     return {}, dy * (x.abs() <= 1).to(dy.dtype)
+
+
+sign_backward.example_wise()
+straight_through_backward.example_wise()
+
+
+# per example: dW[n] and db[n] as Dense's rule, dx = dy B
+@feedback_alignment_backward.per_example_rule
+def _feedback_alignment_per_example(
+    residuals: tuple[tuple[torch.Tensor, torch.Tensor, bool], torch.Tensor],
+    dy: torch.Tensor,
+    need_dx: bool,
+) -> tuple[Params, torch.Tensor | None]:
+    dense_residuals, feedback = residuals
+    dparams, _ = dense_backward.per_example(dense_residuals, dy, False)  # type: ignore[misc]
+    return dparams, dy.matmul(feedback) if need_dx else None

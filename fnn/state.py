@@ -15,8 +15,8 @@ matching torch model's `state_dict()`. It receives no gradients.
   torch `state_dict`) into `(params, state)`; `bind(layer, state, train=...)`
   fixes the state and gives a stateless layer (for `check_vjp` or inference).
 
-A layer with state marks its `apply` with `apply.init_state(input_shape, *, dtype,
-device) -> (output_shape, state)` and accepts `state=` and `train=` keywords.
+A layer with state declares `init_state(input_shape, *, dtype, device) ->
+(output_shape, state)` in its `fnn.core.LayerInfo` and accepts `state=` and `train=`.
 
     >>> model = fnn.serial(L.Conv(4, 3), L.BatchNorm(), L.Relu())
     >>> state = init_state(model, (-1, 1, 8, 8))
@@ -33,16 +33,16 @@ import torch
 from typing_extensions import Protocol
 
 from . import random
-from .core import VJP, Layer, Params, PyTree, Shapes
+from .core import VJP, Layer, Params, PyTree, Shapes, declare, layer_info
 from .errors import FnnError, FnnTypeError, TreeError, describe, with_context
 
 __all__ = ["init_state", "split", "bind", "InitStateFn"]
 
 
 class InitStateFn(Protocol):
-    """`apply.init_state(input_shape, *, dtype, device) -> (output_shape, state)`.
+    """`init_state(input_shape, *, dtype, device) -> (output_shape, state)`.
 
-    What a layer with state (BatchNorm) sets on its `apply`; the state is a pytree."""
+    What a layer with state (BatchNorm) declares in its `LayerInfo`; the state is a pytree."""
 
     def __call__(
         self,
@@ -96,13 +96,13 @@ def init_state(
 def _init_state(
     layer: Layer, shape: Any, dtype: torch.dtype, device: torch.device | str
 ) -> tuple[Any, PyTree]:
-    init, apply = layer
-    own: InitStateFn | None = getattr(apply, "init_state", None)
-    if own is not None:
+    init, _ = layer
+    info = layer_info(layer)
+    if info.init_state is not None:
+        own: InitStateFn = info.init_state
         return own(shape, dtype=dtype, device=device)
-    children = getattr(apply, "children", None)
-    kind = getattr(apply, "layer_name", None)
-    if children is None or kind not in ("serial", "parallel"):
+    children, kind = info.children, info.kind
+    if kind not in ("serial", "parallel"):
         return init(random.key(0), shape, dtype=dtype, device=device)[0], {}
     if kind == "parallel" and (not isinstance(shape, list | tuple) or len(shape) != len(children)):
         raise FnnError(f"parallel: expected a list of {len(children)} input shapes, got {shape!r}")
@@ -189,5 +189,12 @@ def bind(layer: Layer, state: Mapping[str, Any], **kwargs: Any) -> Layer:
         y, vjp, _ = apply(params, x, state=state, **kwargs, **more)
         return y, vjp
 
-    bound_apply.__dict__.update(layer_name=getattr(apply, "layer_name", None) or "bound")
-    return Layer(init, bound_apply)
+    inner = layer_info(layer)
+    info = inner._replace(
+        kind="wrapper",
+        children=(layer,),
+        init_state=None,
+        keywords=None if inner.keywords is None else inner.keywords - {"state"} - set(kwargs),
+        step=None,
+    )
+    return declare(init, bound_apply, info)

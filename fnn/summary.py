@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from . import random
-from .core import VJP, Layer, Shapes, layer_name
+from .core import VJP, Layer, Shapes, layer_info, layer_name
 from .errors import FnnTypeError, ShapeError, describe
+from .state import init_state
 
 __all__ = ["summary", "graph_repr"]
 
@@ -30,9 +31,8 @@ def _check_layer(where: str, layer: Any) -> None:
 
 
 def _children(layer: Layer) -> tuple[Layer, ...] | None:
-    kind = getattr(layer.apply, "layer_name", None)
-    children = getattr(layer.apply, "children", None)
-    return tuple(children) if kind in _COMBINATORS and children is not None else None
+    info = layer_info(layer)
+    return info.children if info.kind in _COMBINATORS else None
 
 
 def graph_repr(layer: Layer) -> str:
@@ -160,7 +160,11 @@ def _residual_bytes(
     layer: Layer, params: Any, input_shape: Shapes, batch: int, dtype: torch.dtype
 ) -> tuple[list[list[Any]], list[int]]:
     x = _batch(random.key(1), input_shape, batch, dtype)
-    _, vjp = layer.apply(params, x)
+    state = init_state(layer, input_shape, dtype=dtype)
+    if state:  # running statistics (BatchNorm): run it as in training
+        _, vjp, _ = layer.apply(params, x, state=state, train=True)
+    else:
+        _, vjp = layer.apply(params, x)
     rows: list[list[Any]] = []
     _rows(layer, params, vjp, input_shape, "", dtype, rows)
     skip: dict[int, int] = {}

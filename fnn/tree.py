@@ -12,6 +12,7 @@ as the matching `torch.nn` model's `state_dict()`.
 from __future__ import annotations
 
 import builtins
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -103,6 +104,45 @@ def _is_namedtuple(x: object) -> bool:
     return isinstance(x, tuple) and hasattr(x, "_fields")
 
 
+_DEEP = 100  # a tree this deep is past any real model; past ~400, recursion runs out
+
+
+def _diagnosed(what: str, *trees: PyTree) -> BaseException:
+    """Called on a RecursionError: a `TreeError` naming the cycle or the depth of the first
+    of `trees` with one, else the RecursionError itself (it came from elsewhere, e.g. `f`)."""
+    error = sys.exc_info()[1]
+    assert error is not None
+    for tree in trees:
+        open_ids: set[int] = set()
+        deepest = 0
+        stack: list[tuple[Any, str, int, bool]] = [(tree, "", 0, False)]
+        while stack:
+            node, path, depth, leaving = stack.pop()
+            if leaving:
+                open_ids.discard(id(node))
+                continue
+            if isinstance(node, dict):
+                children = [(f"{path}[{k!r}]", v) for k, v in node.items()]
+            elif isinstance(node, (list, tuple)):
+                children = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
+            else:
+                continue
+            if id(node) in open_ids:
+                return TreeError(
+                    f"{what}: the tree contains itself (a cycle) at {path or 'the root'}"
+                )
+            open_ids.add(id(node))
+            deepest = builtins.max(deepest, depth + 1)
+            stack.append((node, path, depth, True))
+            stack.extend((v, p, depth + 1, False) for p, v in reversed(children))
+        if deepest > _DEEP:
+            return TreeError(
+                f"{what}: the tree is nested {deepest} containers deep, deeper than Python's "
+                "recursion limit allows (real trees are a few levels deep)"
+            )
+    return error
+
+
 def _flatten_into(tree: PyTree, out: list[Any]) -> Any:
     # `type(x) is` first: exact dicts, lists and tuples are the common case and the cheapest test.
     kind = type(tree)
@@ -115,7 +155,7 @@ def _flatten_into(tree: PyTree, out: list[Any]) -> Any:
     if isinstance(tree, dict):
         keys = tuple(tree)
         return (dict, keys, tuple([_flatten_into(tree[k], out) for k in keys]))
-    if isinstance(tree, list | tuple):
+    if isinstance(tree, (list, tuple)):
         kind = list if isinstance(tree, list) else type(tree) if _is_namedtuple(tree) else tuple
         return (kind, len(tree), tuple([_flatten_into(v, out) for v in tree]))
     out.append(tree)
@@ -132,6 +172,9 @@ def flatten(tree: PyTree) -> tuple[list[Any], TreeDef]:
         `(leaves, treedef)`: the leaves as a list, in order (dicts in insertion order), and
             the `TreeDef` that `unflatten` rebuilds the tree from.
 
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
+
     Example:
         >>> params = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "1": {}}
         >>> leaves, treedef = fnn.tree.flatten(params)
@@ -139,7 +182,10 @@ def flatten(tree: PyTree) -> tuple[list[Any], TreeDef]:
         ([torch.Size([2, 3]), torch.Size([2])], TreeDef({'0': {'weight': *, 'bias': *}, '1': {}}))
     """
     out: list[Any] = []
-    node = _flatten_into(tree, out)
+    try:
+        node = _flatten_into(tree, out)
+    except RecursionError:
+        raise _diagnosed("tree.flatten", tree) from None
     return out, TreeDef(node, len(out))
 
 
@@ -152,12 +198,18 @@ def leaves(tree: PyTree) -> list[Any]:
     Returns:
         The leaves as a list; `None` subtrees give none.
 
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
+
     Example:
         >>> fnn.tree.leaves({"a": 1, "b": (2, None, 3)})
         [1, 2, 3]
     """
     out: list[Any] = []
-    _flatten_into(tree, out)
+    try:
+        _flatten_into(tree, out)
+    except RecursionError:
+        raise _diagnosed("tree.leaves", tree) from None
     return out
 
 
@@ -169,6 +221,9 @@ def structure(tree: PyTree) -> TreeDef:
 
     Returns:
         Its `TreeDef`, as `flatten(tree)[1]`.
+
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> fnn.tree.structure({"a": 1, "b": (2, 3)})
@@ -240,8 +295,8 @@ def _mismatch(a: PyTree, b: PyTree, path: str) -> str | None:
             if found:
                 return found
         return None
-    if isinstance(a, list | tuple):
-        if not isinstance(b, list | tuple) or len(a) != len(b):
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
             return f"{path or 'the tree'}: expected a {type(a).__name__} of {len(a)} items, got {_kind(b)}"
         for i, (x, y) in enumerate(zip(a, b)):
             found = _mismatch(x, y, f"{path}[{i}]")
@@ -250,7 +305,7 @@ def _mismatch(a: PyTree, b: PyTree, path: str) -> str | None:
         return None
     if a is None:
         return None if b is None else f"{path or 'the tree'}: expected None, got {_kind(b)}"
-    if isinstance(b, dict | list | tuple) or b is None:
+    if isinstance(b, (dict, list, tuple)) or b is None:
         return f"{path or 'the tree'}: expected a leaf, got {_kind(b)}"
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
         return f"{path or 'the tree'}: expected shape {tuple(a.shape)}, got {tuple(b.shape)}"
@@ -258,7 +313,7 @@ def _mismatch(a: PyTree, b: PyTree, path: str) -> str | None:
 
 
 def _kind(x: object) -> str:
-    if isinstance(x, list | tuple):
+    if isinstance(x, (list, tuple)):
         return f"a {type(x).__name__} of {len(x)} items"
     return "None" if x is None else f"a {type(x).__name__}"
 
@@ -276,6 +331,7 @@ def assert_same_structure(
 
     Raises:
         TreeError: the structures (or, with `shapes=True`, tensor shapes) differ.
+            Also when a tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> fnn.tree.assert_same_structure({"w": torch.ones(2)}, {"w": torch.ones(3)}, "grads")
@@ -283,14 +339,17 @@ def assert_same_structure(
         ...
         fnn.errors.TreeError: grads does not match: ['w']: expected shape (2,), got (3,)
     """
-    if shapes:
-        found = _mismatch(expected, got, "")
-    else:
-        found = (
-            None
-            if structure(expected) == structure(got)
-            else _mismatch(_strip(expected), _strip(got), "")
-        )
+    try:
+        if shapes:
+            found = _mismatch(expected, got, "")
+        else:
+            found = (
+                None
+                if structure(expected) == structure(got)
+                else _mismatch(_strip(expected), _strip(got), "")
+            )
+    except RecursionError:
+        raise _diagnosed("tree.assert_same_structure", expected, got) from None
     if found:
         raise TreeError(f"{what} does not match: {found}")
 
@@ -312,18 +371,22 @@ def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
 
     Raises:
         TreeError: a tree of `rest` does not match `tree` (naming the first difference).
+            Also when a tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> fnn.tree.map(lambda a, b: a + b, {"a": 1, "b": [2]}, {"a": 10, "b": [20]})
         {'a': 11, 'b': [22]}
     """
-    if not rest:
-        return _map1(f, tree)
-    for i, other in enumerate(rest):
-        found = _mismatch(_strip(tree), _strip(other), "")
-        if found:
-            raise TreeError(f"tree.map: tree {i + 1} does not match tree 0: {found}")
-    return _mapn(f, tree, rest)
+    try:
+        if not rest:
+            return _map1(f, tree)
+        for i, other in enumerate(rest):
+            found = _mismatch(_strip(tree), _strip(other), "")
+            if found:
+                raise TreeError(f"tree.map: tree {i + 1} does not match tree 0: {found}")
+        return _mapn(f, tree, rest)
+    except RecursionError:
+        raise _diagnosed("tree.map", tree, *rest) from None
 
 
 def _map1(f: Callable[[Any], Any], tree: PyTree) -> PyTree:
@@ -342,7 +405,7 @@ def _map1(f: Callable[[Any], Any], tree: PyTree) -> PyTree:
 def _mapn(f: Callable[..., Any], tree: PyTree, rest: tuple[PyTree, ...]) -> PyTree:
     if isinstance(tree, dict):
         return {k: _mapn(f, v, tuple(r[k] for r in rest)) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
+    if isinstance(tree, (list, tuple)):
         items = [_mapn(f, v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)]
         if isinstance(tree, list):
             return items
@@ -361,6 +424,9 @@ def paths(tree: PyTree) -> list[str]:
     Returns:
         A list of strings such as `"['0']['weight']"`, one per leaf.
 
+    Raises:
+        TreeError: the tree contains itself (a cycle) or is nested too deep to walk.
+
     Example:
         >>> fnn.tree.paths({"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}})
         ["['0']['weight']", "['0']['bias']"]
@@ -371,13 +437,16 @@ def paths(tree: PyTree) -> list[str]:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, f"{path}[{k!r}]")
-        elif isinstance(node, list | tuple):
+        elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):
                 walk(v, f"{path}[{i}]")
         elif node is not None:
             out.append(path)
 
-    walk(tree, "")
+    try:
+        walk(tree, "")
+    except RecursionError:
+        raise _diagnosed("tree.paths", tree) from None
     return out
 
 
@@ -393,7 +462,8 @@ def to_state_dict(params: PyTree) -> dict[str, Any]:
         A flat dict from dotted names to the leaves (the same tensors, not copies).
 
     Raises:
-        TreeError: `params` is not a container, or a key is empty, not a `str` or has a `"."`.
+        TreeError: `params` is not a container, or a key is empty, not a `str` or has a `"."`,
+            or the tree contains itself (a cycle) or is nested too deep to walk.
 
     Example:
         >>> params = {"0": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "1": {}}
@@ -405,7 +475,7 @@ def to_state_dict(params: PyTree) -> dict[str, Any]:
     def walk(node: PyTree, prefix: str) -> None:
         if isinstance(node, Mapping):
             items = builtins.list(node.items())
-        elif isinstance(node, list | tuple):
+        elif isinstance(node, (list, tuple)):
             items = builtins.list((str(i), v) for i, v in enumerate(node))
         elif node is None:
             return
@@ -420,9 +490,12 @@ def to_state_dict(params: PyTree) -> dict[str, Any]:
                 )
             walk(v, f"{prefix}{k}.")
 
-    if not isinstance(params, Mapping | list | tuple):
+    if not isinstance(params, (Mapping, list, tuple)):
         raise TreeError(f"to_state_dict: expected a dict of params, got {type(params).__name__}")
-    walk(params, "")
+    try:
+        walk(params, "")
+    except RecursionError:
+        raise _diagnosed("to_state_dict", params) from None
     return flat
 
 

@@ -49,7 +49,8 @@ def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
     if not paired.params:
         return paired.rebuild([])
     try:
-        new = torch._foreach_add(paired.params, paired.grads, alpha=-lr)
+        with torch.no_grad():  # params that require grad must not build a graph
+            new = torch._foreach_add(paired.params, paired.grads, alpha=-lr)
     except RuntimeError:  # a gradient on another device, or an lr too large: say which
         check_devices(params, grads, "update")
         explain_lr_overflow("update", lr, paired.params)

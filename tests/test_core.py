@@ -282,8 +282,8 @@ def test_init_errors_name_the_layer():
         fnn.serial(L.Relu(), L.Dense(2)).init(fnn.random.key(0), (-1, 0))
     with pytest.raises(ValueError, match="Dense: out_features must be a positive int"):
         L.Dense(0)
-    with pytest.raises(ValueError, match=r"Dropout: rate must be a number in \[0, 1\)"):
-        L.Dropout(1.0)
+    with pytest.raises(ValueError, match=r"Dropout: rate must be a number in \[0, 1\]"):
+        L.Dropout(1.5)
     with pytest.raises(TypeError, match="fnn.random key"):
         fnn.serial(L.Dense(2)).init(42, (-1, 3))
 

@@ -55,3 +55,29 @@ def test_seeds_and_baselines(digits, capsys):
     out = capsys.readouterr().out
     assert sorted(results) == [0, 1]
     assert "sklearn SVC(rbf)" in out and "sklearn k-NN" in out and "mean" in out
+
+
+def test_plot_draws_the_confusion_matrix_and_loss_curves(digits, tmp_path, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    close = plt.close
+    close("all")
+    monkeypatch.setattr(plt, "close", lambda *args: None)  # keep the figures to read them back
+    options = ["--epochs", "1", "--n-train", "160", "--compare-torch", "--progress"]
+    run = digits.main([*options, "--plot", str(tmp_path)])[0]
+    captured = capsys.readouterr()
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    matrix, curves = (plt.figure(n).axes[0] for n in plt.get_fignums())
+    assert (matrix.get_xlabel(), matrix.get_ylabel()) == ("predicted digit", "true digit")
+    assert torch.equal(torch.as_tensor(matrix.get_images()[0].get_array()), run.confusion)
+    assert curves.get_xlabel() == "step (batch)" and "cross-entropy" in curves.get_ylabel()
+    labels = [t.get_text() for t in curves.get_legend().get_texts()]
+    assert labels[:2] == ["fnn, each step", "fnn, epoch mean"]
+    assert labels[2].startswith("torch.nn + autograd")
+    assert [len(line.get_ydata()) for line in curves.get_lines()] == [5, 1, 5]
+    assert "step/s" in captured.err and "loss=" in captured.err
+    close("all")

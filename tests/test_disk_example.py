@@ -59,3 +59,42 @@ def test_seeds_baselines_and_plot(disk, tmp_path, capsys):
     assert "sklearn SVC(rbf)" in out and "LogisticRegression" in out
     assert (tmp_path / "decision_boundary.png").stat().st_size > 1000
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+
+
+def _open_figures(monkeypatch):
+    """Keep the example's figures open (it closes them) so a test can read them back."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    close = plt.close
+    close("all")
+    monkeypatch.setattr(plt, "close", lambda *args: None)
+    return plt, close
+
+
+def test_plot_with_compare_torch_draws_both_curves_labelled(disk, tmp_path, monkeypatch, capsys):
+    plt, close = _open_figures(monkeypatch)
+    options = ["--epochs", "3", "--n-train", "200", "--n-test", "200", "--compare-torch"]
+    disk.main([*options, "--plot", str(tmp_path), "--progress"])
+    captured = capsys.readouterr()
+    assert (tmp_path / "decision_boundary.png").stat().st_size > 1000
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    boundary, curves = (plt.figure(n).axes[0] for n in plt.get_fignums())
+    assert (boundary.get_xlabel(), boundary.get_ylabel()) == ("x₁", "x₂")
+    labels = [t.get_text() for t in boundary.get_legend().get_texts()]
+    assert any("predicted: inside" in t for t in labels) and any("true disk" in t for t in labels)
+    assert curves.get_xlabel() == "epoch" and "training loss" in curves.get_ylabel()
+    labels = [t.get_text() for t in curves.get_legend().get_texts()]
+    assert labels[0] == "fnn" and labels[1].startswith("torch.nn + autograd")
+    fnn_line, torch_line = curves.get_lines()
+    assert len(fnn_line.get_ydata()) == len(torch_line.get_ydata()) == 3
+    # the one-line progress bar: steps/s and the loss, on stderr, for both runs
+    assert "step/s" in captured.err and "loss=" in captured.err and "torch, seed 0" in captured.err
+    close("all")
+
+
+def test_no_progress_prints_no_bar(disk, capsys):
+    disk.main(["--epochs", "2", "--n-train", "100", "--n-test", "100", "--no-progress"])
+    assert "step/s" not in capsys.readouterr().err

@@ -19,6 +19,7 @@ import fnn
 
 PUBLIC_MODULES = [
     "fnn",
+    "fnn.core",
     "fnn.layers",
     "fnn.losses",
     "fnn.optim",

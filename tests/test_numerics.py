@@ -9,7 +9,7 @@ import torch
 
 import fnn
 from fnn import layers as L
-from fnn.core import VJP, Layer
+from fnn.core import VJP
 from fnn.debug import NonFiniteError
 
 K = fnn.random.key(0)
@@ -282,9 +282,6 @@ def sqrt_apply(params, x, **kwargs):
     return y, VJP(sqrt_backward, y)
 
 
-sqrt_apply.layer_name = "Sqrt"
-
-
 # y = √x   ⇒   dx = dy / (2y)      (infinite at x = 0)
 def sqrt_backward(y, dy):
     return {}, dy / (2 * y)
@@ -292,7 +289,10 @@ def sqrt_backward(y, dy):
 
 def test_check_finite_names_the_layer_whose_vjp_makes_inf():
     model = fnn.serial(
-        L.Dense(3), L.Relu(), Layer(lambda k, s, **kw: (s, {}), sqrt_apply), L.Dense(2)
+        L.Dense(3),
+        L.Relu(),
+        fnn.core.declare(lambda k, s, **kw: (s, {}), sqrt_apply, fnn.core.LayerInfo("Sqrt")),
+        L.Dense(2),
     )
     _, params = model.init(K, (-1, 3))
     params["0"]["bias"] = torch.tensor([-100.0, 0.0, 0.0])  # a dead relu unit: √0 in the forward

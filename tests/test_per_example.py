@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 import fnn
 from fnn import layers as L
-from fnn.per_example import register_per_example
 
 from .helpers import assert_trees_close
 
@@ -258,16 +257,14 @@ def test_registered_rule_replaces_the_fallback():
         x, scale = residuals
         return {"scale": dy * x}, dy * scale if need_dx else None
 
+    ruled_backward = fnn.core.backward(scale_backward)
+    ruled_backward.per_example_rule(scale_per_example)
     init, apply = fnn.serial(Scale(), L.Relu(), L.Dense(2))
     _, params = init(fnn.random.key(10), (-1, 2), dtype=F64)
     x, labels = disk_data(8, "cross_entropy")
-    f = fnn.per_example_grads(apply, fnn.losses.cross_entropy)
-    _, by_vmap = f(params, x, labels)
-    register_per_example(scale_backward, scale_per_example)
-    try:
-        _, by_rule = f(params, x, labels)
-    finally:
-        del fnn.per_example._RULES[scale_backward]
+    _, by_vmap = fnn.per_example_grads(apply, fnn.losses.cross_entropy)(params, x, labels)
+    ruled = fnn.serial(fnn.with_vjp(Scale(), ruled_backward), L.Relu(), L.Dense(2))
+    _, by_rule = fnn.per_example_grads(ruled.apply, fnn.losses.cross_entropy)(params, x, labels)
     assert calls == [False]  # the first layer's dx is not needed
     assert_trees_close(by_rule, by_vmap, atol=1e-14, rtol=1e-12)
 

@@ -4,11 +4,17 @@ from ..combinators import parallel, serial
 from .activations import (
     Elu,
     Gelu,
+    Glu,
+    Hardtanh,
     Identity,
     LeakyRelu,
     LogSoftmax,
+    Mish,
+    Prelu,
     Relu,
+    Relu6,
     Sigmoid,
+    Silu,
     Softmax,
     Softplus,
     Tanh,
@@ -18,7 +24,7 @@ from .conv import Conv
 from .dense import Dense
 from .dropout import Dropout
 from .fan import FanInConcat, FanInSum, FanOut
-from .norm import BatchNorm, LayerNorm
+from .norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from .pool import AvgPool, MaxPool
 from .reshape import Flatten, Reshape
 
@@ -39,6 +45,14 @@ __all__ = [
     "Softmax",
     "LogSoftmax",
     "Identity",
+    "Silu",
+    "Mish",
+    "Hardtanh",
+    "Relu6",
+    "Prelu",
+    "Glu",
+    "RMSNorm",
+    "GroupNorm",
     "Flatten",
     "Reshape",
     "Dropout",

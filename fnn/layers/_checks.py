@@ -183,3 +183,21 @@ def weight_and_bias(
         param_leaves(name, params, ["weight"] + (["bias"] if bias else []))
         raise
     return weight, b
+
+
+def axis_arg(name: str, what: str, value: object) -> int:
+    """`value` if it is an int (an axis argument, negative from the end), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FnnTypeError(f"{name}: {what} must be an int (an axis), got {value!r}")
+    return value
+
+
+def axis(name: str, what: str, value: int, ndim: int) -> int:
+    """The axis `value` of a rank-`ndim` tensor counted from 0 (a 0-d tensor takes 0 or -1, as
+    in torch), else a `ShapeError` naming the layer."""
+    if not -max(ndim, 1) <= value < max(ndim, 1):
+        raise ShapeError(
+            f"{name}: {what}={value} is out of range for an input of rank {ndim} "
+            f"(expected {what} in [{-max(ndim, 1)}, {max(ndim, 1) - 1}])"
+        )
+    return value % max(ndim, 1)

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
-from ..fastpath import ELEMENTWISE
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from . import _checks
 
 # torch.ops.aten has no type annotations: its ops return Any (the no-any-return ignores below)
@@ -37,6 +36,12 @@ __all__ = [
     "Softmax",
     "LogSoftmax",
     "Identity",
+    "Silu",
+    "Mish",
+    "Hardtanh",
+    "Relu6",
+    "Prelu",
+    "Glu",
 ]
 
 
@@ -103,49 +108,35 @@ def elementwise(
         saved = x if keep_input else y
         return y, VJP(backward, (saved, *constants) if constants else saved)
 
-    apply.__dict__.update(
-        layer_name=name,  # see fnn.core.layer_name
-        fast_spec=(  # see fnn/fastpath.py
-            ELEMENTWISE,
-            forward,
-            None,
-            functools.partial(_dx, backward),
-            keep_input,
-            constants,
-            None,  # (aten op, extra args) when the backward is one aten op: see _fast
-        ),
+    return declare(
+        init, apply, LayerInfo(name, backward=backward, step=_step(forward, keep_input, constants))
     )
-    return Layer(init, apply)
 
 
-def _dx(
-    backward: Callable[[Any, torch.Tensor], tuple[Params, torch.Tensor]],
-    saved: Any,
-    dy: torch.Tensor,
-) -> torch.Tensor:
-    return backward(saved, dy)[1]
+def _step(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    keep_input: bool,
+    constants: tuple[Any, ...],
+    inplace: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    kernel: Any = None,
+) -> tuple[Any, ...]:
+    """How `fnn.train_step` computes an elementwise layer inline: `(kind, forward, in-place
+    forward or None, keep_input, constants, (aten op, extra args) or None)`; with an aten op,
+    `dx = op(dy, saved, *extra)` is exactly what the layer's backward computes."""
+    return ("elementwise", forward, inplace, keep_input, constants, kernel)
 
 
-def _fast(
+def _with_kernels(
     layer: Layer,
-    forward_: Callable[[torch.Tensor], torch.Tensor],
-    dx: Callable[[Any, torch.Tensor], torch.Tensor],
-    aten_dx: Any,
+    inplace: Callable[[torch.Tensor], torch.Tensor],
+    kernel: Any,
     *extra: Any,
 ) -> Layer:
-    """`layer` with an in-place forward and a check-free backward kernel for `fnn.fastpath`;
-    `aten_dx` is the aten op that kernel calls as `aten_dx(dy, y, *extra)`."""
-    kind, forward, _, _, keep_input, constants, _ = layer.apply.__dict__["fast_spec"]
-    layer.apply.__dict__["fast_spec"] = (
-        kind,
-        forward,
-        forward_,
-        dx,
-        keep_input,
-        constants,
-        (aten_dx, extra),
-    )
-    return layer
+    """`layer` declared with an in-place forward and the aten op its backward is, for the step."""
+    info = layer.apply.info  # type: ignore[attr-defined]
+    _, forward, _, keep_input, constants, _ = info.step
+    step = _step(forward, keep_input, constants, inplace, (kernel, extra))
+    return declare(layer.init, layer.apply.func, info._replace(step=step))  # type: ignore[attr-defined]
 
 
 def _check_dy(name: str, saved: torch.Tensor, dy: object) -> None:
@@ -174,6 +165,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 # y = x   ⇒   dx = dy
+@backward
 def identity_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Identity", y, dy)
     return {}, dy
@@ -192,16 +184,13 @@ def Relu() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([0., 0., 2.]), ({}, tensor([0., 0., 1.])))
     """
-    return _fast(
-        elementwise("Relu", torch.relu, relu_backward),
-        torch.relu_,
-        _relu_dx,
-        _threshold_backward,
-        0,
+    return _with_kernels(
+        elementwise("Relu", torch.relu, relu_backward), torch.relu_, _threshold_backward, 0
     )
 
 
 # y = max(x, 0)   ⇒   dx = dy · [y > 0]
+@backward
 def relu_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Relu", y, dy)
     return {}, _relu_dx(y, dy)
@@ -238,6 +227,7 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
 
 
 # y = x if x > 0 else a·x   ⇒   dx = dy if x > 0 else a·dy
+@backward
 def leaky_relu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -259,12 +249,13 @@ def Tanh() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([-0.7616,  0.0000,  0.9640]), ({}, tensor([0.4200, 1.0000, 0.0707])))
     """
-    return _fast(
-        elementwise("Tanh", torch.tanh, tanh_backward), torch.tanh_, _tanh_dx, _tanh_backward
+    return _with_kernels(
+        elementwise("Tanh", torch.tanh, tanh_backward), torch.tanh_, _tanh_backward
     )
 
 
 # y = tanh x   ⇒   dx = dy · (1 − y²)
+@backward
 def tanh_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Tanh", y, dy)
     return {}, _tanh_dx(y, dy)
@@ -287,15 +278,13 @@ def Sigmoid() -> Layer:
         >>> y, vjp(torch.ones(3))
         (tensor([0.2689, 0.5000, 0.8808]), ({}, tensor([0.1966, 0.2500, 0.1050])))
     """
-    return _fast(
-        elementwise("Sigmoid", torch.sigmoid, sigmoid_backward),
-        torch.sigmoid_,
-        _sigmoid_dx,
-        _sigmoid_backward,
+    return _with_kernels(
+        elementwise("Sigmoid", torch.sigmoid, sigmoid_backward), torch.sigmoid_, _sigmoid_backward
     )
 
 
 # y = σ(x)   ⇒   dx = dy · y (1 − y)
+@backward
 def sigmoid_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _check_dy("Sigmoid", y, dy)
     return {}, _sigmoid_dx(y, dy)
@@ -330,6 +319,7 @@ def Elu(alpha: float = 1.0) -> Layer:
 
 
 # y = x if x > 0 else α(eˣ − 1)   ⇒   dx = dy if x > 0 else dy · α eˣ
+@backward
 def elu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -364,6 +354,7 @@ def Gelu(approximate: str = "none") -> Layer:
 
 
 # y = x Φ(x)   ⇒   dx = dy · (Φ(x) + x φ(x))
+@backward
 def gelu_backward(
     residuals: tuple[torch.Tensor, str], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -401,6 +392,7 @@ def Softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
 
 
 # y = log(1 + e^(βx)) / β   ⇒   dx = dy · σ(βx)   (dx = dy where βx > threshold)
+@backward
 def softplus_backward(
     residuals: tuple[torch.Tensor, float, float], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -409,55 +401,462 @@ def softplus_backward(
     return {}, aten.softplus_backward.default(dy, x, beta, threshold)
 
 
-def Softmax() -> Layer:
-    """`y = eˣ / Σ eˣ` over the last axis, as `torch.nn.Softmax(dim=-1)`.
+def Softmax(dim: int = -1) -> Layer:
+    """`y = eˣ / Σ eˣ` along axis `dim`, as `torch.nn.Softmax(dim)`.
+
+    Args:
+        dim: the axis to normalise over (negative counts from the end); a 0-d input takes
+            `0` or `-1`, as in torch.
 
     Returns:
         Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
-            `apply({}, x)`, `x` of shape `(..., features)`, gives `(y, vjp)` with `y` of
+            `apply({}, x)`, `x` of any shape with an axis `dim`, gives `(y, vjp)` with `y` of
             `x`'s shape; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s
             shape.
+
+    Raises:
+        FnnTypeError: `dim` is not an int.
+        ShapeError: (from `init` and `apply`) an input without an axis `dim`.
 
     Example:
         >>> y, vjp = Softmax().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
         >>> y, vjp(torch.tensor([1.0, 0.0, 0.0]))
         (tensor([0.0420, 0.1142, 0.8438]), ({}, tensor([ 0.0402, -0.0048, -0.0354])))
+        >>> Softmax(dim=0).apply({}, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))[0]
+        tensor([[0.5000, 0.5000],
+                [0.5000, 0.5000]])
     """
-    return elementwise("Softmax", _softmax_last, softmax_backward, min_rank=1)
+    _checks.axis_arg("Softmax", "dim", dim)
+    forward = functools.partial(_softmax, dim)
+    return _along(
+        elementwise("Softmax", forward, softmax_backward, constants=(dim,)), "Softmax", dim
+    )
 
 
-def _softmax_last(x: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(x, -1)
+def _softmax(dim: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, _checks.axis("Softmax", "dim", dim, x.ndim))
 
 
-# y = softmax(x)   ⇒   dx = y · (dy − Σ dy·y)
-def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+def _along(layer: Layer, name: str, dim: int) -> Layer:
+    """`layer` whose `init` also checks that its input shapes have an axis `dim`."""
+    init = layer.init
+
+    def checked_init(
+        key: Key,
+        input_shape: Shapes,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shapes, Params]:
+        out_shape, params = init(key, input_shape, dtype=dtype, device=device)
+        _checks.axis(name, "dim", dim, len(out_shape) if isinstance(out_shape, tuple) else 0)
+        return out_shape, params
+
+    return declare(checked_init, layer.apply.func, layer.apply.info)  # type: ignore[attr-defined]
+
+
+# y = softmax(x)   ⇒   dx = y · (dy − Σ dy·y)   (sums along dim)
+@backward
+def softmax_backward(
+    residuals: tuple[torch.Tensor, int], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    y, dim = residuals
     _check_dy("Softmax", y, dy)
-    return {}, aten._softmax_backward_data.default(dy, y, -1, y.dtype)
+    return {}, aten._softmax_backward_data.default(dy, y, _wrap(dim, y.ndim), y.dtype)
 
 
-def LogSoftmax() -> Layer:
-    """`y = x − log Σ eˣ` over the last axis, stable for large inputs, as `torch.nn.LogSoftmax`.
+def _wrap(dim: int, ndim: int) -> int:
+    return dim % max(ndim, 1)
+
+
+def LogSoftmax(dim: int = -1) -> Layer:
+    """`y = x − log Σ eˣ` along axis `dim`, stable for large inputs, as `torch.nn.LogSoftmax(dim)`.
+
+    Args:
+        dim: the axis to normalise over (negative counts from the end); a 0-d input takes
+            `0` or `-1`, as in torch.
 
     Returns:
         Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
-            `apply({}, x)`, `x` of shape `(..., features)`, gives `(y, vjp)` with `y` of
+            `apply({}, x)`, `x` of any shape with an axis `dim`, gives `(y, vjp)` with `y` of
             `x`'s shape; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s
             shape.
+
+    Raises:
+        FnnTypeError: `dim` is not an int.
+        ShapeError: (from `init` and `apply`) an input without an axis `dim`.
 
     Example:
         >>> y, vjp = LogSoftmax().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
         >>> y, vjp(torch.ones(3))
         (tensor([-3.1698, -2.1698, -0.1698]), ({}, tensor([ 0.8740,  0.6574, -1.5314])))
     """
-    return elementwise("LogSoftmax", _log_softmax_last, log_softmax_backward, min_rank=1)
+    _checks.axis_arg("LogSoftmax", "dim", dim)
+    forward = functools.partial(_log_softmax, dim)
+    return _along(
+        elementwise("LogSoftmax", forward, log_softmax_backward, constants=(dim,)),
+        "LogSoftmax",
+        dim,
+    )
 
 
-def _log_softmax_last(x: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(x, -1)
+def _log_softmax(dim: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(x, _checks.axis("LogSoftmax", "dim", dim, x.ndim))
 
 
-# y = x − logΣeˣ   ⇒   dx = dy − eʸ · Σ dy
-def log_softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+# y = x − logΣeˣ   ⇒   dx = dy − eʸ · Σ dy   (sums along dim)
+@backward
+def log_softmax_backward(
+    residuals: tuple[torch.Tensor, int], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    y, dim = residuals
     _check_dy("LogSoftmax", y, dy)
-    return {}, aten._log_softmax_backward_data.default(dy, y, -1, y.dtype)
+    return {}, aten._log_softmax_backward_data.default(dy, y, _wrap(dim, y.ndim), y.dtype)
+
+
+def Silu() -> Layer:
+    """`y = x · σ(x)` (swish), as `torch.nn.SiLU`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Example:
+        >>> y, vjp = Silu().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-0.2689,  0.0000,  1.7616]), ({}, tensor([0.0723, 0.5000, 1.0908])))
+    """
+    return elementwise("Silu", torch.nn.functional.silu, silu_backward, keep="input")
+
+
+# y = x σ(x)   ⇒   dx = dy · σ(x) (1 + x (1 − σ(x)))
+@backward
+def silu_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    _check_dy("Silu", x, dy)
+    return {}, aten.silu_backward.default(dy, x)
+
+
+def Mish() -> Layer:
+    """`y = x · tanh(softplus(x))`, as `torch.nn.Mish`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Example:
+        >>> y, vjp = Mish().apply({}, torch.tensor([-1.0, 0.0, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-0.3034,  0.0000,  1.9440]), ({}, tensor([0.0592, 0.6000, 1.0693])))
+    """
+    return elementwise("Mish", torch.nn.functional.mish, mish_backward, keep="input")
+
+
+# y = x tanh(s), s = softplus(x)   ⇒   dx = dy · (tanh s + x σ(x) (1 − tanh² s))
+@backward
+def mish_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    _check_dy("Mish", x, dy)
+    return {}, aten.mish_backward.default(dy, x)
+
+
+def Hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Layer:
+    """`y = min(max(x, min_val), max_val)`, as `torch.nn.Hardtanh`.
+
+    The gradient is `dy` strictly inside `(min_val, max_val)` and 0 elsewhere, as in torch.
+
+    Args:
+        min_val: the lower bound.
+        max_val: the upper bound, greater than `min_val`.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: `min_val` or `max_val` is not a number.
+        FnnError: `max_val` is not greater than `min_val`.
+
+    Example:
+        >>> y, vjp = Hardtanh().apply({}, torch.tensor([-2.0, 0.5, 2.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([-1.0000,  0.5000,  1.0000]), ({}, tensor([0., 1., 0.])))
+    """
+    return _hardtanh("Hardtanh", min_val, max_val)
+
+
+def Relu6() -> Layer:
+    """`y = min(max(x, 0), 6)`, as `torch.nn.ReLU6` (Hardtanh on `[0, 6]`).
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` and `{}`;
+            `apply({}, x)`, `x` of any shape `(...)`, gives `(y, vjp)` with `y` of `x`'s shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Example:
+        >>> y, vjp = Relu6().apply({}, torch.tensor([-1.0, 3.0, 7.0]))
+        >>> y, vjp(torch.ones(3))
+        (tensor([0., 3., 6.]), ({}, tensor([0., 1., 0.])))
+    """
+    return _hardtanh("Relu6", 0.0, 6.0)
+
+
+def _hardtanh(name: str, min_val: float, max_val: float) -> Layer:
+    _checks.number(name, "min_val", min_val)
+    _checks.number(name, "max_val", max_val)
+    if not max_val > min_val:
+        raise _checks.FnnError(
+            f"{name}: max_val must be greater than min_val, got min_val={min_val!r}, max_val={max_val!r}"
+        )
+    forward = functools.partial(torch.nn.functional.hardtanh, min_val=min_val, max_val=max_val)
+    return elementwise(
+        name, forward, hardtanh_backward, keep="input", constants=(min_val, max_val, name)
+    )
+
+
+# y = clamp(x, a, b)   ⇒   dx = dy · [a < x < b]
+@backward
+def hardtanh_backward(
+    residuals: tuple[torch.Tensor, float, float, str], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    x, min_val, max_val, name = residuals
+    _check_dy(name, x, dy)
+    return {}, aten.hardtanh_backward.default(dy, x, min_val, max_val)
+
+
+def Prelu(num_parameters: int = 1, init: float = 0.25) -> Layer:
+    """`y = x` for x ≥ 0, `a · x` otherwise, with a learnt slope `a`, as `torch.nn.PReLU`.
+
+    One slope for all channels (`num_parameters=1`), or one per channel, the channel axis
+    being axis 1 (an input of rank < 2 has one channel), as in torch.
+
+    Args:
+        num_parameters: how many slopes: 1, or the number of channels.
+        init: the initial value of every slope.
+
+    Returns:
+        `Layer(init, apply)`. `init(key, shape)` gives `shape` and params
+            `{"weight": (num_parameters,)}` filled with `init`; `apply(params, x)`, `x` of
+            any shape `(N, C, ...)` (`C == num_parameters` unless that is 1), gives `(y, vjp)`
+            with `y` of `x`'s shape; `vjp(dy)`, `dy` of `y`'s shape, gives `(dparams, dx)`
+            shaped as `(params, x)`.
+
+    Raises:
+        FnnError: `num_parameters` is not a positive int.
+        FnnTypeError: `init` is not a number.
+        ShapeError: (from `init` and `apply`) an input whose axis 1 is not `num_parameters`
+            long, or params of the wrong shape.
+
+    Example:
+        >>> layer = Prelu()
+        >>> _, params = layer.init(fnn.random.key(0), (-1, 3))
+        >>> y, vjp = layer.apply(params, torch.tensor([[-2.0, 0.0, 2.0]]))
+        >>> y, vjp(torch.ones(1, 3))
+        (tensor([[-0.5000,  0.0000,  2.0000]]), ({'weight': tensor([-2.])}, tensor([[0.2500, 0.2500, 1.0000]])))
+    """
+    _checks.positive_int("Prelu", "num_parameters", num_parameters)
+    _checks.number("Prelu", "init", init)
+    slope = init
+
+    def init_(
+        key: Key,
+        input_shape: Shapes,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shape, Params]:
+        del key
+        shape = _checks.input_shape("Prelu", input_shape, min_rank=0)
+        _checks.init_dtype("Prelu", dtype, device)
+        channels = shape[1] if len(shape) > 1 else 1
+        if num_parameters != 1 and channels != num_parameters:
+            raise _checks.ShapeError(
+                f"Prelu: expected {num_parameters} channels on axis 1, got input shape {shape}"
+            )
+        return shape, {"weight": torch.full((num_parameters,), slope, dtype=dtype, device=device)}
+
+    def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
+        del kwargs
+        weight = _prelu_weight(params, x)
+        y = aten._prelu_kernel.default(x, weight)
+        return y, VJP(prelu_backward, (x, weight))
+
+    return declare(init_, apply, LayerInfo("Prelu"))
+
+
+def _prelu_weight(params: Params, x: object) -> torch.Tensor:
+    """params["weight"] viewed as `(1, C, 1, …)` for `x` (torch's broadcast), or a clear error."""
+    try:
+        weight: torch.Tensor = params["weight"]
+        if len(params) != 1:
+            raise KeyError
+    except (KeyError, TypeError):
+        _checks.param_leaves("Prelu", params, ["weight"])
+        raise
+    _checks.input_like("Prelu", x, weight)
+    _checks.float_input("Prelu", x)
+    assert isinstance(x, torch.Tensor)
+    channels = x.shape[1] if x.ndim > 1 else 1
+    if weight.ndim != 1 or weight.shape[0] not in (1, channels):
+        raise _checks.ShapeError(
+            f"Prelu: params['weight'] of shape {tuple(weight.shape)} does not fit an input of "
+            f"shape {tuple(x.shape)} (expected (1,) or ({channels},): one slope per channel, axis 1)"
+        )
+    view = [1] * x.ndim
+    if x.ndim > 1:
+        view[1] = weight.shape[0]
+    return weight.reshape(view)
+
+
+# y = x if x ≥ 0 else a·x   ⇒   da = Σ dy · x · [x < 0] (per channel),  dx = dy if x ≥ 0 else a·dy
+@backward
+def prelu_backward(
+    residuals: tuple[torch.Tensor, torch.Tensor], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    x, weight = residuals
+    _check_dy("Prelu", x, dy)
+    dx, dweight = aten._prelu_kernel_backward.default(dy, x, weight)
+    if weight.numel() == 1:
+        return {"weight": dweight.sum().reshape(1)}, dx
+    return {"weight": dweight.sum([d for d in range(x.ndim) if d != 1])}, dx
+
+
+# per example: da[n] = Σ over the axes of example n but the channel's
+@prelu_backward.per_example_rule
+def _prelu_per_example(
+    residuals: tuple[torch.Tensor, torch.Tensor], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor]:
+    del need_dx
+    x, weight = residuals
+    _check_dy("Prelu", x, dy)
+    if x.ndim < 1:
+        raise _checks.FnnError(
+            "Prelu: per-example gradients need an input with a batch axis, got a 0-d input"
+        )
+    dx, dweight = aten._prelu_kernel_backward.default(dy, x, weight)
+    keep = 1 if weight.numel() == 1 else 2
+    grad = dweight.sum(list(range(keep, x.ndim))) if x.ndim > keep else dweight
+    return {"weight": grad.reshape(x.shape[0], weight.numel())}, dx
+
+
+def Glu(dim: int = -1) -> Layer:
+    """`y = a · σ(b)`, `a` and `b` the two halves of `x` along `dim`, as `torch.nn.GLU(dim)`.
+
+    Args:
+        dim: the axis to split in two (negative counts from the end); its size must be even.
+
+    Returns:
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives `shape` with axis `dim`
+            halved and `{}`; `apply({}, x)` gives `(y, vjp)` with `y` of that shape;
+            `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of `x`'s shape.
+
+    Raises:
+        FnnTypeError: `dim` is not an int.
+        ShapeError: (from `init` and `apply`) a 0-d input, or axis `dim` missing or of odd size.
+
+    Example:
+        >>> y, vjp = Glu().apply({}, torch.tensor([[1.0, 2.0, 0.0, 1.0]]))
+        >>> y, vjp(torch.ones(1, 2))
+        (tensor([[0.5000, 1.4621]]), ({}, tensor([[0.5000, 0.7311, 0.2500, 0.3932]])))
+    """
+    _checks.axis_arg("Glu", "dim", dim)
+
+    def init(
+        key: Key,
+        input_shape: Shapes,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Shape, Params]:
+        del key, dtype, device
+        shape = _checks.input_shape("Glu", input_shape, min_rank=1)
+        axis = _glu_axis(dim, shape)
+        half = -1 if shape[axis] == -1 else shape[axis] // 2
+        return shape[:axis] + (half,) + shape[axis + 1 :], {}
+
+    def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
+        del kwargs
+        _checks.no_params("Glu", params)
+        _checks.float_input("Glu", x)
+        axis = _glu_axis(dim, tuple(x.shape))
+        return torch.nn.functional.glu(x, axis), VJP(glu_backward, (x, axis))
+
+    return declare(init, apply, LayerInfo("Glu"))
+
+
+def _glu_axis(dim: int, shape: Shape) -> int:
+    if not shape:
+        raise _checks.ShapeError("Glu: expected an input of rank ≥ 1, got a 0-d input")
+    axis = _checks.axis("Glu", "dim", dim, len(shape))
+    if shape[axis] != -1 and shape[axis] % 2:
+        raise _checks.ShapeError(
+            f"Glu: axis dim={dim} must have an even size to split in two, got input shape {shape}"
+        )
+    return axis
+
+
+# y = a σ(b), x = [a, b]   ⇒   da = dy σ(b),  db = dy a σ(b) (1 − σ(b))
+@backward
+def glu_backward(
+    residuals: tuple[torch.Tensor, int], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    x, axis = residuals
+    out = x.shape[:axis] + (x.shape[axis] // 2,) + x.shape[axis + 1 :]
+    if not isinstance(dy, torch.Tensor) or dy.shape != out or dy.dtype is not x.dtype:
+        _checks.cotangent_like("Glu", dy, out, x)
+    return {}, aten.glu_backward.default(dy, x, axis)
+
+
+@glu_backward.per_example_rule
+def _glu_per_example(
+    residuals: tuple[torch.Tensor, int], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor]:
+    del need_dx
+    _axis_not_batch("Glu", *residuals)
+    return glu_backward.function(residuals, dy)  # type: ignore[no-any-return]
+
+
+# Per example (fnn.per_example_grads): elementwise layers are their own rule; softmax over
+# the last axis is too, unless that axis is the batch axis.
+for _elementwise_backward in (
+    identity_backward,
+    relu_backward,
+    leaky_relu_backward,
+    tanh_backward,
+    sigmoid_backward,
+    elu_backward,
+    gelu_backward,
+    softplus_backward,
+    silu_backward,
+    mish_backward,
+    hardtanh_backward,
+):
+    _elementwise_backward.example_wise()
+del _elementwise_backward
+
+
+@softmax_backward.per_example_rule
+def _softmax_per_example(
+    residuals: tuple[torch.Tensor, int], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor]:
+    del need_dx
+    _axis_not_batch("Softmax", *residuals)
+    return softmax_backward.function(residuals, dy)  # type: ignore[no-any-return]
+
+
+@log_softmax_backward.per_example_rule
+def _log_softmax_per_example(
+    residuals: tuple[torch.Tensor, int], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor]:
+    del need_dx
+    _axis_not_batch("LogSoftmax", *residuals)
+    return log_softmax_backward.function(residuals, dy)  # type: ignore[no-any-return]
+
+
+def _axis_not_batch(name: str, y: torch.Tensor, dim: int) -> None:
+    if y.ndim < 1 or _wrap(dim, y.ndim) == 0:
+        raise _checks.FnnError(
+            f"{name}: on an input of shape {tuple(y.shape)}, dim={dim} is the batch axis, so it "
+            "mixes examples and per-example gradients are not defined"
+        )

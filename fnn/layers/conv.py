@@ -22,7 +22,7 @@ from typing import Any, Literal, overload
 import torch
 
 from .. import random
-from ..core import VJP, Key, Layer, Params, Shape, Shapes, register_consumer
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from ..errors import FnnError, FnnTypeError, ShapeError
 from ..initializers import Initializer, fan_in_uniform, torch_default
 from . import _checks
@@ -226,8 +226,7 @@ def Conv(
         if min(_out_hw(x.shape[2], x.shape[3])) < 1:
             raise ShapeError(_too_small(x.shape))
 
-    apply.__dict__.update(layer_name="Conv")  # see fnn.core.layer_name
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("Conv"))
 
 
 _IM2COL_DTYPES = (torch.float32, torch.float64)
@@ -239,18 +238,17 @@ ConvResiduals = tuple[
 
 
 # y = x ⋆ W + b   ⇒   dW = x ⋆ dy,  db = Σₙₕᵥ dy,  dx = dy ⋆ᵀ W      (one aten.convolution_backward)
+@backward
 def conv_backward(residuals: ConvResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     return _conv_grads(residuals, dy, True)
 
 
-def conv_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | None]:
+@conv_backward.consumer
+def _conv_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | None]:
     """`conv_backward` for `fnn.core.backprop` (`box = [residuals, dy]`): skips `dx` when it is
     not needed (a first layer)."""
     dy = box.pop()
     return _conv_grads(box.pop(), dy, need_dx)
-
-
-register_consumer(conv_backward, conv_consume)
 
 
 @overload

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
 
 from .. import random
-from ..core import VJP, Key, Layer, Params, Shape, Shapes, register_consumer
-from ..fastpath import DENSE
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from ..initializers import Initializer, fan_in_uniform, torch_default
 from . import _checks
 
@@ -88,8 +88,8 @@ def Dense(
             raise
         return y, VJP(dense_backward, (x, weight, bias))
 
-    apply.__dict__.update(fast_spec=(DENSE, out_features, bias))  # see fnn/fastpath.py
-    return Layer(init, apply)
+    info = LayerInfo("Dense", step=("dense", out_features, bias), backward=dense_backward)
+    return declare(init, apply, info)
 
 
 def _diagnose(
@@ -112,6 +112,7 @@ def _diagnose(
 
 
 # y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy W
+@backward
 def dense_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor
 ) -> tuple[Params, torch.Tensor]:
@@ -119,14 +120,40 @@ def dense_backward(
     return _dense_grads(x, weight, has_bias, dy, True)
 
 
-def dense_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | None]:
+@dense_backward.consumer
+def _dense_consume(box: list[Any], need_dx: bool) -> tuple[Params, torch.Tensor | None]:
     """`dense_backward` for `fnn.core.backprop`: skips `dx = dy W` when it is not needed."""
     dy = box.pop()
     x, weight, has_bias = box.pop()
     return _dense_grads(x, weight, has_bias, dy, need_dx)
 
 
-register_consumer(dense_backward, dense_consume)
+# per example: dW[n] = Σₘ dy[n,m] ⊗ x[n,m],  db[n] = Σₘ dy[n,m],  dx = dy W
+@dense_backward.per_example_rule
+def _dense_per_example(
+    residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor | None]:
+    x, weight, has_bias = residuals
+    expected = x.shape[:-1] + weight.shape[:1]
+    if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype is not x.dtype:
+        _checks.cotangent_like("Dense", dy, expected, x)
+    if x.ndim == 2:  # (N, in): one outer product per example, a single broadcast multiply
+        grads = {"weight": dy.unsqueeze(2).mul(x.unsqueeze(1))}
+        db = dy
+        dx = dy.mm(weight) if need_dx else None
+    elif x.ndim > 2:  # (N, …, in): sum the outer products over the middle axes
+        batch, middle = x.shape[0], math.prod(x.shape[1:-1])
+        dy3 = dy.reshape(batch, middle, dy.shape[-1])
+        grads = {"weight": dy3.transpose(1, 2).bmm(x.reshape(batch, middle, x.shape[-1]))}
+        db = dy3.sum(1)
+        dx = dy.matmul(weight) if need_dx else None
+    else:
+        raise _checks.ShapeError(
+            f"Dense: per-example gradients need an input with a batch axis (N, ..., in), got {tuple(x.shape)}"
+        )
+    if has_bias:
+        grads["bias"] = db
+    return grads, dx
 
 
 @overload

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
-from ..errors import FnnError, ShapeError, describe
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
+from ..errors import FnnError, FnnTypeError, ShapeError, describe
 from . import _checks
 
 __all__ = ["FanOut", "FanInSum", "FanInConcat"]
@@ -31,12 +31,10 @@ def _input_shapes(name: str, shapes: Any) -> list[Shape]:
 
 
 def _inputs(name: str, xs: Any) -> tuple[torch.Tensor, ...]:
-    if (
-        not isinstance(xs, tuple | list)
-        or not xs
-        or not all(isinstance(x, torch.Tensor) for x in xs)
-    ):
+    if not isinstance(xs, tuple | list) or not xs:
         raise ShapeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
+    if not all(isinstance(x, torch.Tensor) for x in xs):  # the same class as Dense's
+        raise FnnTypeError(f"{name}: expected a tuple of tensors, got {describe(xs)}")
     return tuple(xs)
 
 
@@ -61,8 +59,8 @@ def FanOut(num: int) -> Layer:
 
     Raises:
         FnnError: `num` is not a positive int.
-        ShapeError: (from `apply` and its VJP) an input that is not a tensor, or cotangents
-            of the wrong number or shape.
+        FnnTypeError: (from `apply`) an input that is not a tensor.
+        ShapeError: (from the VJP) cotangents of the wrong number or shape.
 
     Example:
         >>> init, apply = FanOut(2)
@@ -90,13 +88,14 @@ def FanOut(num: int) -> Layer:
         del kwargs
         _checks.no_params("FanOut", params)
         if not isinstance(x, torch.Tensor):
-            raise ShapeError(f"FanOut: expected a tensor input, got {describe(x)}")
+            raise FnnTypeError(f"FanOut: expected a tensor input, got {describe(x)}")
         return (x,) * num, VJP(fan_out_backward, (num, x.shape))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("FanOut"))
 
 
 # (y₁ … yₙ) = (x … x)   ⇒   dx = Σᵢ dyᵢ
+@backward
 def fan_out_backward(
     residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]
 ) -> tuple[Params, torch.Tensor]:
@@ -160,10 +159,11 @@ def FanInSum() -> Layer:
             y = y + xi
         return y, VJP(fan_in_sum_backward, (len(xs), xs[0].shape))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("FanInSum"))
 
 
 # y = Σᵢ xᵢ   ⇒   dxᵢ = dy
+@backward
 def fan_in_sum_backward(
     residuals: tuple[int, torch.Size], dy: torch.Tensor
 ) -> tuple[Params, tuple[torch.Tensor, ...]]:
@@ -229,13 +229,33 @@ def FanInConcat(axis: int = 1) -> Layer:
             ) from None
         return y, VJP(fan_in_concat_backward, (axis, tuple(xi.shape[axis] for xi in xs), y.shape))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("FanInConcat"))
 
 
 # y = concat(x₁ … xₙ)   ⇒   (dx₁ … dxₙ) = split(dy)
+@backward
 def fan_in_concat_backward(
     residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor
 ) -> tuple[Params, tuple[torch.Tensor, ...]]:
     axis, sizes, shape = residuals
     _checks.cotangent("FanInConcat", dy, shape)
     return {}, tuple(torch.split(dy, list(sizes), axis))
+
+
+fan_out_backward.example_wise()
+fan_in_sum_backward.example_wise()
+
+
+# concatenation: example-wise unless it joins along the batch axis
+@fan_in_concat_backward.per_example_rule
+def _concat_per_example(
+    residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, tuple[torch.Tensor, ...]]:
+    del need_dx
+    axis, _, shape = residuals
+    if axis % len(shape) == 0:
+        raise FnnError(
+            "FanInConcat: joining along the batch axis mixes examples; per-example "
+            "gradients are not defined"
+        )
+    return fan_in_concat_backward.function(residuals, dy)  # type: ignore[no-any-return]

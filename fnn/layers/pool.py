@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
 from ..errors import FnnError, ShapeError
 from . import _checks
 from .conv import IntPair, out_size, pair
@@ -97,8 +97,7 @@ def pool2d(
         stand_in = torch.empty_strided(x.shape, (0, 0, 0, 0), dtype=x.dtype, device=x.device)
         return y, VJP(backward, (saved, stand_in, y.shape, window))
 
-    apply.__dict__.update(layer_name=name)  # see fnn.core.layer_name
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo(name))
 
 
 PoolResiduals = tuple[Any, torch.Tensor, torch.Size, Window]
@@ -170,6 +169,7 @@ _CHANNELS_LAST = torch.channels_last
 
 
 # y = max over each window of x   ⇒   dx[argmax] += dy   (every other input gets 0)
+@backward
 def max_pool_backward(residuals: PoolResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     indices, x, _, window = residuals
     _check_dy("MaxPool", residuals, dy)
@@ -217,6 +217,7 @@ def avg_pool_forward(x: torch.Tensor, window: Window) -> tuple[torch.Tensor, Non
 
 
 # y = mean over each window of x   ⇒   dx = Σ over the windows holding x of dy / (kh·kw)
+@backward
 def avg_pool_backward(residuals: PoolResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     _, x, _, window = residuals
     _check_dy("AvgPool", residuals, dy)

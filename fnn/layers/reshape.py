@@ -8,24 +8,33 @@ from typing import Any
 
 import torch
 
-from ..core import VJP, Key, Layer, Params, Shape, Shapes
-from ..errors import ShapeError
+from ..core import VJP, Key, Layer, LayerInfo, Params, Shape, Shapes, backward, declare
+from ..errors import FnnTypeError, ShapeError
 from . import _checks
 
 __all__ = ["Flatten", "Reshape"]
 
 
-def Flatten() -> Layer:
-    """`(N, d1, d2, …) → (N, d1·d2·…)`, keeping the batch axis (as `torch.nn.Flatten`).
+def Flatten(start_dim: int = 1, end_dim: int = -1) -> Layer:
+    """Merge the axes `start_dim` to `end_dim` into one, as `torch.nn.Flatten(start_dim, end_dim)`.
+
+    The default keeps the batch axis: `(N, d1, d2, …) → (N, d1·d2·…)`. Negative axes count
+    from the end; a 0-d input is flattened as a 1-d one, as in torch.
+
+    Args:
+        start_dim: the first axis to merge.
+        end_dim: the last axis to merge (included).
 
     Returns:
-        Parameter-free `Layer(init, apply)`. `init(key, (N, d1, d2, …))` gives
-            `(N, d1·d2·…)` and `{}`; `apply({}, x)` gives `(y, vjp)` with `y` of shape
-            `(N, d1·d2·…)`; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with `dx` of
-            `x`'s shape.
+        Parameter-free `Layer(init, apply)`. `init(key, shape)` gives the flattened shape
+            (`-1` where the batch axis is merged) and `{}`; `apply({}, x)` gives `(y, vjp)`
+            with `y` the flattened `x`; `vjp(dy)`, `dy` of `y`'s shape, gives `({}, dx)` with
+            `dx` of `x`'s shape.
 
     Raises:
-        ShapeError: (from `init` and `apply`) an input without a batch axis.
+        FnnTypeError: `start_dim` or `end_dim` is not an int.
+        ShapeError: (from `init` and `apply`) an input without those axes, or `start_dim`
+            after `end_dim`.
 
     Example:
         >>> init, apply = Flatten()
@@ -34,7 +43,11 @@ def Flatten() -> Layer:
         >>> y, vjp = apply({}, torch.ones(2, 3, 4, 4))
         >>> y.shape, vjp(y)[1].shape
         (torch.Size([2, 48]), torch.Size([2, 3, 4, 4]))
+        >>> Flatten(0, 1).init(fnn.random.key(0), (-1, 3, 4))[0]
+        (-1, 4)
     """
+    _checks.axis_arg("Flatten", "start_dim", start_dim)
+    _checks.axis_arg("Flatten", "end_dim", end_dim)
 
     def init(
         key: Key,
@@ -44,20 +57,58 @@ def Flatten() -> Layer:
         device: torch.device | str = "cpu",
     ) -> tuple[Shape, Params]:
         del key, dtype, device
-        shape = _checks.input_shape("Flatten", input_shape, min_rank=1)
-        return (shape[0], math.prod(shape[1:])), {}
+        shape = _checks.input_shape("Flatten", input_shape, min_rank=0)
+        start, end = _flatten_axes(start_dim, end_dim, shape)
+        merged = shape[start : end + 1] or (1,)
+        size = -1 if -1 in merged else math.prod(merged)
+        return shape[:start] + (size,) + shape[end + 1 :], {}
 
     def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
         del kwargs
         _checks.no_params("Flatten", params)
-        if not isinstance(x, torch.Tensor) or x.ndim < 1:
-            raise ShapeError(
-                f"Flatten: expected a tensor with a batch axis, got {_checks.describe(x)}"
-            )
-        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
-        return y, VJP(reshape_backward, ("Flatten", tuple(x.shape)))
+        if not isinstance(x, torch.Tensor):
+            raise FnnTypeError(f"Flatten: expected a tensor input, got {_checks.describe(x)}")
+        start, end = _flatten_axes(start_dim, end_dim, tuple(x.shape))
+        y = x.flatten(start, end)
+        return y, VJP(flatten_backward, (tuple(x.shape), tuple(y.shape), start == 0 and end > 0))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("Flatten"))
+
+
+def _flatten_axes(start_dim: int, end_dim: int, shape: Shape) -> tuple[int, int]:
+    start = _checks.axis("Flatten", "start_dim", start_dim, len(shape))
+    end = _checks.axis("Flatten", "end_dim", end_dim, len(shape))
+    if start > end:
+        raise ShapeError(
+            f"Flatten: start_dim={start_dim} comes after end_dim={end_dim} for an input of shape "
+            f"{shape}"
+        )
+    return start, end
+
+
+# y = flatten(x)   ⇒   dx = reshape(dy, x.shape)
+@backward
+def flatten_backward(
+    residuals: tuple[Shape, Shape, bool], dy: torch.Tensor
+) -> tuple[Params, torch.Tensor]:
+    x_shape, y_shape, _ = residuals
+    if not isinstance(dy, torch.Tensor) or dy.shape != y_shape:
+        _checks.cotangent("Flatten", dy, y_shape)
+    return {}, dy.reshape(x_shape)
+
+
+@flatten_backward.per_example_rule
+def _flatten_per_example(
+    residuals: tuple[Shape, Shape, bool], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor]:
+    del need_dx
+    x_shape, _, merges_batch = residuals
+    if merges_batch or not x_shape:
+        raise ShapeError(
+            f"Flatten: on an input of shape {x_shape} the batch axis is merged with others, so "
+            "the output mixes examples and per-example gradients are not defined"
+        )
+    return flatten_backward.function(residuals, dy)  # type: ignore[no-any-return]
 
 
 def Reshape(shape: Sequence[int]) -> Layer:
@@ -117,10 +168,11 @@ def Reshape(shape: Sequence[int]) -> Layer:
             ) from None
         return y, VJP(reshape_backward, ("Reshape", tuple(x.shape)))
 
-    return Layer(init, apply)
+    return declare(init, apply, LayerInfo("Reshape"))
 
 
 # y = reshape(x)   ⇒   dx = reshape(dy, x.shape)
+@backward
 def reshape_backward(residuals: tuple[str, Shape], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     name, x_shape = residuals
     if (
@@ -133,3 +185,6 @@ def reshape_backward(residuals: tuple[str, Shape], dy: torch.Tensor) -> tuple[Pa
             f"elements, got {_checks.describe(dy)}"
         )
     return {}, dy.reshape(x_shape)
+
+
+reshape_backward.example_wise()

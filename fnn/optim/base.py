@@ -520,9 +520,10 @@ class FlatForm(ABC):
         buffers, count = self.flat_state(state, names)
         decayed = self.decayed(params, names)
         try:
-            new_params, new_buffers = self.step(
-                paired.params, paired.grads, buffers, count, decayed
-            )
+            with torch.no_grad():  # params that require grad must not build a graph
+                new_params, new_buffers = self.step(
+                    paired.params, paired.grads, buffers, count, decayed
+                )
         except RuntimeError:
             self._explain(params, grads, paired, buffers, count)
             raise

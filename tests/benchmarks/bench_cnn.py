@@ -47,10 +47,18 @@ def digits_steps(batch: int):
     loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)
     opt = fnn.optim.sgd(lr=0.05, momentum=0.9)
     carry = [params, opt.init(params), state]
+    fast = [params, opt.init(params), state]
+    step = fnn.train_step(model.apply, fnn.losses.cross_entropy, opt)
 
     def fnn_step():
         value, grads, carry[2] = loss_and_grads(carry[0], x, labels, state=carry[2], train=True)
         carry[0], carry[1] = opt.update(carry[0], grads, carry[1])
+        return value
+
+    def fnn_train_step():
+        value, fast[0], fast[1], fast[2] = step(
+            fast[0], fast[1], x, labels, state=fast[2], train=True
+        )
         return value
 
     def torch_step_for(memory_format: torch.memory_format):
@@ -73,7 +81,8 @@ def digits_steps(batch: int):
     return {
         "torch.nn (NCHW)": torch_step_for(torch.contiguous_format),
         "torch.nn (channels_last)": torch_step_for(torch.channels_last),
-        "fnn": fnn_step,
+        "fnn.train_step": fnn_train_step,
+        "fnn value_and_grad+update": fnn_step,
     }
 
 

@@ -1,4 +1,4 @@
-"""Disk MLP train step: torch.compile (inductor) of the fnn step vs the eager fnn step
+"""Disk MLP train step: torch.compile (inductor) of `fnn.train_step` vs the eager step
 and torch eager + autograd. Compile time is reported apart.
 
     python -m tests.benchmarks.run_all compile
@@ -27,13 +27,11 @@ def main() -> dict[str, float]:
         _, params = model.init(fnn.random.key(0), (-1, 2))
         x, labels = fnn.data.disk(fnn.random.key(1), batch)
         target = fnn.data.one_hot(labels, 2)
-        loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.mse)
         opt = fnn.optim.sgd(lr=0.01, momentum=0.9)
+        train_step = fnn.train_step(model.apply, fnn.losses.mse, opt)
 
         def step(params, state):
-            loss, grads = loss_and_grads(params, x, target)
-            params, state = opt.update(params, grads, state)
-            return loss, params, state
+            return train_step(params, state, x, target)
 
         compiled = torch.compile(step, fullgraph=True)
         eager_carry = [params, opt.init(params)]
@@ -51,7 +49,7 @@ def main() -> dict[str, float]:
 
         times = compare(
             {
-                "torch eager + autograd": make_torch_step(batch, 0.9, params),
+                "torch eager + autograd": make_torch_step(batch, "mse", "sgd", params),
                 "fnn eager": eager,
                 "fnn torch.compile": compiled_step,
             },

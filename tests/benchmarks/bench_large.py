@@ -2,7 +2,7 @@
 
     python -m tests.benchmarks.run_all large
 
-Compares the fnn train step with torch.nn + autograd + torch.optim.SGD and with the
+Compares `fnn.train_step` (and the plain value_and_grad + update) with torch.nn + autograd + torch.optim.SGD and with the
 GEMM floor: the step's 11 matrix products (4 forward, 4 for the weights, 3 for the
 inputs: nobody needs the gradient of the data) timed alone. Also the peak extra
 memory of one step (see _memory.py).
@@ -31,11 +31,18 @@ def main() -> dict[str, float]:
     x = fnn.random.normal(fnn.random.key(1), (BATCH, WIDTH))
     target = fnn.random.normal(fnn.random.key(2), (BATCH, WIDTH))
     loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.mse)
-    carry = [params]
+    sgd = fnn.optim.sgd(lr=1e-3)
+    step = fnn.train_step(model.apply, fnn.losses.mse, sgd)
+    carry = [params, sgd.init(params)]
+    plain = [params]
 
     def fnn_step():
-        loss, grads = loss_and_grads(carry[0], x, target)
-        carry[0] = fnn.update(carry[0], grads, lr=1e-3)
+        loss, carry[0], carry[1] = step(carry[0], carry[1], x, target)
+        return loss
+
+    def plain_step():
+        loss, grads = loss_and_grads(plain[0], x, target)
+        plain[0] = fnn.update(plain[0], grads, lr=1e-3)
         return loss
 
     seq = torch.nn.Sequential(
@@ -68,6 +75,7 @@ def main() -> dict[str, float]:
         {
             "torch eager + autograd": torch_step,
             "fnn": fnn_step,
+            "fnn value_and_grad+update": plain_step,
             "GEMM floor (11 matmuls)": gemm_floor,
         },
         number=1,
@@ -84,9 +92,11 @@ def main() -> dict[str, float]:
     print(f"  fnn / GEMM floor: {fnn_median / floor:.3f}×")
     mib = 2**20
     fnn_peak = peak_extra_bytes(fnn_step) / mib
+    plain_peak = peak_extra_bytes(plain_step) / mib
     torch_peak = peak_extra_bytes(torch_step) / mib
     print(
-        f"  peak extra memory of a step: fnn {fnn_peak:.0f} MiB, torch autograd {torch_peak:.0f} MiB"
+        f"  peak extra memory of a step: fnn.train_step {fnn_peak:.0f} MiB, value_and_grad+update "
+        f"{plain_peak:.0f} MiB, torch autograd {torch_peak:.0f} MiB"
     )
     ratios["fnn/floor"] = fnn_median / floor
     return ratios

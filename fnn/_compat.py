@@ -1,0 +1,22 @@
+"""What differs between the torch releases fnn supports, in one place.
+
+`is_compiling()`: True while torch.compile (dynamo) traces the caller, False in eager mode.
+torch ≥ 2.3 has it as `torch.compiler.is_compiling`; older releases only as
+`torch._dynamo.external_utils.is_compiling`, which dynamo folds to True while tracing in the
+same way. The name is bound to torch's own function (no wrapper), so dynamo sees exactly the
+call it knows how to fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["is_compiling"]
+
+is_compiling: Callable[[], bool]
+if hasattr(torch.compiler, "is_compiling"):  # torch ≥ 2.3
+    is_compiling = torch.compiler.is_compiling
+else:  # torch 2.2: the same function under its older name
+    from torch._dynamo.external_utils import is_compiling
