@@ -62,6 +62,9 @@ from ..core import PyTree
 from ..errors import FnnError, FnnTypeError, TreeError, with_context
 
 __all__ = [
+    "InitFn",
+    "UpdateFn",
+    "TransformFn",
     "Optimizer",
     "Transform",
     "FlatForm",
