@@ -332,6 +332,11 @@ def test_flat_form_is_declared_data():
     assert O.flat_form(O.Optimizer(O.sgd().init, opt.update)) is None  # a mixed pair
     assert O.flat_form(O.chain(O.clip_by_global_norm(1.0), opt)) is None
     assert O.flat_form(opt.update) is None
+    requiring = [torch.ones(2, requires_grad=True)]
+    new, buffers = form.step(
+        requiring, [torch.ones(2)], [[torch.zeros(2)], [torch.zeros(2)]], 0, None
+    )
+    assert new[0].grad_fn is None and not new[0].requires_grad  # no autograd graph
     empty, buffers = form.step([], [], [[], []], 0, None)
     assert empty == [] and buffers == [[], []]
 

@@ -448,20 +448,22 @@ class FlatForm(ABC):
         `state` holds one list per buffer (in `buffers`' order) aligned with `params`,
         `count` is the number of updates done before this one, `decayed` the positions of
         the leaves weight decay applies to (`decayed(params_tree, names)`; `None`: all).
-        Returns `(new params, new state)` in the same layout.
+        Returns `(new params, new state)` in the same layout. It builds no autograd graph,
+        whatever its inputs require.
         """
         _check_count(self.name, count)
         if not params:
             return [], [[] for _ in self._keys]
         lr = self.lr if not callable(self.lr) else learning_rate(self.name, self.lr, count)
-        if self.maximize:
-            grads = torch._foreach_neg(grads)
-        if self.weight_decay:
-            if self.decoupled:
-                params = scale_leaves(params, 1 - lr * self.weight_decay, decayed)
-            else:
-                grads = add_weight_decay(grads, params, self.weight_decay, decayed)
-        return self._math(params, grads, state, count, lr)
+        with torch.no_grad():  # params that require grad must not build a graph
+            if self.maximize:
+                grads = torch._foreach_neg(grads)
+            if self.weight_decay:
+                if self.decoupled:
+                    params = scale_leaves(params, 1 - lr * self.weight_decay, decayed)
+                else:
+                    grads = add_weight_decay(grads, params, self.weight_decay, decayed)
+            return self._math(params, grads, state, count, lr)
 
     def decayed(self, params: PyTree, names: Sequence[str]) -> tuple[int, ...] | None:
         """The positions in `names` of the leaves weight decay applies to (`None`: all)."""
@@ -523,10 +525,9 @@ class FlatForm(ABC):
         buffers, count = self.flat_state(state, names)
         decayed = self.decayed(params, names)
         try:
-            with torch.no_grad():  # params that require grad must not build a graph
-                new_params, new_buffers = self.step(
-                    paired.params, paired.grads, buffers, count, decayed
-                )
+            new_params, new_buffers = self.step(
+                paired.params, paired.grads, buffers, count, decayed
+            )
         except RuntimeError:
             self._explain(params, grads, paired, buffers, count)
             raise
