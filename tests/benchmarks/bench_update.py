@@ -15,6 +15,9 @@ thread, interleaved (tests/benchmarks/_timing.py). The model is the disk MLP
 - the full plain step at batch 10 (`value_and_grad` then `sgd(momentum=0.9).update`),
   each version training from its own last params. Before, the fast path recorded its
   fresh grads (FRESH) and the update vouched for its params (BUILT), skipping checks.
+  This case also measures whatever else changed in `value_and_grad` between the two
+  trees (from main at d4b1ff8 on, the implicit fast path is gone: `fnn.train_step` is
+  the fast way), so only the first three isolate the update.
 
 The results of both versions are asserted bit-identical first. On a shared, busy
 machine the medians drift with the load; the minimum over the 100 short repeats is the
