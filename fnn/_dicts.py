@@ -57,12 +57,13 @@ class Paired:
         """A new tree of the params' structure holding `leaves` (in the params' order)."""
         if not self._dicts:
             return _build(self.tree, iter(leaves))
+        it = iter(leaves)
         out: dict[str, dict[str, torch.Tensor]] = {}
-        i = 0
         for k, sub in self.tree.items():
-            n = len(sub)
-            out[k] = dict(zip(sub, leaves[i : i + n]))
-            i += n
+            built = {}
+            for n in sub:
+                built[n] = next(it)
+            out[k] = built
         return out
 
 
@@ -72,19 +73,19 @@ def _pair_dicts(p: Any, g: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]
     if type(p) is not dict or type(g) is not dict or len(g) != len(p):
         return None
     ps: list[torch.Tensor] = []
-    gs: list[Any] = []  # None for a missing key: caught below
-    for k, sub in p.items():
-        gsub = g.get(k)
-        if type(sub) is not dict or type(gsub) is not dict or len(gsub) != len(sub):
-            return None
-        for n, leaf in sub.items():
-            ps.append(leaf)
-            gs.append(gsub.get(n))
+    gs: list[torch.Tensor] = []
     try:
-        for a, b in zip(ps, gs):
-            if a.shape != b.shape or a.dtype is not b.dtype or not isinstance(a, torch.Tensor):
+        for k, sub in p.items():
+            gsub = g[k]
+            if type(sub) is not dict or type(gsub) is not dict or len(gsub) != len(sub):
                 return None
-    except AttributeError:  # a leaf that is not a tensor (or a missing key: None)
+            for n, a in sub.items():
+                b = gsub[n]
+                if a.shape != b.shape or a.dtype is not b.dtype or not isinstance(a, torch.Tensor):
+                    return None
+                ps.append(a)
+                gs.append(b)
+    except (KeyError, AttributeError):  # a missing key, or a leaf that is not a tensor
         return None
     return ps, gs
 

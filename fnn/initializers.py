@@ -23,7 +23,7 @@ from typing_extensions import Protocol
 
 from . import random
 from .core import Key
-from .errors import FnnError
+from .errors import FnnError, FnnTypeError
 
 __all__ = [
     "Initializer",
@@ -41,6 +41,8 @@ __all__ = [
     "glorot_normal",
     "kaiming_uniform",
     "kaiming_normal",
+    "orthogonal",
+    "truncated_normal",
 ]
 
 
@@ -347,6 +349,135 @@ def torch_default() -> Initializer:
                 [ 0.0667,  0.5229, -0.4449]])
     """
     return kaiming_uniform(a=math.sqrt(5.0))
+
+
+def orthogonal(gain: float = 1.0) -> Initializer:
+    """A (semi-)orthogonal matrix times `gain` (`torch.nn.init.orthogonal_`).
+
+    For a weight of shape `(rows, *rest)`, the `(rows, cols)` matrix (`cols = prod(rest)`)
+    has orthonormal rows (rows ≤ cols) or columns (rows > cols), times `gain`: the Q of the
+    QR factorisation of a standard normal matrix, its signs fixed by R's diagonal so that
+    it is uniform over the orthogonal matrices, as torch's. The normal draw comes from
+    the key (`fnn.random.generator(key)`); with `generator=fnn.random.generator(key)`
+    torch's `orthogonal_` gives the same tensor. float16 and bfloat16 weights are drawn
+    and factorised in float32, then rounded.
+
+    Args:
+        gain: the scale factor (`torch.nn.init.calculate_gain` gives the usual ones).
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`
+            (at least 2 dimensions; `FnnError` otherwise). On the `meta` device it draws
+            nothing and gives an empty tensor, as torch's.
+
+    Example:
+        >>> w = orthogonal()(fnn.random.key(0), (3, 5), torch.float64, "cpu")
+        >>> torch.allclose(w @ w.T, torch.eye(3, dtype=torch.float64))
+        True
+    """
+
+    def init(
+        key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
+        shape = tuple(shape)
+        if len(shape) < 2:
+            raise FnnError(
+                f"orthogonal init: needs a weight with at least 2 dimensions, got shape {shape}"
+            )
+        if math.prod(shape) == 0 or torch.device(device).type == "meta":
+            return torch.empty(shape, dtype=dtype, device=device)
+        rows = shape[0]
+        cols = math.prod(shape) // rows
+        work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        flat = torch.empty((rows, cols), dtype=work, device=device)
+        flat.normal_(0, 1, generator=random.generator(key, device))
+        if rows < cols:
+            flat = flat.t()
+        q: torch.Tensor
+        r: torch.Tensor
+        q, r = torch.linalg.qr(flat)
+        q = q * torch.diag(r, 0).sign()
+        if rows < cols:
+            q = q.t()
+        return (q.reshape(shape) * gain).to(dtype)
+
+    return init
+
+
+def truncated_normal(
+    mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0
+) -> Initializer:
+    """N(mean, std²) truncated to [a, b] (`torch.nn.init.trunc_normal_`).
+
+    `a` and `b` are absolute bounds, as torch's (not in units of `std`). Sampled as
+    torch's, by rejection: normal draws redrawn until inside [a, b] when that interval
+    holds more than 30 % of the mass, else uniform proposals on [a, b] accepted with the
+    normal density; all draws come from the key (`fnn.random.generator(key)`), so torch's
+    `trunc_normal_(..., generator=fnn.random.generator(key))` gives the same tensor.
+
+    Args:
+        mean: the mean of the normal before truncation.
+        std: its standard deviation, > 0.
+        a: the lower bound.
+        b: the upper bound, > a.
+
+    Returns:
+        An initialiser `init(key, shape, dtype, device)` giving a tensor of shape `shape`
+            with every element in [a, b]. On the `meta` device it draws nothing.
+
+    Raises:
+        FnnError: `std` ≤ 0 or `a` ≥ b.
+        FnnTypeError: an argument that is not a number.
+
+    Example:
+        >>> w = truncated_normal(std=0.02, a=-0.04, b=0.04)(fnn.random.key(0), (1000,), torch.float32, "cpu")
+        >>> bool(w.abs().max() <= 0.04), round(w.std().item(), 2)
+        (True, 0.02)
+    """
+    for what, value in (("mean", mean), ("std", std), ("a", a), ("b", b)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise FnnTypeError(f"truncated_normal: {what} must be a number, got {value!r}")
+    if not std > 0:
+        raise FnnError(f"truncated_normal: std must be > 0, got {std!r}")
+    if not a < b:
+        raise FnnError(f"truncated_normal: a must be < b, got a={a!r}, b={b!r}")
+
+    def norm_cdf(x: float) -> float:
+        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+    mass = norm_cdf((b - mean) / std) - norm_cdf((a - mean) / std)
+
+    def init(
+        key: Key, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
+        out = torch.empty(tuple(shape), dtype=dtype, device=device)
+        if out.is_meta:
+            return out
+        g = random.generator(key, device)
+        if mass > 0.3:  # redraw the normals that fall outside
+            lo = out.new_tensor(a, device="cpu").item()
+            hi = out.new_tensor(b, device="cpu").item()
+            result = out.normal_(mean, std, generator=g)
+            while True:
+                outside = (result < lo) | (result > hi)
+                if not outside.any():
+                    return result
+                redrawn = torch.empty_like(result).normal_(mean, std, generator=g)
+                result = torch.where(outside, redrawn, result)
+        # uniform proposals on [a, b], accepted with probability pdf / peak pdf
+        log_peak = -0.5 * ((max(a, min(mean, b)) - mean) / std) ** 2
+        result = out.uniform_(a, b, generator=g)
+        log_pdf = result.sub(mean).div_(std).pow_(2).mul_(-0.5).sub_(log_peak)
+        pending = torch.empty_like(result).uniform_(generator=g).log_().gt(log_pdf)
+        while pending.any():
+            candidates = torch.empty_like(result).uniform_(a, b, generator=g)
+            result = torch.where(pending, candidates, result)
+            log_pdf = candidates.sub(mean).div_(std).pow_(2).mul_(-0.5).sub_(log_peak)
+            accept = torch.empty_like(result).uniform_(generator=g).log_().gt(log_pdf)
+            pending = torch.where(pending, accept, pending)
+        return result
+
+    return init
 
 
 def fan_in_uniform(fan_in: int) -> Initializer:

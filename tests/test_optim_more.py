@@ -332,5 +332,33 @@ def test_flat_form_is_declared_data():
     assert O.flat_form(O.Optimizer(O.sgd().init, opt.update)) is None  # a mixed pair
     assert O.flat_form(O.chain(O.clip_by_global_norm(1.0), opt)) is None
     assert O.flat_form(opt.update) is None
+    requiring = [torch.ones(2, requires_grad=True)]
+    new, buffers = form.step(
+        requiring, [torch.ones(2)], [[torch.zeros(2)], [torch.zeros(2)]], 0, None
+    )
+    assert new[0].grad_fn is None and not new[0].requires_grad  # no autograd graph
     empty, buffers = form.step([], [], [[], []], 0, None)
     assert empty == [] and buffers == [[], []]
+
+
+def test_momentum_constant_cache_cannot_change_a_result():
+    """sgd's 0-d momentum constant (fnn.optim.base.scalar_for) gives torch.optim's (foreach)
+    bits for float32, float64, mixed, float16 and bfloat16 leaves alike."""
+    cases = [(torch.float32,) * 2, (F64,) * 2, (torch.float32, F64), (torch.bfloat16,) * 2]
+    for dtypes in [*cases, (torch.float16,) * 2, (torch.float16, torch.bfloat16)]:
+        g = torch.Generator().manual_seed(0)
+        params = {f"p{i}": torch.randn(5, 3, generator=g).to(d) for i, d in enumerate(dtypes)}
+        grads = [
+            {k: torch.randn(5, 3, generator=g).to(v.dtype) for k, v in params.items()}
+            for _ in range(4)
+        ]
+        torch_params = [p.clone() for p in params.values()]
+        torch_opt = torch.optim.SGD(torch_params, lr=0.1, momentum=0.9, foreach=True)
+        opt = O.sgd(lr=0.1, momentum=0.9)
+        state = opt.init(params)
+        for gr in grads:
+            for p, v in zip(torch_params, gr.values()):
+                p.grad = v.clone()
+            torch_opt.step()
+            params, state = opt.update(params, gr, state)
+        assert all(torch.equal(a, b) for a, b in zip(params.values(), torch_params)), dtypes

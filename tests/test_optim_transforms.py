@@ -179,6 +179,11 @@ def test_transformation_errors():
         O.add_decayed_weights(-0.5)
     with pytest.raises(ValueError, match=r"add_decayed_weights: grads tree does not match"):
         O.add_decayed_weights(0.1).update({"w": torch.ones(2)}, {"v": torch.ones(2)}, {})
+    meta = {"w": torch.ones(2, device="meta")}  # meta stands in for another device
+    with pytest.raises(
+        FnnError, match=r"add_decayed_weights: the gradient of params\['w'\] is on meta"
+    ):
+        O.add_decayed_weights(0.1).update({"w": torch.ones(2)}, meta, {})
 
 
 def test_chain_errors():

@@ -1,6 +1,8 @@
 """Pairing params with grads in `update` and the optimizers (fnn/_dicts.py): every call
 checks structure, shapes and dtypes, by name, with nothing remembered between calls."""
 
+import sys
+
 import pytest
 import torch
 
@@ -30,9 +32,9 @@ def _equal(a, b):
 
 
 def test_no_module_level_records():
-    for name in ("FRESH", "BUILT", "_LAYOUTS", "_LAST_LAYOUT"):
-        assert not hasattr(_dicts, name)
-        assert not hasattr(fnn.update, name)
+    modules = [_dicts, sys.modules["fnn.update"], sys.modules["fnn.optim.sgd"]]
+    for name in ("FRESH", "BUILT", "_LAYOUTS", "_LAST_LAYOUT", "_SCALARS"):
+        assert not any(hasattr(module, name) for module in modules), name
 
 
 @pytest.mark.parametrize(

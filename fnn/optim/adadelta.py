@@ -70,8 +70,7 @@ class _Adadelta(FlatForm):
     rho: float = 0.9
     eps: float = 1e-6
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_hyper(self.name, "rho", self.rho)
         if self.rho > 1:
             raise FnnError(f"adadelta: rho must be in [0, 1], got {self.rho!r}")

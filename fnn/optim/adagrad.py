@@ -74,8 +74,7 @@ class _Adagrad(FlatForm):
     initial_accumulator_value: float = 0.0
     eps: float = 1e-10
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_hyper("adagrad", "lr_decay", self.lr_decay)
         check_hyper("adagrad", "initial_accumulator_value", self.initial_accumulator_value)
         check_hyper("adagrad", "eps", self.eps)

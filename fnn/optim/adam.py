@@ -144,8 +144,7 @@ class _Adam(FlatForm):
     eps: float = 1e-8
     amsgrad: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_betas(self.name, self.betas)
         check_hyper(self.name, "eps", self.eps)
 

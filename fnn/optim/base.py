@@ -62,6 +62,9 @@ from ..core import PyTree
 from ..errors import FnnError, FnnTypeError, TreeError, with_context
 
 __all__ = [
+    "InitFn",
+    "UpdateFn",
+    "TransformFn",
     "Optimizer",
     "Transform",
     "FlatForm",
@@ -249,33 +252,44 @@ def explain_lr_overflow(name: str, lr: float, leaves: TensorList) -> None:
 
 # Constant 0-d tensors.
 
-_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+_CONSTANTS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
 """The one module-level cache of fnn.optim, and why it cannot change a result: it holds
-0-d tensors of hyperparameter values (a momentum factor), created on first use and never
-written to or handed out, at most `_MAX_CONSTANTS` of them. `_foreach_mul(xs, t)` with a 0-d
-`t` of the lists' dtype takes half the time of `_foreach_mul(xs, 0.9)` on small CPU tensors
-(measured: 6 against 14 µs for 8 leaves of 25×25), and gives the same bits for float32 and
-float64 (a Python number is rounded to the same opmath type); `scalar_for` uses it only
-there, and only when every leaf has that one dtype."""
+CPU 0-d tensors of hyperparameter values (a momentum factor), created on first use and
+never written to or handed out, at most `_MAX_CONSTANTS` of them. On small CPU tensors
+`_foreach_mul(xs, t)` with a 0-d `t` of the lists' dtype takes half the time of
+`_foreach_mul(xs, 0.9)` (measured: 6 against 14 µs for 8 leaves of 25×25). It gives
+torch.optim's bits: for float32 and float64 a Python number is rounded to the same
+opmath type; for float16 and bfloat16, torch's foreach SGD multiplies in place
+(`_foreach_mul_(bufs, 0.9)`), which on the CPU rounds the number to the lists' dtype
+first, as the 0-d tensor does. `scalar_for` uses it only where all leaves are on the
+CPU (with mixed dtypes, one constant per leaf, as torch groups leaves by dtype);
+elsewhere the number itself goes to the kernel, as in torch.optim (on a GPU, a Python
+number is no slower and torch's kernels keep it in the opmath type)."""
 _MAX_CONSTANTS = 64
 
 
-def scalar_for(value: float, leaves: TensorList) -> torch.Tensor | float:
-    """`value` as a cached 0-d tensor of the leaves' dtype and device when all leaves are
-    float32 (or all float64) on one device; else `value` itself (as torch.optim passes it)."""
-    first = leaves[0]
-    dtype, device = first.dtype, first.device
-    if dtype is not torch.float32 and dtype is not torch.float64:
-        return value
+def scalar_for(value: float, leaves: TensorList) -> torch.Tensor | list[torch.Tensor] | float:
+    """What `_foreach_mul(leaves, ·)` should take to multiply by `value` as torch.optim's
+    in-place foreach ops do: on the CPU, a cached 0-d tensor of the leaves' dtype (one per
+    leaf when their dtypes differ); elsewhere, or for non-float leaves, `value` itself."""
+    dtype = leaves[0].dtype
+    uniform = True
     for t in leaves:
-        if t.dtype is not dtype or t.device != device:
+        if not t.is_cpu or not t.is_floating_point():
             return value
-    key = (value, dtype, device)
+        uniform = uniform and t.dtype is dtype
+    if uniform:
+        return _constant(value, dtype)
+    return [_constant(value, t.dtype) for t in leaves]
+
+
+def _constant(value: float, dtype: torch.dtype) -> torch.Tensor:
+    key = (value, dtype)
     found = _CONSTANTS.get(key)
     if found is None:
         if len(_CONSTANTS) >= _MAX_CONSTANTS:
             _CONSTANTS.clear()
-        found = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=device)
+        found = _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
     return found
 
 
@@ -365,7 +379,8 @@ class FlatForm(ABC):
 
     `opt.init` and `opt.update` are bound methods of one `FlatForm`; `flat_form(opt)`
     gives it back. Subclasses (one per optimizer) add their hyperparameters as fields and
-    define `buffers` and `_math`; this class does the rest, the same for all.
+    define `_check` (of those), `buffers` and `_math`; this class does the rest, the same
+    for all.
 
     Attributes:
         name: the optimizer's name, for messages (`"adam"`).
@@ -384,6 +399,7 @@ class FlatForm(ABC):
     maximize: bool = False
     mask: Mask = None
     _by_name: dict[str, Any] | None = field(init=False, default=None, repr=False)
+    _keys: tuple[str, ...] = field(init=False, default=(), repr=False)  # buffers' names
 
     scalar_buffers: ClassVar[tuple[str, ...]] = ()
     """Buffers holding one 0-d tensor per leaf (NAdam's `mu_product`), not one of the
@@ -392,7 +408,13 @@ class FlatForm(ABC):
     def __post_init__(self) -> None:
         check_lr(self.name, self.lr)
         check_hyper(self.name, "weight_decay", self.weight_decay)
+        self._check()
         object.__setattr__(self, "_by_name", flat_mask(self.name, self.mask))
+        object.__setattr__(self, "_keys", tuple(self.buffers))
+
+    @abstractmethod
+    def _check(self) -> None:
+        """Check the subclass's own hyperparameters (raise a clear `FnnError`)."""
 
     @property
     @abstractmethod
@@ -429,20 +451,23 @@ class FlatForm(ABC):
         `state` holds one list per buffer (in `buffers`' order) aligned with `params`,
         `count` is the number of updates done before this one, `decayed` the positions of
         the leaves weight decay applies to (`decayed(params_tree, names)`; `None`: all).
-        Returns `(new params, new state)` in the same layout.
+        Returns `(new params, new state)` in the same layout. It builds no autograd graph,
+        whatever its inputs require.
         """
         _check_count(self.name, count)
         if not params:
-            return [], [[] for _ in self.buffers]
+            return [], [[] for _ in self._keys]
         lr = self.lr if not callable(self.lr) else learning_rate(self.name, self.lr, count)
-        if self.maximize:
-            grads = torch._foreach_neg(grads)
-        if self.weight_decay:
-            if self.decoupled:
-                params = scale_leaves(params, 1 - lr * self.weight_decay, decayed)
-            else:
-                grads = add_weight_decay(grads, params, self.weight_decay, decayed)
-        return self._math(params, grads, state, count, lr)
+        # params that require grad must not build a graph (set_grad_enabled: half no_grad's cost)
+        with torch.set_grad_enabled(False):
+            if self.maximize:
+                grads = torch._foreach_neg(grads)
+            if self.weight_decay:
+                if self.decoupled:
+                    params = scale_leaves(params, 1 - lr * self.weight_decay, decayed)
+                else:
+                    grads = add_weight_decay(grads, params, self.weight_decay, decayed)
+            return self._math(params, grads, state, count, lr)
 
     def decayed(self, params: PyTree, names: Sequence[str]) -> tuple[int, ...] | None:
         """The positions in `names` of the leaves weight decay applies to (`None`: all)."""
@@ -453,13 +478,12 @@ class FlatForm(ABC):
     def flat_state(self, state: PyTree, names: Sequence[str]) -> tuple[Buffers, int]:
         """`(buffers, count)` from the state: each buffer as a list in the order of `names`
         (the params' dotted names), and the step count."""
-        keys = self.buffers
-        if type(state) is not dict or "step" not in state or any(k not in state for k in keys):
+        if type(state) is not dict or "step" not in state:
             raise self._bad_state(state)
         buffers = []
-        for k in keys:
-            table = state[k]
-            if not isinstance(table, dict):
+        for k in self._keys:
+            table = state.get(k)
+            if type(table) is not dict:
                 raise self._bad_state(state)
             try:
                 buffers.append([table[n] for n in names])
@@ -481,7 +505,7 @@ class FlatForm(ABC):
         """The state from flat `buffers` (as `step` returns them) and the step count to
         record (after a step: the count it was given, plus 1)."""
         state: dict[str, Any] = {"step": count}
-        for k, values in zip(self.buffers, buffers):
+        for k, values in zip(self._keys, buffers):
             state[k] = dict(zip(names, values))
         return state
 
@@ -505,10 +529,9 @@ class FlatForm(ABC):
         buffers, count = self.flat_state(state, names)
         decayed = self.decayed(params, names)
         try:
-            with torch.no_grad():  # params that require grad must not build a graph
-                new_params, new_buffers = self.step(
-                    paired.params, paired.grads, buffers, count, decayed
-                )
+            new_params, new_buffers = self.step(
+                paired.params, paired.grads, buffers, count, decayed
+            )
         except RuntimeError:
             self._explain(params, grads, paired, buffers, count)
             raise

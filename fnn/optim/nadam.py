@@ -67,7 +67,7 @@ def nadam(
         >>> params = {"w": torch.zeros(2)}
         >>> params, state = opt.update(params, {"w": torch.tensor([1.0, -2.0])}, opt.init(params))
         >>> params["w"]
-        tensor([-0.1000,  0.1000])
+        tensor([-0.1056,  0.1056])
     """
     return _Nadam(
         name="nadam",
@@ -92,8 +92,7 @@ class _Nadam(FlatForm):
 
     scalar_buffers: ClassVar[tuple[str, ...]] = ("mu_product",)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_betas(self.name, self.betas)
         check_hyper(self.name, "eps", self.eps)
         check_hyper(self.name, "momentum_decay", self.momentum_decay)

@@ -85,8 +85,7 @@ class _Radam(FlatForm):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_betas(self.name, self.betas)
         check_hyper(self.name, "eps", self.eps)
 

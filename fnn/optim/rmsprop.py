@@ -81,8 +81,7 @@ class _Rmsprop(FlatForm):
     momentum: float = 0.0
     centered: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_hyper("rmsprop", "alpha", self.alpha)
         check_hyper("rmsprop", "eps", self.eps)
         check_hyper("rmsprop", "momentum", self.momentum)

@@ -88,8 +88,7 @@ class _Sgd(FlatForm):
     dampening: float = 0.0
     nesterov: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check(self) -> None:
         check_hyper("sgd", "momentum", self.momentum)
         check_hyper("sgd", "dampening", self.dampening)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):

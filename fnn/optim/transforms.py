@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import tree
-from .._dicts import pair
+from .._dicts import check_devices, pair
 from ..core import PyTree
 from ..errors import FnnError, FnnTypeError
 from .base import (
@@ -192,7 +192,11 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Transform:
             if mask is not None
             else None
         )
-        new = add_weight_decay(paired.grads, paired.params, weight_decay, decayed)
+        try:
+            new = add_weight_decay(paired.grads, paired.params, weight_decay, decayed)
+        except RuntimeError:  # a gradient on another device: say which
+            check_devices(params, grads, "add_decayed_weights")
+            raise
         return paired.rebuild(new), state
 
     return Transform(init, update)
