@@ -84,9 +84,6 @@ __all__ = [
     "scale_leaves",
     "scalar_for",
     "explain_lr_overflow",
-    "InitFn",
-    "UpdateFn",
-    "TransformFn",
 ]
 
 Schedule: TypeAlias = Callable[[int], float]
