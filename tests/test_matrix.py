@@ -326,3 +326,14 @@ def table() -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(table() + "\n")
+
+
+def test_docs_table_is_current():
+    """docs/reliability.md shows this matrix (regenerate: python -m tests.test_matrix)."""
+    import pathlib
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
+    start, end = "<!-- matrix:start -->\n", "\n<!-- matrix:end -->"
+    assert start in doc and end in doc, "docs/reliability.md lacks the matrix markers"
+    shown = doc[doc.index(start) + len(start) : doc.index(end)]
+    assert shown == table(), "docs/reliability.md's matrix is stale: python -m tests.test_matrix"
