@@ -47,6 +47,7 @@ from .remat import remat
 from .rules import with_vjp
 from .state import init_state
 from .summary import graph_repr, summary
+from .tie import tie
 from .update import update
 
 __version__ = "0.1.0"
@@ -88,4 +89,5 @@ __all__ = [
     "remat",
     "summary",
     "graph_repr",
+    "tie",
 ]

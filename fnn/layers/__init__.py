@@ -14,9 +14,11 @@ from .activations import (
     Tanh,
     elementwise,
 )
+from .attention import MultiHeadAttention
 from .conv import Conv
 from .dense import Dense
 from .dropout import Dropout
+from .embedding import Embedding
 from .fan import FanInConcat, FanInSum, FanOut
 from .norm import BatchNorm, LayerNorm
 from .pool import AvgPool, MaxPool
@@ -48,4 +50,7 @@ __all__ = [
     "serial",
     "parallel",
     "elementwise",
+    # sequence layers (attn branch)
+    "Embedding",
+    "MultiHeadAttention",
 ]
