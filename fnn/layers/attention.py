@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from ..errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, TreeErro
 from ..initializers import torch_default, xavier_uniform
 from . import _checks
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["MultiHeadAttention", "AttentionResiduals", "attention_backward"]
 
 aten = torch.ops.aten
 
@@ -199,11 +199,53 @@ def MultiHeadAttention(
         attended = o.transpose(1, 2).reshape(n, length, embed)
         y = F.linear(attended, w_out, b_out)
         saved = (query, inputs[1], inputs[2]) if cross else (query,)
-        residuals = (saved, q, k, v, attended, mask, causal, core, w_in, w_out, bias)
-        return (y[0] if unbatched else y), VJP(attention_backward, (residuals, unbatched, cross))
+        residuals = AttentionResiduals(
+            saved, q, k, v, attended, mask, causal, core, w_in, w_out, bias, unbatched, cross
+        )
+        return (y[0] if unbatched else y), VJP(attention_backward, residuals)
 
     info = LayerInfo(_NAME, keywords=frozenset({"key", "key_padding_mask"}))
     return declare(init, apply, info)
+
+
+class AttentionResiduals(NamedTuple):
+    """What a `MultiHeadAttention` VJP keeps: what `attention_backward` (or a backward swapped
+    in with `fnn.with_vjp`) receives.
+
+    Attributes:
+        inputs: `(x,)` for self-attention, `(query, key, value)` for cross-attention,
+            batched `(N, T, E)`.
+        q: the projected queries, `(N, H, L, D)` (for self-attention a view into one
+            `(N, L, 3E)` projection that `k` and `v` share).
+        k: the projected keys, `(N, H, S, D)`.
+        v: the projected values, `(N, H, S, D)`.
+        attended: the attention output with heads concatenated, `(N, L, E)` (the output
+            projection's input; flash attention's `out` is a view of it).
+        mask: the additive key-padding mask `(N, 1, 1, S)`, or `None`.
+        causal: whether the causal mask applies.
+        core: `("flash", logsumexp)`, `logsumexp` of shape `(N, H, L)`, or
+            `("math", weights, keep, rate)` with the `(N, H, L, S)` softmax weights and the
+            dropout mask (`None` without dropout).
+        in_proj_weight: `(3E, E)`.
+        out_proj_weight: `(E, E)`.
+        bias: whether the projections have biases.
+        unbatched: the input had no batch axis (the fields above have one of size 1).
+        cross: cross-attention (`dx` is a tuple of three).
+    """
+
+    inputs: tuple[torch.Tensor, ...]
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    attended: torch.Tensor
+    mask: torch.Tensor | None
+    causal: bool
+    core: tuple[Any, ...]
+    in_proj_weight: torch.Tensor
+    out_proj_weight: torch.Tensor
+    bias: bool
+    unbatched: bool
+    cross: bool
 
 
 def _check_embed(embed: int, num_heads: int) -> None:
@@ -334,16 +376,16 @@ def _math_forward(
 #   ⇒   dWo = dyᵀ o,  dbo = Σ dy,  (dq, dk, dv) = flash attention's VJP of do = dy Wo,
 #       dW_in = [dq dk dv]ᵀ x,  db_in = Σ [dq dk dv],  dx = [dq dk dv] W_in
 @backward
-def attention_backward(residuals: tuple[Any, bool, bool], dy: Any) -> tuple[Params, Any]:
+def attention_backward(residuals: AttentionResiduals, dy: Any) -> tuple[Params, Any]:
     return _attention_grads(residuals, dy, need_dx=True, per_example=False)
 
 
 # per example: the same, with each weight gradient a batched product over that example's rows
 @attention_backward.per_example_rule
 def _attention_per_example(
-    residuals: tuple[Any, bool, bool], dy: Any, need_dx: bool
+    residuals: AttentionResiduals, dy: Any, need_dx: bool
 ) -> tuple[Params, Any]:
-    if residuals[1]:
+    if residuals.unbatched:
         raise ShapeError(
             f"{_NAME}: per-example gradients need batched inputs (N, T, E), got unbatched ones"
         )
@@ -351,9 +393,9 @@ def _attention_per_example(
 
 
 def _attention_grads(
-    residuals: tuple[Any, bool, bool], dy: Any, need_dx: bool, per_example: bool
+    residuals: AttentionResiduals, dy: Any, need_dx: bool, per_example: bool
 ) -> tuple[Params, Any]:
-    (saved, q, k, v, attended, mask, causal, core, w_in, w_out, bias), unbatched, cross = residuals
+    saved, q, k, v, attended, mask, causal, core, w_in, w_out, bias, unbatched, cross = residuals
     n, length, embed = attended.shape
     expected = (length, embed) if unbatched else (n, length, embed)
     if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype != attended.dtype:
