@@ -105,25 +105,26 @@ def position_backward(residuals, dy):  # y = x + W[:T]   ⇒   dW[:T] = Σₙ dy
     return {"weight": dweight}, dy
 
 
-def residual(*layers: fnn.Layer) -> fnn.Layer:
-    """`x + f(x)`, with `f = serial(*layers)`: its params nest under "1.0"."""
-    return fnn.serial(L.FanOut(2), fnn.parallel(fnn.serial(*layers), L.Identity()), L.FanInSum())
+def residual(layer: fnn.Layer) -> fnn.Layer:
+    """`x + layer(x)`: the layer's params nest under "1.0"."""
+    return fnn.serial(L.FanOut(2), fnn.parallel(layer, L.Identity()), L.FanInSum())
 
 
-def block(embed: int, heads: int) -> fnn.Layer:
-    return fnn.serial(
-        residual(L.LayerNorm(), L.MultiHeadAttention(heads, causal=True)),
-        residual(L.LayerNorm(), L.Dense(4 * embed), L.Gelu(), L.Dense(embed)),
-    )
+def block(embed: int, heads: int, remat: str = "none") -> fnn.Layer:
+    """A pre-LayerNorm block; `remat="mlp"` recomputes the MLP branch in the backward (it then
+    keeps its input only: E numbers per token instead of 10 E), `"block"` the whole block."""
+    attention = fnn.serial(L.LayerNorm(), L.MultiHeadAttention(heads, causal=True))
+    mlp = fnn.serial(L.LayerNorm(), L.Dense(4 * embed), L.Gelu(), L.Dense(embed))
+    layer = fnn.serial(residual(attention), residual(fnn.remat(mlp) if remat == "mlp" else mlp))
+    return fnn.remat(layer) if remat == "block" else layer
 
 
-def make_model(vocab: int, embed: int, heads: int, layers: int, context: int, remat=False):
+def make_model(vocab: int, embed: int, heads: int, layers: int, context: int, remat="none"):
     """The GPT as one fnn layer on int64 (N, T) indices, giving (N, T, vocab) logits."""
-    wrap = fnn.remat if remat else (lambda layer: layer)
     model = fnn.serial(
         L.Embedding(vocab, embed),
         PositionEmbedding(context),
-        *[wrap(block(embed, heads)) for _ in range(layers)],
+        *[block(embed, heads, remat) for _ in range(layers)],
         L.LayerNorm(),
         L.Dense(vocab, bias=False),
     )
@@ -385,7 +386,12 @@ def parse_args(argv):
     parser.add_argument("--eval-batches", type=int, default=20)
     parser.add_argument("--sample-length", type=int, default=300)
     parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--remat", action="store_true", help="recompute each block in the backward")
+    parser.add_argument(
+        "--remat",
+        choices=["none", "mlp", "block"],
+        default="none",
+        help="recompute each block's MLP, or each whole block, in the backward pass",
+    )
     parser.add_argument("--compare-torch", action="store_true")
     parser.add_argument("--plot", metavar="DIR", help="draw the loss curves into DIR")
     return parser.parse_args(argv)

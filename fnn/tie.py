@@ -227,7 +227,9 @@ def _tie_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
     """`tie_backward` for `fnn.core.backprop`: the model's own VJP is consumed."""
     dy = box.pop()
     vjp, pairs, pruned = box.pop()
-    dparams, dx = backprop([vjp, dy], need_dx)
+    inner = [vjp, dy]
+    del vjp, dy  # `inner` holds the only references: the model frees its residuals as used
+    dparams, dx = backprop(inner, need_dx)
     return _fold(dparams, pairs, pruned), dx
 
 

@@ -377,7 +377,15 @@ def _math_forward(
 #       dW_in = [dq dk dv]ᵀ x,  db_in = Σ [dq dk dv],  dx = [dq dk dv] W_in
 @backward
 def attention_backward(residuals: AttentionResiduals, dy: Any) -> tuple[Params, Any]:
-    return _attention_grads(residuals, dy, need_dx=True, per_example=False)
+    return _attention_grads(list(residuals), dy, need_dx=True, per_example=False)
+
+
+@attention_backward.consumer
+def _attention_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
+    """`attention_backward` for `fnn.core.backprop`: q, k, v and the output are freed as soon as
+    the attention's own backward is done with them, and `dx` is skipped when not needed."""
+    fields = list(box.pop(0))  # box = [residuals, dy]; only the callee holds dy from here
+    return _attention_grads(fields, box.pop(), need_dx=need_dx, per_example=False)
 
 
 # per example: the same, with each weight gradient a batched product over that example's rows
@@ -389,13 +397,16 @@ def _attention_per_example(
         raise ShapeError(
             f"{_NAME}: per-example gradients need batched inputs (N, T, E), got unbatched ones"
         )
-    return _attention_grads(residuals, dy, need_dx=need_dx, per_example=True)
+    return _attention_grads(list(residuals), dy, need_dx=need_dx, per_example=True)
 
 
 def _attention_grads(
-    residuals: AttentionResiduals, dy: Any, need_dx: bool, per_example: bool
+    fields: list[Any], dy: Any, need_dx: bool, per_example: bool
 ) -> tuple[Params, Any]:
-    saved, q, k, v, attended, mask, causal, core, w_in, w_out, bias, unbatched, cross = residuals
+    """The VJP; `fields` (an `AttentionResiduals` as a list) is emptied, and each residual is
+    dropped after its last use (only the caller's VJP, if any, keeps them longer)."""
+    saved, q, k, v, attended, mask, causal, core, w_in, w_out, bias, unbatched, cross = fields
+    fields.clear()
     n, length, embed = attended.shape
     expected = (length, embed) if unbatched else (n, length, embed)
     if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype != attended.dtype:
@@ -403,59 +414,41 @@ def _attention_grads(
     if unbatched:
         dy = dy.unsqueeze(0)
     heads, head = q.shape[1], q.shape[3]
-    grads: Params = {"out_proj": _linear_grads(attended, dy, bias, per_example)}
-    d_attended = dy.matmul(w_out)
-    do = d_attended.view(n, length, heads, head).transpose(1, 2)
+    out_grads = _linear_grads(attended, dy, bias, per_example)
+    do = dy.matmul(w_out).view(n, length, heads, head).transpose(1, 2)
+    del dy
     if core[0] == "flash":
-        lse = core[1]
         if do.numel() and k.shape[2]:
+            out = attended.view(n, length, heads, head).transpose(1, 2)
             dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
-                do,
-                q,
-                k,
-                v,
-                attended.view(n, length, heads, head).transpose(1, 2),
-                lse,
-                0.0,
-                causal,
-                attn_mask=mask,
+                do, q, k, v, out, core[1], 0.0, causal, attn_mask=mask
             )
+            del out
         else:
             dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     else:
         dq, dk, dv = _math_backward(q, k, v, core[1], core[2], core[3], do)
-    # back to (N, T, E) rows: [dq dk dv] per token
-    if cross:
-        dq2, dk2, dv2 = (
-            t.transpose(1, 2).reshape(t.shape[0], t.shape[2], embed) for t in (dq, dk, dv)
-        )
-        parts = [
-            _linear_grads(x_i, d_i, bias, per_example) for x_i, d_i in zip(saved, (dq2, dk2, dv2))
-        ]
-        grads["in_proj_weight"] = torch.cat([p["weight"] for p in parts], -2)
-        if bias:
-            grads["in_proj_bias"] = torch.cat([p["bias"] for p in parts], -1)
-        dx: Any = None
-        if need_dx:
-            dx = tuple(d_i.matmul(w) for d_i, w in zip((dq2, dk2, dv2), w_in.chunk(3)))
-            if unbatched:
-                dx = tuple(t[0] for t in dx)
-    else:
-        dqkv = torch.stack([t.transpose(1, 2) for t in (dq, dk, dv)], 2).view(n, length, 3 * embed)
-        part = _linear_grads(saved[0], dqkv, bias, per_example)
-        grads["in_proj_weight"] = part["weight"]
-        if bias:
-            grads["in_proj_bias"] = part["bias"]
-        dx = None
-        if need_dx:
-            dx = dqkv.matmul(w_in)
-            if unbatched:
-                dx = dx[0]
-    ordered: Params = {"in_proj_weight": grads["in_proj_weight"]}
+    del q, k, v, attended, core, do, mask
+    # back to rows of (N, T, E): flash's gradients are laid out (N, T, H, D), so these are views
+    rows = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], embed) for t in (dq, dk, dv)]
+    del dq, dk, dv
+    inputs = saved if cross else saved * 3
+    parts = [_linear_grads(x_i, d_i, bias, per_example) for x_i, d_i in zip(inputs, rows)]
+    grads: Params = {"in_proj_weight": torch.cat([p["weight"] for p in parts], -2)}
     if bias:
-        ordered["in_proj_bias"] = grads["in_proj_bias"]
-    ordered["out_proj"] = grads["out_proj"]
-    return ordered, dx
+        grads["in_proj_bias"] = torch.cat([p["bias"] for p in parts], -1)
+    grads["out_proj"] = out_grads
+    del parts, inputs, saved
+    if not need_dx:
+        return grads, None
+    w_q, w_k, w_v = w_in.chunk(3)
+    if cross:
+        dxs = tuple(d_i.matmul(w) for d_i, w in zip(rows, (w_q, w_k, w_v)))
+        return grads, tuple(t[0] for t in dxs) if unbatched else dxs
+    # self-attention: x feeds q, k and v, so dx = dq Wq + dk Wk + dv Wv
+    flat = [d.reshape(-1, embed) for d in rows]
+    dx = flat[0].mm(w_q).addmm_(flat[1], w_k).addmm_(flat[2], w_v).view(n, length, embed)
+    return grads, dx[0] if unbatched else dx
 
 
 def _linear_grads(

@@ -23,7 +23,6 @@ import torch
 
 import fnn
 
-from ._memory import peak_extra_bytes
 from ._timing import compare, pin_threads, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -40,7 +39,7 @@ def example():
     return module
 
 
-def make_fnn_step(gpt, corpus, context: int, batch: int, remat: bool = False):
+def make_fnn_step(gpt, corpus, context: int, batch: int, remat: str = "none"):
     vocab = len(corpus.chars)
     model = gpt.make_model(vocab, EMBED, HEADS, LAYERS, context, remat)
     params = gpt.init_params(model, context, fnn.random.key(0))
@@ -93,12 +92,14 @@ def _with_weights(self, x):
 
 def speed(gpt, corpus) -> dict[str, float]:
     fnn_step, params, _ = make_fnn_step(gpt, corpus, CONTEXT, BATCH)
+    fnn_mlp_step, _, _ = make_fnn_step(gpt, corpus, CONTEXT, BATCH, remat="mlp")
     torch_step, *_ = make_torch_step(gpt, corpus, params, CONTEXT, BATCH)
     torch_weights_step, *_ = make_torch_step(gpt, corpus, params, CONTEXT, BATCH, need_weights=True)
     cases = {
         "torch eager + autograd": torch_step,
         "torch, need_weights=True": torch_weights_step,
         "fnn": fnn_step,
+        "fnn, remat MLP per block": fnn_mlp_step,
     }
     compile_note = ""
     try:
@@ -129,8 +130,13 @@ def speed(gpt, corpus) -> dict[str, float]:
 
 
 def memory(gpt, corpus, context: int) -> dict[str, int]:
+    # imported here: it makes malloc serve every block ≥ 1 MiB by mmap (to count it exactly),
+    # which slows every large allocation: the speed figures are taken before
+    from ._memory import peak_extra_bytes
+
     fnn_step, params, _ = make_fnn_step(gpt, corpus, context, BATCH)
-    fnn_remat_step, _, _ = make_fnn_step(gpt, corpus, context, BATCH, remat=True)
+    fnn_mlp_step, _, _ = make_fnn_step(gpt, corpus, context, BATCH, remat="mlp")
+    fnn_remat_step, _, _ = make_fnn_step(gpt, corpus, context, BATCH, remat="block")
     torch_step, *_ = make_torch_step(gpt, corpus, params, context, BATCH)
     torch_weights_step, *_ = make_torch_step(gpt, corpus, params, context, BATCH, need_weights=True)
     results = {}
@@ -138,6 +144,7 @@ def memory(gpt, corpus, context: int) -> dict[str, int]:
         ("torch eager + autograd", torch_step),
         ("torch, need_weights=True", torch_weights_step),
         ("fnn", fnn_step),
+        ("fnn, remat MLP per block", fnn_mlp_step),
         ("fnn, remat per block", fnn_remat_step),
     ]:
         step()  # optimizer state allocated; then measure a step
@@ -151,9 +158,12 @@ def memory(gpt, corpus, context: int) -> dict[str, int]:
 
 def per_layer_summary(gpt, context: int) -> None:
     """fnn.summary of the body (embeddings excluded: summary feeds float inputs)."""
-    body = fnn.serial(*[gpt.block(EMBED, HEADS) for _ in range(1)], fnn.layers.LayerNorm())
-    print(f"\nfnn.summary of one block + final LayerNorm, input (-1, {context}, {EMBED}):")
-    print(fnn.summary(body, (-1, context, EMBED)))
+    for remat in ("none", "mlp"):
+        body = fnn.serial(gpt.block(EMBED, HEADS, remat), fnn.layers.LayerNorm())
+        print(
+            f"\nfnn.summary of one block (remat={remat!r}) + LayerNorm, input (-1, {context}, {EMBED}):"
+        )
+        print(fnn.summary(body, (-1, context, EMBED)))
 
 
 def budget(gpt, corpus, steps: int = 300) -> None:
