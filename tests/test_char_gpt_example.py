@@ -72,3 +72,23 @@ def test_fixed_split_tied_head_and_the_torch_twins_names(gpt):
     x = corpus.train[:32].view(2, 16)
     logits, _ = model.apply(params, x)
     torch.testing.assert_close(logits, twin(x).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_equal_the_torch_twins_bit_for_bit_in_float32(gpt):
+    # attention sums over tokens in torch's (time-major) order, so a float32 run follows the
+    # twin's loss curve instead of drifting apart by rounding
+    corpus = gpt.load_corpus()
+    model = gpt.make_model(103, 16, 2, 2, 16)
+    params = gpt.init_params(model, 16, fnn.random.key(0))
+    x, y = gpt.batch(fnn.random.key(1), corpus.train, 4, 16)
+    value, grads = fnn.value_and_grad(model.apply, gpt.sequence_cross_entropy)(params, x, y)
+    twin = gpt.make_torch_model(103, 16, 2, 2, 16)
+    gpt.load_torch_model(twin, params, 2)
+    with torch.enable_grad():
+        logits = twin(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 103), y.reshape(-1))
+        loss.backward()
+    assert torch.equal(value, loss.detach())
+    flat = fnn.tree.to_state_dict(grads)
+    for name, p in twin.named_parameters():
+        assert torch.equal(flat[name], p.grad), name

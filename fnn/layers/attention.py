@@ -414,6 +414,11 @@ def _attention_grads(
     if unbatched:
         dy = dy.unsqueeze(0)
     heads, head = q.shape[1], q.shape[3]
+    if not cross and not per_example:
+        fields += (saved[0], q, k, v, attended, mask, causal, core, w_in, w_out, bias)
+        del saved, q, k, v, attended, mask, core
+        dx = _self_attention_grads(fields, dy, need_dx)
+        return dx if not unbatched or dx[1] is None else (dx[0], dx[1][0])
     out_grads = _linear_grads(attended, dy, bias, per_example)
     do = dy.matmul(w_out).view(n, length, heads, head).transpose(1, 2)
     del dy
@@ -449,6 +454,57 @@ def _attention_grads(
     flat = [d.reshape(-1, embed) for d in rows]
     dx = flat[0].mm(w_q).addmm_(flat[1], w_k).addmm_(flat[2], w_v).view(n, length, embed)
     return grads, dx[0] if unbatched else dx
+
+
+def _self_attention_grads(
+    fields: list[Any], dy: torch.Tensor, need_dx: bool
+) -> tuple[Params, torch.Tensor | None]:
+    """Self-attention's VJP with every sum over tokens taken in torch.nn.MultiheadAttention's
+    order (time-major, as it transposes batch-first inputs), so the gradients are autograd's
+    bit for bit: float32 training runs then follow the torch twin's loss curve. `fields` is
+    `[x, q, k, v, attended, mask, causal, core, w_in, w_out, bias]`, emptied here."""
+    x, q, k, v, attended, mask, causal, core, w_in, w_out, bias = fields
+    fields.clear()
+    n, length, embed = attended.shape
+    heads, head = q.shape[1], q.shape[3]
+    dy_t = dy.transpose(0, 1).reshape(length * n, embed)  # rows (t, n)
+    del dy
+    attended_t = attended.transpose(0, 1).reshape(length * n, embed)
+    grads: Params = {"out_proj": {"weight": dy_t.t().mm(attended_t)}}
+    del attended_t
+    if bias:
+        grads["out_proj"]["bias"] = dy_t.sum(0)
+    do = dy_t.mm(w_out).view(length, n, heads, head).permute(1, 2, 0, 3)
+    del dy_t
+    if core[0] == "flash":
+        if do.numel() and k.shape[2]:
+            out = attended.view(n, length, heads, head).transpose(1, 2)
+            dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
+                do, q, k, v, out, core[1], 0.0, causal, attn_mask=mask
+            )
+            del out
+        else:
+            dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    else:
+        dq, dk, dv = _math_backward(q, k, v, core[1], core[2], core[3], do)
+    del q, k, v, attended, core, do, mask
+    # [dq dk dv] as rows (t, n) of 3E: the in-projection's output gradient
+    d_proj = torch.stack([t.permute(2, 0, 1, 3) for t in (dq, dk, dv)], 2)
+    del dq, dk, dv
+    d_proj = d_proj.view(length * n, 3 * embed)
+    x_t = x.transpose(0, 1).reshape(length * n, embed)
+    del x
+    grads["in_proj_weight"] = d_proj.t().mm(x_t)
+    del x_t
+    if bias:
+        grads["in_proj_bias"] = d_proj.sum(0)
+    ordered: Params = {"in_proj_weight": grads["in_proj_weight"]}
+    if bias:
+        ordered["in_proj_bias"] = grads["in_proj_bias"]
+    ordered["out_proj"] = grads["out_proj"]
+    if not need_dx:
+        return ordered, None
+    return ordered, d_proj.mm(w_in).view(length, n, embed).transpose(0, 1)
 
 
 def _linear_grads(

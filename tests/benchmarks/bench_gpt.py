@@ -166,7 +166,7 @@ def per_layer_summary(gpt, context: int) -> None:
         print(fnn.summary(body, (-1, context, EMBED)))
 
 
-def budget(gpt, corpus, steps: int = 300) -> None:
+def budget(gpt, corpus, steps: int = 200) -> None:
     argv = [
         "--steps",
         str(steps),
