@@ -417,8 +417,10 @@ def _attention_grads(
     if not cross and not per_example:
         fields += (saved[0], q, k, v, attended, mask, causal, core, w_in, w_out, bias)
         del saved, q, k, v, attended, mask, core
-        dx = _self_attention_grads(fields, dy, need_dx)
-        return dx if not unbatched or dx[1] is None else (dx[0], dx[1][0])
+        cotangent = [dy]
+        del dy  # the callee frees it once used
+        self_grads, self_dx = _self_attention_grads(fields, cotangent, need_dx)
+        return self_grads, (self_dx[0] if unbatched and self_dx is not None else self_dx)
     out_grads = _linear_grads(attended, dy, bias, per_example)
     do = dy.matmul(w_out).view(n, length, heads, head).transpose(1, 2)
     del dy
@@ -457,14 +459,16 @@ def _attention_grads(
 
 
 def _self_attention_grads(
-    fields: list[Any], dy: torch.Tensor, need_dx: bool
+    fields: list[Any], cotangent: list[torch.Tensor], need_dx: bool
 ) -> tuple[Params, torch.Tensor | None]:
     """Self-attention's VJP with every sum over tokens taken in torch.nn.MultiheadAttention's
     order (time-major, as it transposes batch-first inputs), so the gradients are autograd's
     bit for bit: float32 training runs then follow the torch twin's loss curve. `fields` is
-    `[x, q, k, v, attended, mask, causal, core, w_in, w_out, bias]`, emptied here."""
+    `[x, q, k, v, attended, mask, causal, core, w_in, w_out, bias]` and `cotangent` `[dy]`,
+    both emptied here."""
     x, q, k, v, attended, mask, causal, core, w_in, w_out, bias = fields
     fields.clear()
+    dy = cotangent.pop()
     n, length, embed = attended.shape
     heads, head = q.shape[1], q.shape[3]
     dy_t = dy.transpose(0, 1).reshape(length * n, embed)  # rows (t, n)
