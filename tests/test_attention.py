@@ -267,3 +267,26 @@ def test_attention_errors_name_the_layer():
     _, vjp = layer.apply(params, torch.ones(2, 4, 8))
     with pytest.raises(fnn.errors.ShapeError, match="MultiHeadAttention VJP: expected a cotangent"):
         vjp(torch.ones(2, 4, 7))
+
+
+def test_key_padding_mask_reaches_attention_inside_a_model():
+    model = fnn.serial(L.Embedding(9, 8, padding_idx=0), L.MultiHeadAttention(2), L.Dense(3))
+    _, params = model.init(fnn.random.key(0), (-1, 5), dtype=torch.float64)
+    x = torch.tensor([[3, 4, 5, 0, 0], [1, 2, 3, 4, 8]])
+    mask = x == 0
+    target = randn(1, 2, 5, 3)
+    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.mse)
+    value, grads = loss_and_grads(params, x, target, key_padding_mask=mask)
+    y, vjp = model.apply(params, x, key_padding_mask=mask)
+    assert not torch.equal(y, model.apply(params, x)[0])  # the mask changed the output
+    assert torch.equal(value, fnn.losses.mse(y, target)[0])
+    expected, _ = vjp(fnn.losses.mse(y, target)[1](torch.ones(())))
+    assert_trees_close(grads, expected, atol=1e-14)
+    # the padded keys change nothing: the first example equals its unpadded prefix
+    short, _ = model.apply(params, x[:1, :3])
+    torch.testing.assert_close(y[:1, :3], short, atol=1e-12, rtol=0)
+    _, per_example = fnn.per_example_grads(model.apply, fnn.losses.mse)(
+        params, x, target, key_padding_mask=mask
+    )
+    _, one = loss_and_grads(params, x[1:], target[1:], key_padding_mask=mask[1:])
+    assert_trees_close(fnn.tree.map(lambda g: g[1], per_example), one, atol=1e-12)
