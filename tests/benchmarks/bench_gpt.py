@@ -120,7 +120,7 @@ def speed(gpt, corpus) -> dict[str, float]:
         cases["torch.compile(twin fwd+bwd)"] = torch_compiled_step
     except Exception as error:  # a benchmark reports what did not compile
         compile_note = f" (torch.compile failed: {type(error).__name__})"
-    times = compare(cases, number=3, repeats=9, warmup=2)
+    times = compare(cases, number=4, repeats=15, warmup=2)
     return report(
         f"char-GPT train step, {LAYERS} layers, width {EMBED}, {HEADS} heads, context {CONTEXT}, "
         f"batch {BATCH}, AdamW{compile_note}",
