@@ -172,7 +172,11 @@ def MultiHeadAttention(
             k = F.linear(inputs[1], w_k, b_k).view(n, source, heads, head).transpose(1, 2)
             v = F.linear(inputs[2], w_v, b_v).view(n, source, heads, head).transpose(1, 2)
         else:
-            qkv = F.linear(query, w_in, b_in).view(n, length, 3, heads, head)
+            # as torch's module: a product, then the bias added in place (not a fused addmm)
+            qkv = query.reshape(n * length, embed).mm(w_in.t())
+            if b_in is not None:
+                qkv.add_(b_in)
+            qkv = qkv.view(n, length, 3, heads, head)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         mask = _padding_mask(key_padding_mask, n, source, query)
         rate = dropout if key is not None else 0.0
