@@ -8,6 +8,7 @@ clear errors."""
 from __future__ import annotations
 
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -290,3 +291,41 @@ def test_key_padding_mask_reaches_attention_inside_a_model():
     )
     _, one = loss_and_grads(params, x[1:], target[1:], key_padding_mask=mask[1:])
     assert_trees_close(fnn.tree.map(lambda g: g[1], per_example), one, atol=1e-12)
+
+
+def _probe_backward(residuals, dy):
+    """Records, when the backward pass reaches it, whether the watched residual is alive."""
+    residuals["alive"] = residuals["watched"]() is not None
+    return {}, dy
+
+
+def test_attention_residuals_are_freed_as_the_backward_pass_goes_through_tie_and_parallel():
+    attention = L.MultiHeadAttention(2, causal=True)
+    record = {}
+
+    def watched_apply(params, x, **kwargs):
+        y, vjp = attention.apply(params, x, **kwargs)
+        record["watched"] = weakref.ref(vjp.residuals.attended)
+        return y, vjp
+
+    def probe_init(key, shape, *, dtype=torch.float32, device="cpu"):
+        return shape, {}
+
+    def probe_apply(params, x, **kwargs):
+        return x, fnn.VJP(_probe_backward, record)
+
+    block = fnn.serial(
+        L.FanOut(2),
+        fnn.parallel(
+            fnn.serial(L.LayerNorm(), fnn.Layer(attention.init, watched_apply)), L.Identity()
+        ),
+        L.FanInSum(),
+    )
+    model = fnn.serial(
+        L.Embedding(11, 8), fnn.Layer(probe_init, probe_apply), block, L.Dense(11, bias=False)
+    )
+    tied = fnn.tie(model, {"3.weight": "0.weight"})
+    _, params = tied.init(fnn.random.key(0), (-1, 5))
+    x = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    fnn.value_and_grad(tied.apply, fnn.losses.mse)(params, x, torch.zeros(2, 5, 11))
+    assert record["alive"] is False  # the block's residuals died before the probe's backward
