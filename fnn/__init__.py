@@ -49,6 +49,7 @@ from .rules import with_vjp
 from .scan import scan
 from .state import init_state
 from .summary import graph_repr, summary
+from .tie import tie
 from .train import TrainStep, train_step
 from .update import update
 
@@ -95,4 +96,5 @@ __all__ = [
     "scan",
     "summary",
     "graph_repr",
+    "tie",
 ]

@@ -405,6 +405,31 @@ def parallel_backward(
     return _gather(grads, given, positions), tuple(dxs)
 
 
+@parallel_backward.consumer
+def _parallel_consume(box: list[Any], need_dx: bool) -> tuple[Params, tuple[Any, ...]]:
+    """`parallel_backward` for `fnn.core.backprop`: each child is consumed (its residuals and
+    cotangent freed as used), so a residual block's branch keeps no more than a serial does."""
+    dy = box.pop()
+    vjps, given, positions = box.pop()
+    if not isinstance(dy, tuple | list) or len(dy) != len(vjps):
+        raise ShapeError(
+            f"parallel VJP: expected a tuple of {len(vjps)} cotangents, got {describe(dy)}"
+        )
+    pending: list[Any] = list(vjps)
+    cotangents: list[Any] = list(dy)
+    del vjps, dy  # from here on, the lists hold the only references
+    grads: list[Any] = [None] * len(pending)
+    dxs: list[Any] = [None] * len(pending)
+    for i in range(len(pending)):
+        child_box = [pending[i], cotangents[i]]
+        pending[i] = cotangents[i] = None
+        try:
+            grads[i], dxs[i] = backprop(child_box, need_dx)
+        except FnnError as error:
+            raise with_context(error, f"parallel[{i}]") from None
+    return _gather(grads, given, positions), tuple(dxs)
+
+
 # per example: each child's rule on its own cotangent
 @parallel_backward.per_example_rule
 def _parallel_per_example(

@@ -20,9 +20,11 @@ from .activations import (
     Tanh,
     elementwise,
 )
+from .attention import MultiHeadAttention
 from .conv import Conv, ConvTranspose
 from .dense import Dense
 from .dropout import Dropout
+from .embedding import Embedding
 from .fan import FanInConcat, FanInSum, FanOut
 from .norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from .pool import AdaptiveAvgPool, AvgPool, MaxPool
@@ -75,4 +77,7 @@ __all__ = [
     "RNNCell",
     "LSTMCell",
     "GRUCell",
+    # sequence layers (attn branch)
+    "Embedding",
+    "MultiHeadAttention",
 ]
