@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 import torch
 
 from . import debug, random
+from ._compat import autocast_enabled
 from .core import (
     VJP,
     Key,
@@ -44,6 +45,7 @@ __all__ = [
     "parallel",
     "serial_backward",
     "parallel_backward",
+    "autocast_backward",
 ]
 
 _EMPTY: Params = {}
@@ -228,6 +230,7 @@ def serial(*layers: Layer) -> Layer:
                 return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
+        autocasting = isinstance(x, torch.Tensor) and autocast_enabled(x.device.type)
         vjps = []
         applies = (
             debug.checked_applies(children.applies)
@@ -244,6 +247,8 @@ def serial(*layers: Layer) -> Layer:
                     x, vjp = child_apply(child_params[i], x)
             except FnnError as error:
                 raise with_context(error, children.where(i)) from None
+            if autocasting:
+                vjp = _casting(vjp, x)
             vjps.append(vjp)
         return x, VJP(serial_backward, (tuple(vjps), given, positions))
 
@@ -459,3 +464,50 @@ def _child_vjps(
 
 serial_backward.holds_children(_child_vjps)
 parallel_backward.holds_children(_child_vjps)
+
+
+# Under torch.autocast, a layer's output and the cotangent that reaches it may differ in
+# dtype (the next layer ran in bfloat16, or in float32): as autograd does, the cotangent is
+# cast to the output's dtype before the layer's own VJP sees it. `serial` adds this wrapper
+# only while autocast is on.
+def _casting(vjp: VJP, y: Any) -> VJP:
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+        return vjp
+    return VJP(autocast_backward, (vjp, y.dtype))
+
+
+def _cast(dy: Any, dtype: torch.dtype) -> Any:
+    if isinstance(dy, torch.Tensor) and dy.is_floating_point() and dy.dtype != dtype:
+        return dy.to(dtype)
+    return dy
+
+
+# y = f(x) under autocast   ⇒   (dparams, dx) = vjp_f(dy cast to y's dtype)
+@backward
+def autocast_backward(residuals: tuple[VJP, torch.dtype], dy: Any) -> tuple[Params, Any]:
+    """y = f(x) under autocast   ⇒   (dparams, dx) = vjp_f(dy cast to y's dtype)"""
+    vjp, dtype = residuals
+    grads: tuple[Params, Any] = vjp(_cast(dy, dtype))
+    return grads
+
+
+@autocast_backward.consumer
+def _autocast_consume(box: list[Any], need_dx: bool) -> tuple[Params, Any]:
+    dy = box.pop()
+    vjp, dtype = box.pop()
+    return backprop([vjp, _cast(dy, dtype)], need_dx)
+
+
+@autocast_backward.per_example_rule
+def _autocast_per_example(
+    residuals: tuple[VJP, torch.dtype], dy: Any, need_dx: bool
+) -> tuple[Params, Any]:
+    vjp, dtype = residuals
+    return per_example_rule(vjp)(vjp.residuals, _cast(dy, dtype), need_dx)
+
+
+def _casting_child(residuals: tuple[VJP, torch.dtype]) -> tuple[VJP, ...]:
+    return residuals[:1]
+
+
+autocast_backward.holds_children(_casting_child)

@@ -111,7 +111,10 @@ def _batch(key: Any, shape: Shapes, batch: int, dtype: torch.dtype) -> Any:
         raise ShapeError(
             f"summary: expected an input shape as a tuple of ints (or a list of them), got {shape!r}"
         )
-    return random.normal(key, tuple(batch if d == -1 else d for d in shape), dtype=dtype)
+    size = tuple(batch if d == -1 else d for d in shape)
+    if not dtype.is_floating_point:  # indices (Embedding): 0 is valid for any table
+        return torch.zeros(size, dtype=dtype)
+    return random.normal(key, size, dtype=dtype)
 
 
 def _rows(
@@ -157,9 +160,14 @@ def _child_path(path: str, kind: str, i: int) -> str:
 
 
 def _residual_bytes(
-    layer: Layer, params: Any, input_shape: Shapes, batch: int, dtype: torch.dtype
+    layer: Layer,
+    params: Any,
+    input_shape: Shapes,
+    batch: int,
+    dtype: torch.dtype,
+    input_dtype: torch.dtype,
 ) -> tuple[list[list[Any]], list[int]]:
-    x = _batch(random.key(1), input_shape, batch, dtype)
+    x = _batch(random.key(1), input_shape, batch, input_dtype)
     state = init_state(layer, input_shape, dtype=dtype)
     if state:  # running statistics (BatchNorm): run it as in training
         _, vjp, _ = layer.apply(params, x, state=state, train=True)
@@ -177,7 +185,13 @@ def _residual_bytes(
     return rows, per_row
 
 
-def summary(layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.float32) -> str:
+def summary(
+    layer: Layer,
+    input_shape: Shapes,
+    *,
+    dtype: torch.dtype = torch.float32,
+    input_dtype: torch.dtype | None = None,
+) -> str:
     """A table of each layer's path, type, output shape, parameter count and residual bytes.
 
     The model is initialised with key 0 and run on small random batches; nothing is
@@ -192,13 +206,16 @@ def summary(layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.flo
         layer: any `Layer`.
         input_shape: the model's input shape, e.g. `(-1, in_features)` (`-1`: any batch
             size), or a list of shapes for several inputs.
-        dtype: floating dtype of the params and inputs.
+        dtype: floating dtype of the params (and of the inputs, by default).
+        input_dtype: the inputs' dtype when it is not `dtype`: an integer dtype (indices
+            for a model that starts with `Embedding`) feeds zeros.
 
     Returns:
         The table as a string, with a `(model)` row, one row per layer, and a total; `print` it.
 
     Raises:
-        FnnTypeError: `layer` is not a `Layer`, or `dtype` is not a floating dtype.
+        FnnTypeError: `layer` is not a `Layer`, `dtype` is not a floating dtype, or
+            `input_dtype` is not a dtype.
         ShapeError: `input_shape` is not a tuple of ints (or a list of them).
 
     Example:
@@ -213,10 +230,15 @@ def summary(layer: Layer, input_shape: Shapes, *, dtype: torch.dtype = torch.flo
     _check_layer("summary", layer)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise FnnTypeError(f"summary: dtype must be a floating torch.dtype, got {describe(dtype)}")
-    _batch(random.key(1), input_shape, 2, dtype)  # checks the shape
+    input_dtype = dtype if input_dtype is None else input_dtype
+    if not isinstance(input_dtype, torch.dtype):
+        raise FnnTypeError(
+            f"summary: input_dtype must be a torch.dtype, got {describe(input_dtype)}"
+        )
+    _batch(random.key(1), input_shape, 2, input_dtype)  # checks the shape
     _, params = layer.init(random.key(0), input_shape, dtype=dtype)
-    rows, bytes2 = _residual_bytes(layer, params, input_shape, 2, dtype)
-    _, bytes3 = _residual_bytes(layer, params, input_shape, 3, dtype)
+    rows, bytes2 = _residual_bytes(layer, params, input_shape, 2, dtype, input_dtype)
+    _, bytes3 = _residual_bytes(layer, params, input_shape, 3, dtype, input_dtype)
     table = [("path", "type", "output shape", "params", "residual B/example")]
     for row, b2, b3 in zip(rows, bytes2, bytes3):
         table.append(

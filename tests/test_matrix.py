@@ -113,13 +113,15 @@ def _single_output(case: Case) -> bool:
 
 
 def _sum_loss(pred, target):
-    """A loss for any output: Σ pred · target, so dpred = target (a fixed cotangent)."""
+    """A loss for any output: Σ pred · target, so dpred = target (a fixed cotangent), in the
+    prediction's dtype as fnn's losses give it (under autocast the prediction is bfloat16)."""
     value = (pred * target).sum()
-    return value, fnn.VJP(_sum_loss_backward, target)
+    return value, fnn.VJP(_sum_loss_backward, (target, pred.dtype))
 
 
-def _sum_loss_backward(target, dvalue):
-    return target * dvalue
+def _sum_loss_backward(residuals, dvalue):
+    target, dtype = residuals
+    return (target * dvalue).to(dtype)
 
 
 def _negated_backward(residuals, dy):
@@ -156,7 +158,7 @@ def run_feature(case: Case, feature: str) -> None:
                 state_dict |= fnn.tree.to_state_dict(kwargs["state"])
             twin.load_state_dict(state_dict, strict=True)
             twin.train()
-            x_torch = x.detach().clone().requires_grad_(True)
+            x_torch = fnn.tree.map(lambda t: t.detach().clone().requires_grad_(True), x)
             with torch.enable_grad():
                 y_torch = twin(x_torch)
                 (y_torch * target).sum().backward()
@@ -203,7 +205,8 @@ def run_feature(case: Case, feature: str) -> None:
             torch.testing.assert_close(a.mean(0), b, atol=1e-10, rtol=1e-8)
     elif feature == "summary":
         layer = case.make()
-        text = fnn.summary(layer, case.input_shape)
+        indices = case.inputs.startswith("index")
+        text = fnn.summary(layer, case.input_shape, input_dtype=torch.int64 if indices else None)
         assert fnn.core.layer_info(layer).name.split("(")[0] in text
     elif feature == "remat":
         layer, params, x, kwargs = _setup(case, torch.float64)

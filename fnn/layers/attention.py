@@ -193,8 +193,9 @@ def MultiHeadAttention(
             keep = None
             if key is not None and rate:
                 try:
-                    keep = random.bernoulli(
-                        key, 1.0 - rate, (n, heads, length, source), device=query.device
+                    # Dropout's mask: tensor ops only, so torch.compile traces it
+                    keep = random._bernoulli_traceable(
+                        key, 1.0 - rate, (n, heads, length, source), query.device
                     )
                 except KeyArrayError as error:
                     raise KeyArrayError(f"{_NAME}: bad key: {error}") from None

@@ -771,10 +771,12 @@ def _recurrent_grads(
         for part in parts:
             if not (isinstance(part, torch.Tensor) and part.shape == state_shape):
                 _checks.cotangent_like(name, part, state_shape, like)
-        parts = tuple(p.unsqueeze(1) if unbatched else p for p in parts)
+        parts = tuple((p.unsqueeze(1) if unbatched else p).to(like.dtype) for p in parts)
     else:
         zeros = like.new_zeros(count, batch, hidden_size)
         parts = (zeros, zeros) if lstm else (zeros,)
+    if isinstance(dy, torch.Tensor) and dy.is_floating_point() and like.is_floating_point():
+        dy = dy.to(like.dtype)  # under torch.autocast the output may be bfloat16: as autograd
     if not (isinstance(dy, torch.Tensor) and dy.shape == out_shape and dy.dtype is like.dtype):
         _checks.cotangent_like(name, dy, out_shape, like)
     if unbatched:
