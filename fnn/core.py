@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeAlias, overload
 import torch
 from typing_extensions import Protocol
 
+from ._compat import is_compiling
 from .errors import FnnError
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "declare",
     "layer_info",
     "Backward",
+    "BackwardRules",
     "backward",
+    "rules_of",
     "backprop",
     "layer_name",
     "check_keywords",
@@ -301,12 +304,13 @@ def check_keywords(where: str, info: LayerInfo, kwargs: Mapping[str, Any]) -> No
         )
 
 
-class Backward:
-    """A module-level backward function with the variants engines may run in its place.
+class BackwardRules:
+    """The variants engines may run in place of one backward function: its declaration.
 
-    Made with the `@backward` decorator; called exactly as the function it wraps,
-    `backward(residuals, dy) -> (dparams, dx)`, and pickled by its name, like a function.
-    The variants are declared right below the function, each with the same math:
+    `@fnn.core.backward` makes one for a module-level backward function and attaches it
+    (the function stays a plain function: it pickles by name, and `torch.compile` traces it
+    on every torch fnn supports). The variants are declared right below the function, each
+    with the same math:
 
     - `consume(box, need_dx) -> (dparams, dx or None)`, with `box = [residuals, dy]` that it
       empties: lets backpropagation free residuals and cotangents as soon as they are used
@@ -317,8 +321,8 @@ class Backward:
     - `children(residuals) -> tuple[VJP, ...]`: the VJPs held inside (combinators), so an
       engine uses a variant only if every child VJP has one.
 
-    A backward replaced by a plain function (patched, or swapped with `fnn.with_vjp`) has no
-    variants: engines then call it as it is.
+    A backward replaced by another function (patched, or swapped with `fnn.with_vjp`) has no
+    variants: engines then call it as it is. Engines read the rules with `rules_of`.
 
     Args:
         function: the backward, `function(residuals, dy) -> (dparams, dx)`, module-level.
@@ -328,28 +332,15 @@ class Backward:
         ... def double_backward(residuals, dy):      # y = 2x  ⇒  dx = 2 dy
         ...     return {}, 2 * dy
         >>> double_backward.example_wise()
-        >>> fnn.VJP(double_backward, None)(torch.ones(2))
-        ({}, tensor([2., 2.]))
+        >>> fnn.core.rules_of(double_backward).per_example is not None
+        True
     """
-
-    __name__: str
-    __qualname__: str
 
     def __init__(self, function: Callable[[Any, Any], Any]):
         self.function = function
         self.consume: ConsumerFn | None = None
         self.per_example: Callable[[Any, Any, bool], tuple[Params, Any]] | None = None
         self.children: Callable[[Any], tuple[VJP, ...]] | None = None
-        functools.update_wrapper(self, function)
-
-    def __call__(self, residuals: Any, dy: Any, /) -> Any:
-        return self.function(residuals, dy)
-
-    def __reduce__(self) -> str:
-        return str(self.__qualname__)  # pickled by reference, as a module-level function is
-
-    def __repr__(self) -> str:
-        return f"<backward {self.__module__}.{self.__qualname__}>"
 
     def consumer(self, consume: ConsumerFn) -> ConsumerFn:
         """Declare `consume(box, need_dx)` as this backward's memory-freeing variant."""
@@ -372,14 +363,36 @@ class Backward:
         self.children = children
 
 
+class Backward(Protocol):
+    """A backward function declared with `@fnn.core.backward`: called as itself,
+    `backward(residuals, dy)`, with its `BackwardRules`' declaring methods at hand
+    (`@dense_backward.consumer`, `.per_example_rule`, `.example_wise()`, `.holds_children`).
+    """
+
+    __name__: str
+    function: Callable[[Any, Any], Any]
+
+    def __call__(self, residuals: Any, dy: Any, /) -> Any: ...
+    def consumer(self, consume: ConsumerFn) -> ConsumerFn: ...
+    def per_example_rule(
+        self, rule: Callable[[Any, Any, bool], tuple[Params, Any]]
+    ) -> Callable[[Any, Any, bool], tuple[Params, Any]]: ...
+    def example_wise(self) -> None: ...
+    def holds_children(self, children: Callable[[Any], tuple[VJP, ...]]) -> None: ...
+
+
 def backward(function: Callable[[Any, Any], Any]) -> Backward:
-    """Decorator: make a module-level backward function a `Backward` (see there).
+    """Decorator: declare a module-level backward function's variants (see `BackwardRules`).
+
+    The function itself is returned, unchanged as a function, with its rules attached: the
+    declaring methods (`.consumer`, `.per_example_rule`, `.example_wise`,
+    `.holds_children`) and `.function` (itself) for the variants written below it.
 
     Args:
         function: `backward(residuals, dy) -> (dparams, dx)`, defined at module level.
 
     Returns:
-        A `Backward` called exactly as `function`, pickled by its name.
+        `function`, with its `BackwardRules` attached (read them with `rules_of`).
 
     Example:
         >>> @fnn.core.backward
@@ -388,7 +401,33 @@ def backward(function: Callable[[Any, Any], Any]) -> Backward:
         >>> negate_backward(None, torch.ones(1))
         ({}, tensor([-1.]))
     """
-    return Backward(function)
+    rules = BackwardRules(function)
+    function.__dict__.update(
+        __fnn_backward__=rules,
+        function=function,
+        consumer=rules.consumer,
+        per_example_rule=rules.per_example_rule,
+        example_wise=rules.example_wise,
+        holds_children=rules.holds_children,
+    )
+    return function  # type: ignore[return-value]
+
+
+def rules_of(backward_fn: Any) -> BackwardRules | None:
+    """The `BackwardRules` declared for a backward function, or `None` (a plain function).
+
+    Args:
+        backward_fn: a VJP's `backward`.
+
+    Returns:
+        Its rules, or `None` if it was not declared with `@fnn.core.backward`.
+
+    Example:
+        >>> fnn.core.rules_of(fnn.layers.dense.dense_backward).consume is not None
+        True
+    """
+    rules = getattr(backward_fn, "__fnn_backward__", None)
+    return rules if type(rules) is BackwardRules else None
 
 
 def _example_wise(
@@ -431,7 +470,11 @@ def backprop(box: list[Any], need_dx: bool = True) -> tuple[Params, Any]:
     """
     dy = box.pop()
     backward_fn, residuals = box.pop()
-    consume = backward_fn.consume if type(backward_fn) is Backward else None
+    if is_compiling():  # a compiled graph frees what it can on its own
+        traced: tuple[Params, Any] = backward_fn(residuals, dy)
+        return traced
+    rules = rules_of(backward_fn)
+    consume = rules.consume if rules is not None else None
     if consume is None:
         grads: tuple[Params, Any] = backward_fn(residuals, dy)
         return grads
@@ -460,7 +503,8 @@ def per_example_rule(vjp: VJP) -> Callable[[Any, Any, bool], tuple[Params, Any]]
         torch.Size([4, 2, 3])
     """
     backward_fn = vjp.backward
-    rule = backward_fn.per_example if type(backward_fn) is Backward else None
+    rules = rules_of(backward_fn)
+    rule = rules.per_example if rules is not None else None
     if rule is None:
         raise FnnError(
             f"per_example_grads: the backward {getattr(backward_fn, '__name__', backward_fn)!r} "

@@ -10,7 +10,7 @@ so `losses.mean()` is the batch loss and the mean of the per-example gradients i
 
 How: one batched forward pass, then a backward pass that keeps the batch axis.
 Each layer's VJP is replaced by the *per-example rule* its backward declares
-(`fnn.core.Backward.per_example`, right below the backward in the layer's file):
+(`fnn.core.BackwardRules.per_example`, right below the backward in the layer's file):
 `Dense` forms one outer product per example instead of summing them, parameter-free
 layers use their VJP as is, and `serial`/`parallel` walk their children. A layer
 without a rule (a user's custom layer, or a backward swapped or patched with a plain
@@ -36,13 +36,13 @@ from .combinators import _Children
 from .core import (
     VJP,
     ApplyFn,
-    Backward,
     Params,
     check_keywords,
     declare,
     layer_info,
     layer_name,
     per_example_rule,
+    rules_of,
 )
 from .errors import FnnError, FnnTypeError, ShapeError, describe, with_context
 from .grad import Loss
@@ -59,17 +59,17 @@ PerExampleRule = Callable[[Any, Any, bool], tuple[Params, Any]]
 the whole batch (each example's row is the cotangent of that example's own loss).
 `dparams` mirrors the layer's params with a leading batch axis on every leaf;
 `dx` is the usual input cotangent (`None` allowed when `need_dx` is false). A layer
-declares it with `@its_backward.per_example_rule` (see `fnn.core.Backward`)."""
+declares it with `@its_backward.per_example_rule` (see `fnn.core.BackwardRules`)."""
 
 
 def _has_rule(vjp: Any) -> bool:
     """Whether `vjp` (and, for composites, every child VJP in it) has a per-example rule."""
-    if type(vjp) is not VJP or type(vjp.backward) is not Backward:
+    if type(vjp) is not VJP:
         return False
-    backward_fn = vjp.backward
-    if backward_fn.per_example is None:
+    rules = rules_of(vjp.backward)
+    if rules is None or rules.per_example is None:
         return False
-    children = backward_fn.children
+    children = rules.children
     return children is None or all(_has_rule(c) for c in children(vjp.residuals))
 
 
@@ -424,7 +424,7 @@ def _vmap_backward(tape: _VmapTape, dy: Any) -> tuple[Params, Any]:
             f"{name}: no per-example rule, and running it on batches of one under torch.func.vmap "
             f"failed ({type(error).__name__}: {error}). If it mixes examples (BatchNorm with batch "
             "statistics), per-example gradients are not defined; otherwise give it a rule with "
-            "a rule (fnn.core.Backward.per_example_rule)"
+            "a rule (@its_backward.per_example_rule, see fnn.core.BackwardRules)"
         ) from None
     if batch > 1 and not _same_outputs(ys, tape.y):
         raise FnnError(

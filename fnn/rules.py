@@ -13,7 +13,17 @@ from typing import Any
 import torch
 
 from . import random
-from .core import VJP, BackwardFn, Key, Layer, Params, backward, declare, layer_info
+from .core import (
+    VJP,
+    BackwardFn,
+    Key,
+    Layer,
+    Params,
+    backward,
+    declare,
+    layer_info,
+    per_example_rule,
+)
 from .errors import FnnError, FnnTypeError, describe
 from .layers import Dense, _checks
 from .layers.activations import elementwise
@@ -247,5 +257,6 @@ def _feedback_alignment_per_example(
     need_dx: bool,
 ) -> tuple[Params, torch.Tensor | None]:
     dense_residuals, feedback = residuals
-    dparams, _ = dense_backward.per_example(dense_residuals, dy, False)  # type: ignore[misc]
+    rule = per_example_rule(VJP(dense_backward, dense_residuals))
+    dparams, _ = rule(dense_residuals, dy, False)
     return dparams, dy.matmul(feedback) if need_dx else None

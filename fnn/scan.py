@@ -20,7 +20,6 @@ import torch
 from . import random, tree
 from .core import (
     VJP,
-    Backward,
     Key,
     Layer,
     LayerInfo,
@@ -31,6 +30,7 @@ from .core import (
     declare,
     layer_info,
     per_example_rule,
+    rules_of,
 )
 from .errors import FnnError, FnnTypeError, KeyArrayError, ShapeError, describe, with_context
 
@@ -208,7 +208,8 @@ def _unstack(dys: Any, steps: int) -> list[Any]:
 def _consumes(vjp: Any) -> bool:
     """Whether a step's VJP declares a memory-freeing variant (else it is simply called)."""
     backward_fn = getattr(vjp, "backward", None)
-    return type(backward_fn) is Backward and backward_fn.consume is not None
+    rules = rules_of(backward_fn)
+    return rules is not None and rules.consume is not None
 
 
 def _is_flat(grads: Any) -> bool:

@@ -208,6 +208,12 @@ def scale_backward(residuals, dy):
 
 
 # A user's BatchNorm-like layer: y = (x − mean over the batch) ⊙ s mixes examples.
+@fnn.core.backward
+def ruled_scale_backward(residuals, dy):
+    """scale_backward, declared with a per-example rule (test_registered_rule_...)."""
+    return scale_backward(residuals, dy)
+
+
 def CenterScale():
     def init(key, input_shape, *, dtype=torch.float32, device="cpu"):
         return input_shape, {"scale": torch.ones(input_shape[1:], dtype=dtype, device=device)}
@@ -257,7 +263,7 @@ def test_registered_rule_replaces_the_fallback():
         x, scale = residuals
         return {"scale": dy * x}, dy * scale if need_dx else None
 
-    ruled_backward = fnn.core.backward(scale_backward)
+    ruled_backward = ruled_scale_backward
     ruled_backward.per_example_rule(scale_per_example)
     init, apply = fnn.serial(Scale(), L.Relu(), L.Dense(2))
     _, params = init(fnn.random.key(10), (-1, 2), dtype=F64)
