@@ -14,6 +14,8 @@ from fnn import initializers as I
 from fnn.errors import FnnError, FnnTypeError
 
 K = fnn.random.key(7)
+TORCH = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+
 F64 = torch.float64
 
 
@@ -68,6 +70,11 @@ def test_truncated_normal_statistics_and_torch_equality(mean, std, a, b):
     expected_mean, expected_std = _truncated_moments(mean, std, a, b)
     assert abs(w.mean().item() - expected_mean) < 4 * expected_std / math.sqrt(w.numel())
     assert abs(w.std().item() / expected_std - 1) < 0.03
+    if TORCH < (2, 13):
+        # torch.nn.init.trunc_normal_ draws differently before 2.13 (measured: 2.4, 2.6, 2.10
+        # differ, 2.13 and 2.14 agree bit for bit); fnn's own rule is pinned by the
+        # statistics above, so the comparison with torch's convention runs where it holds.
+        return
     for dtype in (torch.float32, F64):
         got = init(K, (50, 30), dtype, "cpu")
         theirs = torch.empty(50, 30, dtype=dtype)
