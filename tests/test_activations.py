@@ -14,7 +14,7 @@ import torch
 import fnn
 from fnn import layers as L
 
-from .helpers import assert_trees_close, autograd_vjp, randn
+from .helpers import assert_trees_close, autograd_vjp, randn, requires_compile
 
 nn = torch.nn
 
@@ -300,6 +300,7 @@ def test_dropout_mask_has_no_visible_pattern():
     assert abs(torch.corrcoef(torch.stack([flat[1:], flat[:-1]]))[0, 1].item()) < 0.01
 
 
+@requires_compile
 def test_dropout_with_a_key_compiles_whole_and_draws_the_eager_mask():
     torch._dynamo.reset()
     model = fnn.serial(L.Dense(8), L.Relu(), L.Dropout(0.3), L.Dense(4), L.Dropout(1.0))

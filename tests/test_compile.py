@@ -4,21 +4,15 @@ compile, without spending CI time generating C++ (the benchmark uses inductor)."
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import fnn
 from fnn import layers as L
 
-# A whole fnn step traces in one graph from torch 2.6 on. Older dynamo cannot trace fnn.tree's
-# TreeDef comparisons: torch 2.4 rejects `==` between two property reads, and torch 2.4/2.5
-# take `!=` on a class with only `__eq__` for identity (measured; README, "Supported versions").
-TORCH_RELEASE = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-pytestmark = pytest.mark.skipif(
-    TORCH_RELEASE < (2, 6),
-    reason=f"torch {torch.__version__}: dynamo before 2.6 cannot trace a whole fnn step in one "
-    "graph (TreeDef comparisons); fnn runs eagerly there",
-)
+from .helpers import requires_compile
+
+# Compiling fnn code needs dynamo to call a VJP (a NamedTuple instance): torch 2.13 and newer.
+pytestmark = requires_compile
 
 
 def _train_step(loss_fn, optimizer):

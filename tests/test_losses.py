@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import fnn
 from fnn.errors import FnnError, FnnTypeError
-from tests.helpers import randn
+from tests.helpers import randn, requires_compile
 
 D = torch.float64
 
@@ -385,6 +385,7 @@ def test_float16_cross_entropy_is_computed_or_refused_for_the_real_reason():
         fnn.losses.cross_entropy(z.to(torch.float8_e4m3fn), y)
 
 
+@requires_compile
 @pytest.mark.parametrize("loss", ["cross_entropy", "multi_margin"])
 def test_losses_compile_whole_and_match_eager(loss):
     """The label range check is data-dependent: it is skipped while torch.compile traces, so

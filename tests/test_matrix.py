@@ -17,6 +17,7 @@ import torch
 
 import fnn
 
+from .helpers import COMPILE_REASON, TORCH
 from .zoo import Case, all_cases
 
 CASES = all_cases()
@@ -230,6 +231,8 @@ def run_feature(case: Case, feature: str) -> None:
                 assert torch.equal(-a, b)  # the swapped rule is the one that ran
         pickle.loads(pickle.dumps(vjp2))
     elif feature == "torch.compile":
+        if TORCH < (2, 13):
+            pytest.skip(COMPILE_REASON)
         layer, params, x, kwargs = _setup(case)
         y, vjp = _apply(layer, params, x, kwargs)
         dy = _cotangent(y)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import fnn
 from fnn import layers as L
 
-from .helpers import assert_trees_close, autograd_vjp, randn
+from .helpers import assert_trees_close, autograd_vjp, randn, requires_compile
 
 
 def _random_affine(params, seed):
@@ -609,6 +609,7 @@ def test_zero_size_inputs_give_zero_gradients_and_per_example_rules_too(make, sh
         assert g.shape == (shape[0], *p.shape) and not g.any()
 
 
+@requires_compile
 def test_batch_norm_train_step_compiles_whole_and_equals_eager():
     torch._dynamo.reset()
     model = fnn.serial(

@@ -10,7 +10,7 @@ import torch
 import fnn
 from fnn import layers as L
 
-from .helpers import randn
+from .helpers import randn, requires_compile
 
 
 def mlp(activation=L.Relu):
@@ -248,6 +248,7 @@ def test_results_do_not_depend_on_call_history():
     assert pickle.loads(pickle.dumps(model.apply(params, x)[1]))  # VJPs still pickle
 
 
+@requires_compile
 def test_torch_compile_fullgraph():
     model = mlp()
     _, params = model.init(fnn.random.key(0), (-1, 4))

@@ -352,10 +352,29 @@ def RMSNorm(
         del kwargs
         weight, _ = _affine_leaves("RMSNorm", params, x, has_weight, False)
         normalized = _trailing_apply("RMSNorm", fixed, weight, x)
-        y, rstd = aten._fused_rms_norm.default(x, normalized, weight, eps)
+        y, rstd = _rms_norm_forward(x, normalized, weight, eps)
         return y, VJP(rms_norm_backward, (x, weight, rstd, len(normalized)))
 
     return declare(init, apply, LayerInfo("RMSNorm"))
+
+
+_FUSED_RMS_NORM = getattr(aten, "_fused_rms_norm", None)  # aten's kernel (torch ≥ 2.9), or None
+
+
+def _rms_norm_forward(
+    x: torch.Tensor, normalized: Any, weight: torch.Tensor | None, eps: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(y, r)`, `r = 1/√(mean(x²) + ε)` per row in float32 at least: aten's fused kernel where
+    torch has it, else the same computation as torch's own `rms_norm` before it existed."""
+    if _FUSED_RMS_NORM is not None:
+        return _FUSED_RMS_NORM.default(x, normalized, weight, eps)  # type: ignore[no-any-return]
+    compute = torch.promote_types(x.dtype, torch.float32)
+    rows = list(range(x.ndim - len(normalized), x.ndim))
+    xc = x.to(compute)
+    eps_value = eps if eps is not None else torch.finfo(compute).eps
+    rstd = torch.rsqrt(xc.pow(2).mean(rows, keepdim=True).add_(eps_value))
+    y = xc.mul(rstd).type_as(x)
+    return (y.mul(weight) if weight is not None else y), rstd
 
 
 # y = γ x̂, x̂ = x r, r = 1/√(mean(x²) + ε) per row   ⇒   dγ = Σ dy x̂,  dx = r (g − x̂ mean(g x̂))  with g = γ dy
