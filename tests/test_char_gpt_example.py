@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
 import sys
 
@@ -32,11 +33,12 @@ def test_tiny_run_learns_samples_and_matches_torch(gpt, capsys, tmp_path):
          "--compare-torch", "--plot", str(tmp_path)]
     )  # fmt: skip
     out = capsys.readouterr().out
-    assert "103 distinct" in out and "step    40/40" in out and "k tok/s" in out
+    vocab = len(gpt.load_corpus().chars)  # the text ships with Python: its size varies by version
+    assert f"{vocab} distinct" in out and "step    40/40" in out and "k tok/s" in out
     assert "max |loss_fnn − loss_torch| over the first 40 steps" in out
     assert run.torch_gap <= 1e-4
     assert abs(run.val_loss - torch_run.val_loss) <= 1e-4
-    assert run.step_losses[0] == pytest.approx(4.63, abs=0.05)  # log(103): tiny embeddings
+    assert run.step_losses[0] == pytest.approx(math.log(vocab), abs=0.05)  # tiny embeddings
     assert sum(run.step_losses[-5:]) / 5 < run.step_losses[0] - 0.5
     assert len(run.sample) == 20
     assert (tmp_path / "char_gpt_loss.png").stat().st_size > 1000
@@ -62,11 +64,14 @@ def test_float64_and_remat_give_the_same_curve(gpt):
 
 def test_fixed_split_tied_head_and_the_torch_twins_names(gpt):
     corpus = gpt.load_corpus()
-    assert len(corpus.chars) == 103 and len(corpus.val) == 46_513
-    model = gpt.make_model(103, 16, 2, 1, 16)
+    vocab = len(corpus.chars)  # 103 on Python 3.11; the text differs between Python versions
+    total = len(corpus.train) + len(corpus.val)
+    assert 90 <= vocab <= 120 and abs(len(corpus.val) / total - 0.1) < 0.001
+    assert torch.equal(gpt.load_corpus().val, corpus.val)  # a fixed split
+    model = gpt.make_model(vocab, 16, 2, 1, 16)
     params = gpt.init_params(model, 16, fnn.random.key(0))
     names = set(fnn.tree.to_state_dict(params))
-    twin = gpt.make_torch_model(103, 16, 2, 1, 16)
+    twin = gpt.make_torch_model(vocab, 16, 2, 1, 16)
     assert set(twin.state_dict()) - names == {"4.weight"}  # the tied head, listed twice by torch
     gpt.load_torch_model(twin, params, 1)
     x = corpus.train[:32].view(2, 16)
@@ -78,15 +83,16 @@ def test_gradients_equal_the_torch_twins_bit_for_bit_in_float32(gpt):
     # attention sums over tokens in torch's (time-major) order, so a float32 run follows the
     # twin's loss curve instead of drifting apart by rounding
     corpus = gpt.load_corpus()
-    model = gpt.make_model(103, 16, 2, 2, 16)
+    vocab = len(corpus.chars)
+    model = gpt.make_model(vocab, 16, 2, 2, 16)
     params = gpt.init_params(model, 16, fnn.random.key(0))
     x, y = gpt.batch(fnn.random.key(1), corpus.train, 4, 16)
     value, grads = fnn.value_and_grad(model.apply, gpt.sequence_cross_entropy)(params, x, y)
-    twin = gpt.make_torch_model(103, 16, 2, 2, 16)
+    twin = gpt.make_torch_model(vocab, 16, 2, 2, 16)
     gpt.load_torch_model(twin, params, 2)
     with torch.enable_grad():
         logits = twin(x)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 103), y.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
         loss.backward()
     assert torch.equal(value, loss.detach())
     flat = fnn.tree.to_state_dict(grads)
