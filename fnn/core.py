@@ -17,7 +17,6 @@ from typing import Any, NamedTuple, TypeAlias, overload
 import torch
 from typing_extensions import Protocol
 
-from ._compat import is_compiling
 from .errors import FnnError
 
 __all__ = [
@@ -470,11 +469,8 @@ def backprop(box: list[Any], need_dx: bool = True) -> tuple[Params, Any]:
     """
     dy = box.pop()
     backward_fn, residuals = box.pop()
-    if is_compiling():  # a compiled graph frees what it can on its own
-        traced: tuple[Params, Any] = backward_fn(residuals, dy)
-        return traced
-    rules = rules_of(backward_fn)
-    consume = rules.consume if rules is not None else None
+    rules = getattr(backward_fn, "__fnn_backward__", None)
+    consume = rules.consume if type(rules) is BackwardRules else None
     if consume is None:
         grads: tuple[Params, Any] = backward_fn(residuals, dy)
         return grads
