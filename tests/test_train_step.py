@@ -314,3 +314,27 @@ def test_a_patched_backward_turns_the_workspace_off(monkeypatch):
     _, new_params, _ = step(params, {"step": 0}, x, target)
     assert torch.equal(new_params["0"]["weight"], params["0"]["weight"])
     assert not torch.equal(new_params["0"]["bias"], params["0"]["bias"])
+
+
+@requires_compile
+def test_a_patched_backward_is_honoured_under_torch_compile(monkeypatch):
+    model = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
+    _, params = model.init(fnn.random.key(0), (-1, 3))
+    opt = fnn.optim.sgd(1.0)
+    compiled = torch.compile(
+        fnn.train_step(model.apply, fnn.losses.mse, opt), fullgraph=True, backend="eager"
+    )
+    x, target = randn(1, 5, 3, dtype=torch.float32), randn(2, 5, 2, dtype=torch.float32)
+    _, before, _ = compiled(params, opt.init(params), x, target)
+    assert not torch.equal(before["0"]["weight"], params["0"]["weight"])
+    module = sys.modules[fnn.layers.dense.dense_backward.__module__]
+    original = module.dense_backward
+
+    def zero_weight_backward(residuals, dy):
+        grads, dx = original(residuals, dy)
+        return dict(grads, weight=torch.zeros_like(grads["weight"])), dx
+
+    monkeypatch.setattr(module, "dense_backward", zero_weight_backward)
+    _, after, _ = compiled(params, opt.init(params), x, target)
+    assert torch.equal(after["0"]["weight"], params["0"]["weight"])
+    assert not torch.equal(after["0"]["bias"], params["0"]["bias"])

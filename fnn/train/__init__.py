@@ -189,10 +189,13 @@ class TrainStep:
         if self._plan.serial and isinstance(params, dict) and self._top_keys.issuperset(params):
             traced = is_compiling()
             with_state = "state" in kwargs
-            if traced:
-                _, run = self._code(
-                    self._plan.top_keys, with_state, (True,) * len(self._inline), True
+            if traced:  # only code made before tracing (no exec inside a graph)
+                found = self._steps.get(
+                    (self._plan.top_keys, with_state, self._current_inline(), True)
                 )
+                if found is None:  # a patched backward, or state=: the general path, traced
+                    return self._general(params, opt_state, x, target, kwargs)
+                run = found[1]
             else:
                 _, run = self._code(tuple(params), with_state, self._current_inline(), False)
             try:
