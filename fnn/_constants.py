@@ -14,6 +14,8 @@ import torch
 
 __all__ = ["scalar"]
 
+# Cannot change a result: a bounded cache of 0-d constants, never written to or handed out
+# (see the module docstring); a value is the same tensor whether cached or made afresh.
 _SCALARS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
 _CACHE_SIZE = 256  # e.g. 2/n for many batch sizes: keep the cache small
 

@@ -48,8 +48,6 @@ __all__ = [
     "autocast_backward",
 ]
 
-_EMPTY: Params = {}
-
 
 class _Children:
     """What `serial` and `parallel` share: their layers and the `"0"`, `"1"`, … keys."""
@@ -96,7 +94,7 @@ class _Children:
                 f"{list(self.names)}"
             )
         return (
-            [params.get(name, _EMPTY) for name in self.names],
+            [params.get(name, {}) for name in self.names],  # a fresh {} per missing entry
             given,
             tuple(self.position[k] for k in given),
         )
@@ -255,7 +253,6 @@ def serial(*layers: Layer) -> Layer:
     return declare(init, apply, children.info)
 
 
-# y = fₙ(…f₁(x))   ⇒   walk the children's VJPs in reverse: dxᵢ₋₁ = vjpᵢ(dxᵢ)
 @backward
 def serial_backward(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Any
@@ -388,7 +385,6 @@ def parallel(*layers: Layer) -> Layer:
     return declare(init, apply, children.info)
 
 
-# (y₀, y₁, …) = (f₀(x₀), f₁(x₁), …)   ⇒   dxᵢ = vjpᵢ(dyᵢ)
 @backward
 def parallel_backward(
     residuals: tuple[tuple[VJP, ...], tuple[str, ...], tuple[int, ...]], dy: Sequence[Any]
@@ -482,7 +478,6 @@ def _cast(dy: Any, dtype: torch.dtype) -> Any:
     return dy
 
 
-# y = f(x) under autocast   ⇒   (dparams, dx) = vjp_f(dy cast to y's dtype)
 @backward
 def autocast_backward(residuals: tuple[VJP, torch.dtype], dy: Any) -> tuple[Params, Any]:
     """y = f(x) under autocast   ⇒   (dparams, dx) = vjp_f(dy cast to y's dtype)"""

@@ -204,7 +204,7 @@ def save(path: str | os.PathLike[str], tree: PyTree) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException:  # even KeyboardInterrupt: remove the partial file, then re-raise
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

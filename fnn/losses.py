@@ -48,6 +48,8 @@ __all__ = [
 
 _REDUCTIONS = ("mean", "sum", "none")
 _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # aten's at::Reduction
+# A cached 0-d one per dtype and device (a finite set of keys, so it stays small). It cannot
+# change a result: `_one` hands it only to aten's backward kernels, which read it, never write.
 _ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 aten = torch.ops.aten
 Shape = tuple[int, ...]
@@ -246,7 +248,6 @@ def _sum_of_squares(diff: torch.Tensor, mean: bool) -> torch.Tensor:
     return value.div_(scalar(float(flat.numel()), value)) if mean else value
 
 
-# L = mean((p − t)²)   ⇒   dp = dL · 2 (p − t) / n
 @backward
 def mse_backward(
     residuals: tuple[torch.Tensor, torch.Tensor | None, str], dvalue: float | torch.Tensor
@@ -294,7 +295,6 @@ def l1(
     return value, VJP(l1_backward, (pred, target, reduction))
 
 
-# L = mean(|p − t|)   ⇒   dp = dL · sign(p − t) / n
 @backward
 def l1_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str], dvalue: float | torch.Tensor
@@ -343,7 +343,6 @@ def smooth_l1(
     return value, VJP(smooth_l1_backward, (pred, target, reduction, beta))
 
 
-# L = mean(½ d² / β if |d| < β else |d| − ½ β),  d = p − t   ⇒   dp = dL · clamp(d / β, −1, 1) / n
 @backward
 def smooth_l1_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str, float], dvalue: float | torch.Tensor
@@ -398,7 +397,6 @@ def huber(
     return value, VJP(huber_backward, (pred, target, reduction, delta))
 
 
-# L = mean(½ d² if |d| < δ else δ (|d| − ½ δ)),  d = p − t   ⇒   dp = dL · clamp(d, −δ, δ) / n
 @backward
 def huber_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str, float], dvalue: float | torch.Tensor
@@ -664,7 +662,6 @@ def cross_entropy(
     return value, VJP(cross_entropy_backward, (*residuals, value_shape, shape))
 
 
-# L = −Σ_c t_c log softmax(z)_c (t = one_hot(y) or probabilities)   ⇒   dz = dL · (softmax(z) Σ_c t_c − t)
 @backward
 def cross_entropy_backward(
     residuals: tuple[Any, ...], dvalue: float | torch.Tensor
@@ -756,7 +753,6 @@ def nll(
     return value, VJP(nll_backward, (*residuals, tuple(input.shape)))
 
 
-# L = Σᵢ −w[tᵢ] xᵢ[tᵢ] / Σᵢ w[tᵢ]   ⇒   dxᵢ = −dL · w[tᵢ] one_hot(tᵢ) / Σᵢ w[tᵢ]
 @backward
 def nll_backward(residuals: tuple[Any, ...], dvalue: float | torch.Tensor) -> torch.Tensor:
     """L = Σᵢ −w[tᵢ] xᵢ[tᵢ] / Σᵢ w[tᵢ]   ⇒   dxᵢ = −dL · w[tᵢ] one_hot(tᵢ) / Σᵢ w[tᵢ]"""
@@ -843,7 +839,6 @@ def multi_margin(
     return value, VJP(multi_margin_backward, (input, labels, reduction, int(p), margin, weight))
 
 
-# Lᵢ = Σ_{j≠t} w[t] hⱼᵖ / C,  hⱼ = max(0, m − x[t] + x[j])   ⇒   dx[j] = dLᵢ · w[t] p hⱼᵖ⁻¹ / C,  dx[t] = −Σ_{j≠t} dx[j]
 @backward
 def multi_margin_backward(residuals: tuple[Any, ...], dvalue: float | torch.Tensor) -> torch.Tensor:
     """
@@ -924,7 +919,6 @@ def bce_with_logits(
     return value, VJP(bce_with_logits_backward, (logits, target, weight, pos_weight, reduction))
 
 
-# L = mean(−w (q t log σ(z) + (1 − t) log(1 − σ(z))))   ⇒   dz = dL · w ((q t + 1 − t) σ(z) − q t) / n
 @backward
 def bce_with_logits_backward(
     residuals: tuple[Any, ...], dvalue: float | torch.Tensor
@@ -1001,7 +995,6 @@ def kl_div(
     return value, VJP(kl_div_backward, (input, target, reduction, log_target))
 
 
-# L = Σ t (log t − x) / N   ⇒   dx = −dL · t / N   (t = exp(target) with log_target)
 @backward
 def kl_div_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, str, bool], dvalue: float | torch.Tensor

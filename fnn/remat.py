@@ -90,7 +90,6 @@ def remat(layer: Layer) -> Layer:
     return declare(layer.init, apply, info)
 
 
-# y = f(params, x)   ⇒   recompute (y, vjp_f) = f(params, x), then (dparams, dx) = vjp_f(dy)
 @backward
 def remat_backward(
     residuals: tuple[_Forward, Params, Any, dict[str, Any]], dy: Any

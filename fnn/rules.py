@@ -178,7 +178,6 @@ def feedback_alignment(
     return declare(layer.init, apply, _wrapper_info(layer, "Dense"))
 
 
-# y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy B   (B fixed and random, not W)
 @backward
 def feedback_alignment_backward(
     residuals: tuple[tuple[torch.Tensor, torch.Tensor, bool], torch.Tensor], dy: torch.Tensor
@@ -207,7 +206,6 @@ def Sign() -> Layer:
     return elementwise("Sign", torch.sign, sign_backward, keep="input")
 
 
-# y = sign x   ⇒   dx = 0 (almost everywhere)
 @backward
 def sign_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = sign x   ⇒   dx = 0 (almost everywhere)"""
@@ -236,7 +234,6 @@ def straight_through(layer: Layer | None = None) -> Layer:
     return with_vjp(Sign() if layer is None else layer, straight_through_backward)
 
 
-# y = sign x   ⇒   dx ≈ dy · 1{|x| ≤ 1}   (straight-through estimator)
 @backward
 def straight_through_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = sign x   ⇒   dx ≈ dy · 1{|x| ≤ 1}   (straight-through estimator)"""

@@ -288,7 +288,6 @@ def _walk(
     return total, (dcarry, _stack(dxs))
 
 
-# (c_t, y_t) = f(c_{t−1}, x_t)   ⇒   walk t = T−1 … 0: (dθ_t, (dc_{t−1}, dx_t)) = vjp_t((dc_t, dy_t)),  dθ = Σ_t dθ_t
 @backward
 def scan_backward(residuals: tuple[tuple[VJP, ...], bool], dy: Any) -> tuple[Params, Any]:
     """

@@ -85,7 +85,9 @@ def check_vjp(
         pickle.dumps(vjp)
     except FnnError:
         pass  # a VJP that refuses pickling with a clear fnn error (remat's) is documented
-    except Exception as error:
+    except (
+        Exception
+    ) as error:  # whatever pickle raised, reported (not hidden) as the check's failure
         raise AssertionError(
             f"the VJP does not pickle (is backward a module-level function?): {error}"
         ) from None

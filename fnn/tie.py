@@ -217,7 +217,6 @@ def _replace(params: Params, path: Path, leaf: torch.Tensor) -> Params:
     return out
 
 
-# y = f(W at source and target)   ⇒   dW = ∂f/∂W_source + ∂f/∂W_target,  dx as f's
 @backward
 def tie_backward(residuals: tuple[VJP, Any, tuple[bool, ...]], dy: Any) -> tuple[Params, Any]:
     """y = f(W at source and target)   ⇒   dW = ∂f/∂W_source + ∂f/∂W_target,  dx as f's"""

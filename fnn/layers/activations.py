@@ -179,7 +179,6 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-# y = x   ⇒   dx = dy
 @backward
 def identity_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = x   ⇒   dx = dy"""
@@ -205,7 +204,6 @@ def Relu() -> Layer:
     )
 
 
-# y = max(x, 0)   ⇒   dx = dy · [y > 0]
 @backward
 def relu_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = max(x, 0)   ⇒   dx = dy · [y > 0]"""
@@ -243,7 +241,6 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     )
 
 
-# y = x if x > 0 else a·x   ⇒   dx = dy if x > 0 else a·dy
 @backward
 def leaky_relu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
@@ -272,7 +269,6 @@ def Tanh() -> Layer:
     )
 
 
-# y = tanh x   ⇒   dx = dy · (1 − y²)
 @backward
 def tanh_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = tanh x   ⇒   dx = dy · (1 − y²)"""
@@ -302,7 +298,6 @@ def Sigmoid() -> Layer:
     )
 
 
-# y = σ(x)   ⇒   dx = dy · y (1 − y)
 @backward
 def sigmoid_backward(y: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = σ(x)   ⇒   dx = dy · y (1 − y)"""
@@ -338,7 +333,6 @@ def Elu(alpha: float = 1.0) -> Layer:
     return elementwise("Elu", forward, elu_backward, keep="input", constants=(alpha,))
 
 
-# y = x if x > 0 else α(eˣ − 1)   ⇒   dx = dy if x > 0 else dy · α eˣ
 @backward
 def elu_backward(
     residuals: tuple[torch.Tensor, float], dy: torch.Tensor
@@ -374,7 +368,6 @@ def Gelu(approximate: str = "none") -> Layer:
     return elementwise("Gelu", forward, gelu_backward, keep="input", constants=(approximate,))
 
 
-# y = x Φ(x)   ⇒   dx = dy · (Φ(x) + x φ(x))
 @backward
 def gelu_backward(
     residuals: tuple[torch.Tensor, str], dy: torch.Tensor
@@ -413,7 +406,6 @@ def Softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
     )
 
 
-# y = log(1 + e^(βx)) / β   ⇒   dx = dy · σ(βx)   (dx = dy where βx > threshold)
 @backward
 def softplus_backward(
     residuals: tuple[torch.Tensor, float, float], dy: torch.Tensor
@@ -478,7 +470,6 @@ def _along(layer: Layer, name: str, dim: int) -> Layer:
     return declare(checked_init, layer.apply.func, layer.apply.info)  # type: ignore[attr-defined]
 
 
-# y = softmax(x)   ⇒   dx = y · (dy − Σ dy·y)   (sums along dim)
 @backward
 def softmax_backward(
     residuals: tuple[torch.Tensor, int], dy: torch.Tensor
@@ -528,7 +519,6 @@ def _log_softmax(dim: int, x: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(x, _checks.axis("LogSoftmax", "dim", dim, x.ndim))
 
 
-# y = x − logΣeˣ   ⇒   dx = dy − eʸ · Σ dy   (sums along dim)
 @backward
 def log_softmax_backward(
     residuals: tuple[torch.Tensor, int], dy: torch.Tensor
@@ -555,7 +545,6 @@ def Silu() -> Layer:
     return elementwise("Silu", torch.nn.functional.silu, silu_backward, keep="input")
 
 
-# y = x σ(x)   ⇒   dx = dy · σ(x) (1 + x (1 − σ(x)))
 @backward
 def silu_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = x σ(x)   ⇒   dx = dy · σ(x) (1 + x (1 − σ(x)))"""
@@ -579,7 +568,6 @@ def Mish() -> Layer:
     return elementwise("Mish", torch.nn.functional.mish, mish_backward, keep="input")
 
 
-# y = x tanh(s), s = softplus(x)   ⇒   dx = dy · (tanh s + x σ(x) (1 − tanh² s))
 @backward
 def mish_backward(x: torch.Tensor, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = x tanh(s), s = softplus(x)   ⇒   dx = dy · (tanh s + x σ(x) (1 − tanh² s))"""
@@ -642,7 +630,6 @@ def _hardtanh(name: str, min_val: float, max_val: float) -> Layer:
     )
 
 
-# y = clamp(x, a, b)   ⇒   dx = dy · [a < x < b]
 @backward
 def hardtanh_backward(
     residuals: tuple[torch.Tensor, float, float, str], dy: torch.Tensor
@@ -737,7 +724,6 @@ def _prelu_weight(params: Params, x: object) -> torch.Tensor:
     return weight.reshape(view)
 
 
-# y = x if x ≥ 0 else a·x   ⇒   da = Σ dy · x · [x < 0] (per channel),  dx = dy if x ≥ 0 else a·dy
 @backward
 def prelu_backward(
     residuals: tuple[torch.Tensor, torch.Tensor], dy: torch.Tensor
@@ -827,7 +813,6 @@ def _glu_axis(dim: int, shape: Shape) -> int:
     return axis
 
 
-# y = a σ(b), x = [a, b]   ⇒   da = dy σ(b),  db = dy a σ(b) (1 − σ(b))
 @backward
 def glu_backward(
     residuals: tuple[torch.Tensor, int], dy: torch.Tensor

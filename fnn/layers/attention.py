@@ -377,9 +377,6 @@ def _math_forward(
     return dropped.matmul(v), weights
 
 
-# y = o Woᵀ + bo,  o = softmax(q kᵀ/√D + m) v,  [q k v] = x W_inᵀ + b_in
-#   ⇒   dWo = dyᵀ o,  dbo = Σ dy,  (dq, dk, dv) = flash attention's VJP of do = dy Wo,
-#       dW_in = [dq dk dv]ᵀ x,  db_in = Σ [dq dk dv],  dx = [dq dk dv] W_in
 @backward
 def attention_backward(residuals: AttentionResiduals, dy: Any) -> tuple[Params, Any]:
     """

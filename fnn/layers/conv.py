@@ -459,7 +459,6 @@ ConvResiduals = tuple[
 ]  # fmt: skip
 
 
-# y = x ⋆ W + b (transposed: y = x ⋆ᵀ W + b)   ⇒   dW = x ⋆ dy,  db = Σₙ,ₛₚₐₜᵢₐₗ dy,  dx = dy ⋆ᵀ W (transposed: dy ⋆ W)
 @backward
 def conv_backward(residuals: ConvResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """

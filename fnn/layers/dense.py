@@ -116,7 +116,6 @@ def _diagnose(
         _checks.param_like("Dense", "bias", b, (out_features,), x)
 
 
-# y = x Wᵀ + b   ⇒   dW = dyᵀ x,  db = Σₙ dy,  dx = dy W
 @backward
 def dense_backward(
     residuals: tuple[torch.Tensor, torch.Tensor, bool], dy: torch.Tensor

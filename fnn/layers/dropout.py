@@ -85,7 +85,6 @@ def Dropout(rate: float) -> Layer:
     return declare(init, apply, LayerInfo("Dropout", keywords=frozenset({"key"})))
 
 
-# y = x · m / (1 − p)   ⇒   dx = dy · m / (1 − p)      (m the kept-mask; p = 1: dx = 0 · dy)
 @backward
 def dropout_backward(
     residuals: tuple[torch.Tensor | None, float, torch.Size], dy: torch.Tensor

@@ -131,7 +131,6 @@ def _weight(params: Params, num: int, dim: int) -> torch.Tensor:
     return weight
 
 
-# y = W[x]   ⇒   dW[i] = Σ_{positions p with x[p] = i} dy[p]  (0 for the padding row),  dx = 0
 @backward
 def embedding_backward(
     residuals: tuple[torch.Tensor, int, int, torch.dtype], dy: torch.Tensor

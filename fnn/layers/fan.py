@@ -101,7 +101,6 @@ def FanOut(num: int) -> Layer:
     return declare(init, apply, LayerInfo("FanOut"))
 
 
-# (y₁ … yₙ) = (x … x)   ⇒   dx = Σᵢ dyᵢ
 @backward
 def fan_out_backward(
     residuals: tuple[int, torch.Size], dy: Sequence[torch.Tensor]
@@ -170,7 +169,6 @@ def FanInSum() -> Layer:
     return declare(init, apply, LayerInfo("FanInSum"))
 
 
-# y = Σᵢ xᵢ   ⇒   dxᵢ = dy
 @backward
 def fan_in_sum_backward(
     residuals: tuple[int, torch.Size], dy: torch.Tensor
@@ -241,7 +239,6 @@ def FanInConcat(axis: int = 1) -> Layer:
     return declare(init, apply, LayerInfo("FanInConcat"))
 
 
-# y = concat(x₁ … xₙ)   ⇒   (dx₁ … dxₙ) = split(dy)
 @backward
 def fan_in_concat_backward(
     residuals: tuple[int, tuple[int, ...], torch.Size], dy: torch.Tensor

@@ -235,7 +235,6 @@ def LayerNorm(
     return declare(init, apply, LayerInfo("LayerNorm"))
 
 
-# y = γ x̂ + β, x̂ = (x − μ)/σ per row   ⇒   dγ = Σ dy x̂,  dβ = Σ dy,  dx = (g − mean(g) − x̂ mean(g x̂)) / σ  with g = γ dy
 @backward
 def layer_norm_backward(
     residuals: tuple[
@@ -377,7 +376,6 @@ def _rms_norm_forward(
     return (y.mul(weight) if weight is not None else y), rstd
 
 
-# y = γ x̂, x̂ = x r, r = 1/√(mean(x²) + ε) per row   ⇒   dγ = Σ dy x̂,  dx = r (g − x̂ mean(g x̂))  with g = γ dy
 @backward
 def rms_norm_backward(
     residuals: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int], dy: torch.Tensor
@@ -517,7 +515,6 @@ def _group_shape(groups: int, shape: Shape) -> tuple[int, int, int]:
     return shape[0], channels, math.prod(spatial)
 
 
-# y = γ x̂ + β, x̂ = (x − μ)/σ per example and group   ⇒   dγ = Σ dy x̂,  dβ = Σ dy,  dx = (g − mean(g) − x̂ mean(g x̂)) / σ  with g = γ dy
 @backward
 def group_norm_backward(
     residuals: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, int],
@@ -729,7 +726,6 @@ def BatchNorm(
     return declare(init, apply, info)
 
 
-# train: y = γ x̂ + β, x̂ = (x − μ_B)/σ_B  ⇒  dγ = Σ dy x̂,  dβ = Σ dy,  dx = γ/σ_B (dy − mean(dy) − x̂ mean(dy x̂));  eval: dx = γ dy / σ_run
 @backward
 def batch_norm_backward(
     residuals: tuple[

@@ -281,7 +281,6 @@ def max_pool_forward(x: torch.Tensor, window: tuple[Any, ...]) -> tuple[Any, tor
     return ((y, indices) if return_indices else y), indices
 
 
-# y = max over each window of x   ⇒   dx[argmax] += dy   (every other input gets 0)
 @backward
 def max_pool_backward(residuals: PoolResiduals, dy: Any) -> tuple[Params, torch.Tensor]:
     """y = max over each window of x   ⇒   dx[argmax] += dy   (every other input gets 0)"""
@@ -389,7 +388,6 @@ def avg_pool_forward(x: torch.Tensor, window: tuple[Any, ...]) -> tuple[torch.Te
 _HALF = (torch.bfloat16, torch.float16)
 
 
-# y = Σ over each window of x / divisor   ⇒   dx = Σ over the windows holding x of dy / divisor
 @backward
 def avg_pool_backward(residuals: PoolResiduals, dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = Σ over each window of x / divisor   ⇒   dx = Σ over the windows holding x of dy / divisor"""
@@ -477,7 +475,6 @@ def adaptive_avg_pool_forward(
     return kernel_fn(x, out), None
 
 
-# y[i] = mean of x over cell i   ⇒   dx = dy[i] / |cell i| over each cell holding x
 @backward
 def adaptive_avg_pool_backward(
     residuals: PoolResiduals, dy: torch.Tensor

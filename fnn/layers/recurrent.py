@@ -276,7 +276,6 @@ def _check_step_input(
         _checks.input_like(name, part, w_hh)
 
 
-# the step above, then the input's projection gx = x W_ihᵀ + b   ⇒   dW_ih = dgxᵀ x,  db = Σₙ dgx,  dx = dgx W_ih
 @backward
 def recurrent_cell_backward(residuals: tuple[Any, ...], dy: Any) -> tuple[Params, Any]:
     """
@@ -698,9 +697,6 @@ def _initial_state(
     return list(checked[0].unbind(0))
 
 
-# per layer and direction: gx = x W_ihᵀ + b, (h_T, ys) = scan(cell)(h0, gx)   ⇒   (_, (dh0, dgx)) = scan VJP((dh_T, dys)),
-#   dW_ih = Σₜ dgxₜᵀ xₜ,  dW_hh = Σₜ dgxₜᵀ hₜ₋₁,  db_ih = db_hh = Σ dgx (GRU: dW_hh, db_hh from scan's dparams),
-#   dx = Σ_dir dgx W_ih, through each dropout mask
 @backward
 def recurrent_backward(residuals: tuple[Any, ...], dy: Any) -> tuple[Params, Any]:
     """

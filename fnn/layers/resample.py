@@ -205,7 +205,6 @@ def Pad(padding: Sequence[int], mode: str = "constant", value: float = 0.0) -> L
     return declare(init, apply, LayerInfo("Pad"))
 
 
-# y = x with borders (constant, mirrored, repeated or wrapped)   ⇒   dx = Σ of dy over the output positions each input element went to
 @backward
 def pad_layer_backward(
     residuals: tuple[torch.Tensor, torch.Size, list[int], str], dy: torch.Tensor
@@ -394,7 +393,6 @@ def Upsample(
 UpsampleResiduals = tuple[str, torch.Tensor, torch.Size, list[bool], list[float | None]]
 
 
-# y[j] = Σᵢ w(j, i) x[i] (nearest: w = 1 at i = ⌊j / scale⌋)   ⇒   dx[i] = Σⱼ w(j, i) dy[j]
 @backward
 def upsample_backward(
     residuals: UpsampleResiduals, dy: torch.Tensor

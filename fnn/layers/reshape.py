@@ -91,7 +91,6 @@ def _flatten_axes(start_dim: int, end_dim: int, shape: Shape) -> tuple[int, int]
     return start, end
 
 
-# y = flatten(x)   ⇒   dx = reshape(dy, x.shape)
 @backward
 def flatten_backward(
     residuals: tuple[Shape, Shape, bool], dy: torch.Tensor
@@ -177,7 +176,6 @@ def Reshape(shape: Sequence[int]) -> Layer:
     return declare(init, apply, LayerInfo("Reshape"))
 
 
-# y = reshape(x)   ⇒   dx = reshape(dy, x.shape)
 @backward
 def reshape_backward(residuals: tuple[str, Shape], dy: torch.Tensor) -> tuple[Params, torch.Tensor]:
     """y = reshape(x)   ⇒   dx = reshape(dy, x.shape)"""
