@@ -273,7 +273,7 @@ def test_workspace_results_stay_fresh_and_threads_agree():
     _, params = model.init(fnn.random.key(0), (-1, 4))
     opt = fnn.optim.sgd(0.1, momentum=0.9)
     step = fnn.train_step(model.apply, fnn.losses.mse, opt)
-    assert "Small CPU batches" in step.source and "out=ws[" in step.source
+    assert "Small CPU batches" in step.source and ") = ws\n" in step.source
     x1, t1 = randn(1, 6, 4, dtype=torch.float32), randn(2, 6, 2, dtype=torch.float32)
     x2, t2 = randn(3, 6, 4, dtype=torch.float32), randn(4, 6, 2, dtype=torch.float32)
     first = step(params, opt.init(params), x1, t1)
@@ -338,3 +338,57 @@ def test_a_patched_backward_is_honoured_under_torch_compile(monkeypatch):
     _, after, _ = compiled(params, opt.init(params), x, target)
     assert torch.equal(after["0"]["weight"], params["0"]["weight"])
     assert not torch.equal(after["0"]["bias"], params["0"]["bias"])
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_activations_in_a_row_keep_each_ones_output(loss, batch):
+    """Sigmoid then Tanh: the second may not overwrite the output the first's backward reads
+    (the workspace once ran both in place on one buffer and got the gradient wrong)."""
+    model = fnn.serial(L.Dense(5), L.Sigmoid(), L.Tanh(), L.Dense(3), L.Relu(), L.Dense(2))
+    _, params = model.init(fnn.random.key(0), (-1, 4))
+    x = randn(1, batch, 4, dtype=torch.float32)
+    if loss == "mse":
+        loss_fn, target = fnn.losses.mse, randn(2, batch, 2, dtype=torch.float32)
+    else:
+        loss_fn, target = fnn.losses.cross_entropy, torch.arange(batch) % 2
+    step = run_both(model, loss_fn, fnn.optim.sgd(0.1, momentum=0.9), params, x, target)
+    assert "y_2 = f_2(out_0)" in step.source  # Tanh writes a new tensor
+
+
+def test_inline_cross_entropy_checks_labels_and_honours_a_patched_backward(monkeypatch):
+    model = fnn.serial(L.Dense(4), L.Relu(), L.Dense(3))
+    _, params = model.init(fnn.random.key(0), (-1, 2))
+    x = randn(1, 5, 2, dtype=torch.float32)
+    opt = fnn.optim.sgd(0.5)
+    step = fnn.train_step(model.apply, fnn.losses.cross_entropy, opt)
+    assert "nll_loss(log_probs, target" in step.source
+    labels = torch.tensor([0, 1, 2, -100, 1])  # the ignored label counts for nothing
+    run_both(model, fnn.losses.cross_entropy, opt, params, x, labels)
+    with pytest.raises(fnn.FnnError, match="cross_entropy"):
+        step(params, opt.init(params), x, torch.tensor([0, 1, 3, 0, 1]))
+    with pytest.raises(fnn.FnnError, match="cross_entropy"):
+        step(params, opt.init(params), x, torch.tensor([0.0, 1, 2, 0, 1]))
+    losses = sys.modules[fnn.losses.cross_entropy_backward.__module__]
+
+    def zero_backward(residuals, dvalue):  # the logits' shape comes last
+        return torch.zeros(residuals[-1])
+
+    monkeypatch.setattr(losses, "cross_entropy_backward", zero_backward)
+    _, new, _ = step(params, opt.init(params), x, labels)  # the patch runs: nothing moves
+    assert leaves_equal(new, params)
+
+
+def test_a_new_input_width_with_the_same_batch_gets_its_own_workspace():
+    model = fnn.serial(L.Dense(4), L.Relu(), L.Dense(2))
+    opt = fnn.optim.sgd(0.5)
+    step = fnn.train_step(model.apply, fnn.losses.mse, opt)
+    target = randn(0, 6, 2, dtype=torch.float32)
+    for width in (3, 5, 3):
+        _, params = model.init(fnn.random.key(width), (-1, width))
+        x = randn(width, 6, width, dtype=torch.float32)
+        run_both(model, fnn.losses.mse, opt, params, x, target, steps=2)
+        _, new, _ = step(params, opt.init(params), x, target)
+        assert new["0"]["weight"].shape == (4, width)
+    with pytest.raises(fnn.errors.ShapeError, match="Dense"):  # params of width 3, x of width 5
+        step(params, opt.init(params), randn(1, 6, 5, dtype=torch.float32), target)

@@ -27,7 +27,6 @@ import torch
 
 from .. import losses, random
 from .._compat import is_compiling
-from .._constants import scalar
 from ..core import ApplyFn, Params, PyTree, check_keywords, layer_info
 from ..errors import FnnError, FnnTypeError, describe
 from ..grad import _SCALAR_COTANGENT_LOSSES, Loss, value_and_grad
@@ -92,13 +91,16 @@ class TrainStep:
         # Small CPU batches of a Dense/activation chain: a workspace variant
         # (fnn/train/_workspace.py) that writes intermediates into buffers this step owns.
         self._ws_code: tuple[str, Callable[..., Any], list[Any]] | None = None
-        self._inline_mse = loss is losses.mse
+        inline_loss = next((k for f, k in _workspace.INLINE_LOSSES.items() if f is loss), None)
+        # the loss's backward, which must still be the module's for the inline loss to run
+        self._loss_backward = {
+            "mse": losses.mse_backward,
+            "cross_entropy": losses.cross_entropy_backward,
+        }.get(inline_loss or "")
         if self._form is not None and _workspace.applies(self._plan, self._plan.top_keys, has_aux):
-            source, ns, shapes = _workspace.generate(
-                self._plan, self._plan.top_keys, self._inline_mse, self._scalar_cotangent
-            )
-            self._ws_code = (source, compile_source(source, ns, False), shapes)
-        self._workspaces: dict[Any, list[torch.Tensor] | None] = {}
+            source, ns, slots = _workspace.generate(self._plan, inline_loss, self._scalar_cotangent)
+            self._ws_code = (source, compile_source(source, ns, False), slots)
+        self._workspaces: dict[Any, tuple[Any, ...] | None] = {}
         self._lock = threading.Lock()
         if self._plan.serial:  # the layout `init` gives, made now so torch.compile finds it
             self._code(self._plan.top_keys, False, self._current_inline(), False)
@@ -227,35 +229,31 @@ class TrainStep:
         assert self._ws_code is not None
         if (
             type(x) is not torch.Tensor
+            or type(params) is not dict
             or x.ndim != 2
-            or x.device.type != "cpu"
+            or not x.is_cpu
             or (x.dtype is not torch.float32 and x.dtype is not torch.float64)
             or not x.shape[0]
-            or type(params) is not dict
             or tuple(params) != self._plan.top_keys
-            or self._current_inline() != self._all_inline
-            or (self._inline_mse and not is_current(losses.mse_backward))
+            or self._current_inline() is not self._all_inline
+            or (self._loss_backward is not None and not is_current(self._loss_backward))
         ):
             return None
-        shape_key = (x.shape[0], x.dtype)
-        if shape_key not in self._workspaces:
+        shape_key = (x.shape, x.dtype)
+        workspace = self._workspaces.get(shape_key)
+        if workspace is None:
+            if shape_key in self._workspaces:
+                return None  # too large for a workspace
             if len(self._workspaces) >= 4:  # a few batch shapes at most
                 self._workspaces.clear()
-            try:
-                made = _workspace.make_buffers(
-                    self._ws_code[2], self._plan, params, x.shape[0], x.dtype
-                )
-            except (KeyError, AttributeError, TypeError, IndexError):
-                return None  # params the inline code will reject with a clear error
-            self._workspaces[shape_key] = made
-        buffers = self._workspaces[shape_key]
-        if buffers is None:
-            return None
-        n = float(x.shape[0] * self._plan.nodes[-1].info.step[1])  # the prediction's numel
-        loss_scale = (scalar(n, x), scalar(1.0 * (2.0 / n), x))
+            workspace = self._workspaces[shape_key] = _workspace.make_workspace(
+                self._ws_code[2], self._plan, x.shape, x.dtype
+            )
+            if workspace is None:
+                return None
         try:
             return self._ws_code[1](  # type: ignore[no-any-return]
-                params, opt_state, x, target, self.loss, loss_scale, self._form, _reject, buffers
+                params, opt_state, x, target, self.loss, self._form, _reject, workspace
             )
         except FnnError:
             raise
