@@ -165,7 +165,8 @@ def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
         A new `torch.Generator`; the same key gives the same generator state, always.
 
     Raises:
-        FnnError: a device without a random generator (meta).
+        FnnError: `device` is not a device, or torch makes no generator there (meta,
+            or CUDA without a driver): the message gives torch's reason.
 
     Example:
         >>> g = generator(key(0))
@@ -174,10 +175,15 @@ def generator(k: Key, device: torch.device | str = "cpu") -> torch.Generator:
     """
     hi, lo = _words(k)
     try:
-        g = torch.Generator(device=device)
-    except RuntimeError:
+        where = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise FnnError(f"fnn.random: {device!r} is not a device ({error})") from None
+    try:
+        g = torch.Generator(device=where)
+    except RuntimeError as error:  # torch says why: a meta device, no CUDA build, ...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise FnnError(
-            f"fnn.random: cannot draw random numbers on device {device!r} (no generator there)"
+            f"fnn.random: torch makes no random generator on device {where} ({reason})"
         ) from None
     g.manual_seed(_mix64(((hi << 32) | lo) ^ 0x2545F4914F6CDD1D) >> 1)
     return g

@@ -162,3 +162,10 @@ def test_one_hot_and_batches():
     again = [b[1] for b in fnn.data.batches(fnn.random.key(0), x, y, batch_size=3)]
     assert all(torch.equal(a[1], b) for a, b in zip(seen, again))
     assert [len(b[0]) for b in fnn.data.batches(None, x, batch_size=4, drop_last=True)] == [4, 4]
+
+
+def test_generator_errors_give_torchs_reason():
+    with pytest.raises(fnn.FnnError, match="'nonsense' is not a device"):
+        fnn.random.generator(fnn.random.key(0), "nonsense")
+    with pytest.raises(fnn.FnnError, match="no random generator on device meta"):
+        fnn.random.generator(fnn.random.key(0), "meta")
