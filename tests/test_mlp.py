@@ -48,9 +48,7 @@ def test_the_serials_params_outputs_and_gradients_bit_for_bit(approximate, bias,
     assert dx is None
     _equal(grads, expected[0])
     per_example = fnn.per_example_grads(fused.apply, fnn.losses.mse)(params, x, y_plain + 1)
-    per_example_plain = fnn.per_example_grads(plain.apply, fnn.losses.mse)(
-        params, x, y_plain + 1
-    )
+    per_example_plain = fnn.per_example_grads(plain.apply, fnn.losses.mse)(params, x, y_plain + 1)
     _equal(per_example, per_example_plain)
 
 
