@@ -212,13 +212,17 @@ def _mlp_grads(
     if not isinstance(dy, torch.Tensor) or dy.shape != expected or dy.dtype is not h.dtype:
         _checks.cotangent_like(_NAME, dy, expected, h)
     dy2 = dy.reshape(-1, dy.shape[-1])
-    activation = F.gelu(h, approximate=approximate)
-    second: Params = {"weight": dy2.t().mm(activation.reshape(-1, h.shape[-1]))}
-    del activation
+    activation = F.gelu(h, approximate=approximate).reshape(-1, h.shape[-1])
+    second: Params = {"weight": dy2.t().mm(activation)}
     if has_bias:
         second["bias"] = dy2.sum(0)
-    dh = dy.matmul(w2)  # dgelu(h), then dh in its place
-    del dy, dy2
+    # dgelu(h) = dy W₂ into the activation's buffer (still in cache), then dh in its place;
+    # under autocast (dy and W₂ of two dtypes) the product casts, so it takes a new buffer
+    if dy2.dtype is w2.dtype is activation.dtype:
+        dh = torch.mm(dy2, w2, out=activation).view(h.shape)
+    else:
+        dh = dy2.mm(w2).view(h.shape)
+    del dy, dy2, activation
     _gelu_backward_into(dh, h, approximate=approximate, grad_input=dh)
     del h
     dh2 = dh.reshape(-1, dh.shape[-1])
