@@ -12,13 +12,15 @@ characters drawn from fnn.random keys, the same for fnn and torch.
 
 Model (GPT-2's layout, pre-LayerNorm): token embedding + learned position embedding →
 `--layers` blocks of `x + attention(LayerNorm(x))` (causal, `--heads` heads) and
-`x + Dense(Gelu(Dense(LayerNorm(x))))` (width 4·E) → LayerNorm → a head tied to the token
-embedding (`fnn.tie`: one weight, the gradient of both uses summed). Embeddings start at
+`x + Dense(Gelu(Dense(LayerNorm(x))))` (width 4·E; one fused `Mlp` layer, which recomputes
+the Gelu in the backward instead of keeping its output) → LayerNorm → a head tied to the
+token embedding (`fnn.tie`: one weight, the gradient of both uses summed). Embeddings start at
 N(0, 0.02²) as in GPT-2. Loss: cross-entropy of each next character; AdamW (lr 3e-3,
 weight decay 0.01, torch's defaults otherwise).
 
 `--compare-torch` builds the same model in torch.nn (nn.Embedding, nn.MultiheadAttention,
-nn.LayerNorm, nn.Linear with `head.weight = tok.weight`) from the same initial weights,
+nn.LayerNorm, nn.Linear, nn.GELU, nn.Linear with `head.weight = tok.weight`) from the same
+initial weights,
 trains it with autograd and torch.optim.AdamW on the same batches, and prints the largest
 gap between the two loss curves over the first 200 steps.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -110,21 +113,31 @@ def residual(layer: fnn.Layer) -> fnn.Layer:
     return fnn.serial(L.FanOut(2), fnn.parallel(layer, L.Identity()), L.FanInSum())
 
 
-def block(embed: int, heads: int, remat: str = "none") -> fnn.Layer:
-    """A pre-LayerNorm block; `remat="mlp"` recomputes the MLP branch in the backward (it then
-    keeps its input only: E numbers per token instead of 10 E), `"block"` the whole block."""
+def block(embed: int, heads: int, remat: str = "none", mlp: str = "fused") -> fnn.Layer:
+    """A pre-LayerNorm block. Its MLP branch is `LayerNorm, Mlp(4E)` (`mlp="fused"`: it keeps
+    6 E numbers per token, the Gelu recomputed in the backward) or `LayerNorm, Dense(4E),
+    Gelu, Dense(E)` (`mlp="serial"`, the same numbers: it also keeps the Gelu's output, 10 E).
+    `remat="mlp"` recomputes the MLP branch in the backward (it then keeps its input only, E),
+    `"block"` the whole block."""
     attention = fnn.serial(L.LayerNorm(), L.MultiHeadAttention(heads, causal=True))
-    mlp = fnn.serial(L.LayerNorm(), L.Dense(4 * embed), L.Gelu(), L.Dense(embed))
-    layer = fnn.serial(residual(attention), residual(fnn.remat(mlp) if remat == "mlp" else mlp))
+    if mlp == "fused":
+        branch = fnn.serial(L.LayerNorm(), L.Mlp(4 * embed))
+    else:
+        branch = fnn.serial(L.LayerNorm(), L.Dense(4 * embed), L.Gelu(), L.Dense(embed))
+    layer = fnn.serial(
+        residual(attention), residual(fnn.remat(branch) if remat == "mlp" else branch)
+    )
     return fnn.remat(layer) if remat == "block" else layer
 
 
-def make_model(vocab: int, embed: int, heads: int, layers: int, context: int, remat="none"):
+def make_model(
+    vocab: int, embed: int, heads: int, layers: int, context: int, remat="none", mlp="fused"
+):
     """The GPT as one fnn layer on int64 (N, T) indices, giving (N, T, vocab) logits."""
     model = fnn.serial(
         L.Embedding(vocab, embed),
         PositionEmbedding(context),
-        *[block(embed, heads, remat) for _ in range(layers)],
+        *[block(embed, heads, remat, mlp) for _ in range(layers)],
         L.LayerNorm(),
         L.Dense(vocab, bias=False),
     )
@@ -210,8 +223,19 @@ def make_torch_model(vocab: int, embed: int, heads: int, layers: int, context: i
     return model
 
 
+def twin_name(name: str) -> str:
+    """The torch twin's name of an fnn param: a block's fused `Mlp` ("<b>.1.1.0.1.0.weight",
+    "<b>.1.1.0.1.2.weight") stands for the twin's Linear, GELU, Linear ("<b>.1.1.0.1.weight",
+    "<b>.1.1.0.3.weight"); every other name is the twin's."""
+    match = re.fullmatch(r"(\d+\.1\.1\.0)\.1\.([02])\.(weight|bias)", name)
+    if match is None:
+        return name
+    branch, index, leaf = match.groups()
+    return f"{branch}.{1 + int(index)}.{leaf}"
+
+
 def load_torch_model(model: torch.nn.Module, params, layers: int) -> None:
-    state = fnn.tree.to_state_dict(params)
+    state = {twin_name(k): v for k, v in fnn.tree.to_state_dict(params).items()}
     state[f"{layers + 3}.weight"] = state["0.weight"]  # torch's state_dict lists the tied one twice
     model.load_state_dict({k: v.clone() for k, v in state.items()})
 
@@ -279,7 +303,9 @@ def train_fnn(args, corpus: Corpus, log=print) -> Run:
     dtype = dtype_of(args.dtype)
     vocab = len(corpus.chars)
     init_key, data_key, eval_key, sample_key = fnn.random.split(fnn.random.key(args.seed), 4)
-    model = make_model(vocab, args.embed, args.heads, args.layers, args.context, args.remat)
+    model = make_model(
+        vocab, args.embed, args.heads, args.layers, args.context, args.remat, args.mlp
+    )
     params = init_params(model, args.context, init_key, dtype)
     run = Run(params=params)
     opt = fnn.optim.adamw(lr=args.lr, weight_decay=args.weight_decay)
@@ -392,6 +418,12 @@ def parse_args(argv):
         default="none",
         help="recompute each block's MLP, or each whole block, in the backward pass",
     )
+    parser.add_argument(
+        "--mlp",
+        choices=["fused", "serial"],
+        default="fused",
+        help="each block's MLP as one fused Mlp layer, or as serial(Dense, Gelu, Dense)",
+    )
     parser.add_argument("--compare-torch", action="store_true")
     parser.add_argument("--plot", metavar="DIR", help="draw the loss curves into DIR")
     return parser.parse_args(argv)
@@ -416,7 +448,9 @@ def main(argv=None) -> tuple[Run, Run | None]:
     torch_run = None
     if args.compare_torch:
         initial = init_params(
-            make_model(len(corpus.chars), args.embed, args.heads, args.layers, args.context),
+            make_model(
+                len(corpus.chars), args.embed, args.heads, args.layers, args.context, mlp=args.mlp
+            ),
             args.context,
             fnn.random.split(fnn.random.key(args.seed), 4)[0],
             dtype_of(args.dtype),

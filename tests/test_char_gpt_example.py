@@ -44,7 +44,7 @@ def test_tiny_run_learns_samples_and_matches_torch(gpt, capsys, tmp_path):
     assert (tmp_path / "char_gpt_loss.png").stat().st_size > 1000
 
 
-def test_float64_and_remat_give_the_same_curve(gpt):
+def test_float64_and_remat_give_the_same_curve_and_the_serial_mlp_the_twins(gpt):
     args = [
         *TINY,
         "--steps",
@@ -60,6 +60,9 @@ def test_float64_and_remat_give_the_same_curve(gpt):
     for remat in ("mlp", "block"):
         rematted, _ = gpt.main([*args, "--remat", remat])
         assert rematted.step_losses == plain.step_losses
+    # the MLP as serial(Dense, Gelu, Dense) (other initial weights: the keys split otherwise)
+    serial, _ = gpt.main([*args, "--mlp", "serial", "--compare-torch"])
+    assert serial.torch_gap <= 1e-12
 
 
 def test_fixed_split_tied_head_and_the_torch_twins_names(gpt):
@@ -70,9 +73,11 @@ def test_fixed_split_tied_head_and_the_torch_twins_names(gpt):
     assert torch.equal(gpt.load_corpus().val, corpus.val)  # a fixed split
     model = gpt.make_model(vocab, 16, 2, 1, 16)
     params = gpt.init_params(model, 16, fnn.random.key(0))
-    names = set(fnn.tree.to_state_dict(params))
+    names = {gpt.twin_name(name) for name in fnn.tree.to_state_dict(params)}
     twin = gpt.make_torch_model(vocab, 16, 2, 1, 16)
     assert set(twin.state_dict()) - names == {"4.weight"}  # the tied head, listed twice by torch
+    assert "2.1.1.0.1.2.weight" in fnn.tree.to_state_dict(params)  # the fused Mlp's second Dense
+    assert gpt.twin_name("2.1.1.0.1.2.weight") == "2.1.1.0.3.weight"  # the twin's Linear
     gpt.load_torch_model(twin, params, 1)
     x = corpus.train[:32].view(2, 16)
     logits, _ = model.apply(params, x)
@@ -95,6 +100,6 @@ def test_gradients_equal_the_torch_twins_bit_for_bit_in_float32(gpt):
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
         loss.backward()
     assert torch.equal(value, loss.detach())
-    flat = fnn.tree.to_state_dict(grads)
+    flat = {gpt.twin_name(k): v for k, v in fnn.tree.to_state_dict(grads).items()}
     for name, p in twin.named_parameters():
         assert torch.equal(flat[name], p.grad), name

@@ -19,6 +19,14 @@ def _dense(p, x):
     return F.linear(x, p["weight"], p.get("bias"))
 
 
+def _mlp(approximate="none"):
+    def fn(p, x):
+        h = F.gelu(_dense(p["0"], x), approximate=approximate)
+        return _dense(p["2"], h)
+
+    return fn
+
+
 def _dropout_reference(rate):
     # The torch computation with the mask fnn drew: y = x · mask / (1 − rate).
     def fn(p, x):
@@ -34,6 +42,14 @@ def _dropout_reference(rate):
 CASES = [
     ("Dense", lambda: L.Dense(3), _dense, [(1, 4), (5, 4), (2, 3, 4), (4,)], {}),
     ("Dense-no-bias", lambda: L.Dense(2, bias=False), _dense, [(1, 3), (6, 3)], {}),
+    ("Mlp", lambda: L.Mlp(6), _mlp(), [(1, 4), (5, 4), (2, 3, 4), (4,)], {}),
+    (
+        "Mlp-tanh-no-bias",
+        lambda: L.Mlp(5, 2, approximate="tanh", bias=False),
+        _mlp("tanh"),
+        [(1, 3), (6, 3)],
+        {},
+    ),
     ("Relu", L.Relu, lambda p, x: F.relu(x), [(1, 5), (4, 3), (2, 3, 4)], {}),
     (
         "LeakyRelu",

@@ -26,6 +26,7 @@ from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .fan import FanInConcat, FanInSum, FanOut
+from .mlp import Mlp
 from .norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from .pool import AdaptiveAvgPool, AvgPool, MaxPool
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
@@ -34,6 +35,7 @@ from .reshape import Flatten, Reshape
 
 __all__ = [
     "Dense",
+    "Mlp",
     "Conv",
     "ConvTranspose",
     "MaxPool",

@@ -3,7 +3,8 @@
     python -m tests.benchmarks.run_all gpt
 
 The model is examples/char_gpt.py's (4 layers, width 128, 4 heads, context 64, batch 16; CPU,
-one thread). Baselines: the same model in torch.nn + autograd + torch.optim.AdamW, called
+one thread; each MLP one fused `Mlp` layer; the row "fnn, MLP as serial(...)" runs it as
+`serial(Dense, Gelu, Dense)`, which computes the same bits and keeps the Gelu's output too). Baselines: the same model in torch.nn + autograd + torch.optim.AdamW, called
 as torch users usually do — `nn.MultiheadAttention(..., need_weights=False)` (its fused
 flash path) — and with `need_weights=True` (torch's default, which keeps the T×T weights);
 and torch.compile of the twin's step when it compiles. All interleaved in one process.
@@ -39,9 +40,9 @@ def example():
     return module
 
 
-def make_fnn_step(gpt, corpus, context: int, batch: int, remat: str = "none"):
+def make_fnn_step(gpt, corpus, context: int, batch: int, remat: str = "none", mlp: str = "fused"):
     vocab = len(corpus.chars)
-    model = gpt.make_model(vocab, EMBED, HEADS, LAYERS, context, remat)
+    model = gpt.make_model(vocab, EMBED, HEADS, LAYERS, context, remat, mlp)
     params = gpt.init_params(model, context, fnn.random.key(0))
     x, y = gpt.batch(fnn.random.key(1), corpus.train, batch, context)
     loss_and_grads = fnn.value_and_grad(model.apply, gpt.sequence_cross_entropy)
@@ -92,6 +93,7 @@ def _with_weights(self, x):
 
 def speed(gpt, corpus) -> dict[str, float]:
     fnn_step, params, _ = make_fnn_step(gpt, corpus, CONTEXT, BATCH)
+    fnn_serial_step, _, _ = make_fnn_step(gpt, corpus, CONTEXT, BATCH, mlp="serial")
     fnn_mlp_step, _, _ = make_fnn_step(gpt, corpus, CONTEXT, BATCH, remat="mlp")
     torch_step, *_ = make_torch_step(gpt, corpus, params, CONTEXT, BATCH)
     torch_weights_step, *_ = make_torch_step(gpt, corpus, params, CONTEXT, BATCH, need_weights=True)
@@ -99,6 +101,7 @@ def speed(gpt, corpus) -> dict[str, float]:
         "torch eager + autograd": torch_step,
         "torch, need_weights=True": torch_weights_step,
         "fnn": fnn_step,
+        "fnn, MLP as serial(...)": fnn_serial_step,
         "fnn, remat MLP per block": fnn_mlp_step,
     }
     compile_note = ""
@@ -135,6 +138,7 @@ def memory(gpt, corpus, context: int) -> dict[str, int]:
     from ._memory import peak_extra_bytes
 
     fnn_step, params, _ = make_fnn_step(gpt, corpus, context, BATCH)
+    fnn_serial_step, _, _ = make_fnn_step(gpt, corpus, context, BATCH, mlp="serial")
     fnn_mlp_step, _, _ = make_fnn_step(gpt, corpus, context, BATCH, remat="mlp")
     fnn_remat_step, _, _ = make_fnn_step(gpt, corpus, context, BATCH, remat="block")
     torch_step, _, torch_opt, _ = make_torch_step(gpt, corpus, params, context, BATCH)
@@ -149,6 +153,7 @@ def memory(gpt, corpus, context: int) -> dict[str, int]:
         ("torch eager + autograd", torch_step, torch_opt.zero_grad),
         ("torch, need_weights=True", torch_weights_step, weights_opt.zero_grad),
         ("fnn", fnn_step, _nothing),
+        ("fnn, MLP as serial(...)", fnn_serial_step, _nothing),
         ("fnn, remat MLP per block", fnn_mlp_step, _nothing),
         ("fnn, remat per block", fnn_remat_step, _nothing),
     ]:
@@ -171,10 +176,10 @@ def _nothing() -> None:
 
 def per_layer_summary(gpt, context: int) -> None:
     """fnn.summary of the body (embeddings excluded: summary feeds float inputs)."""
-    for remat in ("none", "mlp"):
-        body = fnn.serial(gpt.block(EMBED, HEADS, remat), fnn.layers.LayerNorm())
+    for mlp in ("fused", "serial"):
+        body = fnn.serial(gpt.block(EMBED, HEADS, mlp=mlp), fnn.layers.LayerNorm())
         print(
-            f"\nfnn.summary of one block (remat={remat!r}) + LayerNorm, input (-1, {context}, {EMBED}):"
+            f"\nfnn.summary of one block (mlp={mlp!r}) + LayerNorm, input (-1, {context}, {EMBED}):"
         )
         print(fnn.summary(body, (-1, context, EMBED)))
 

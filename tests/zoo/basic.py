@@ -40,6 +40,24 @@ CASES = [
         ),
     ),
     Case(
+        "Mlp",
+        lambda: L.Mlp(8),
+        (-1, 3, 4),
+        torch_twin=lambda: torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 4)
+        ),
+    ),
+    Case(
+        "Mlp-tanh-nobias",
+        lambda: L.Mlp(6, 3, approximate="tanh", bias=False),
+        (-1, 4),
+        torch_twin=lambda: torch.nn.Sequential(
+            torch.nn.Linear(4, 6, bias=False),
+            torch.nn.GELU("tanh"),
+            torch.nn.Linear(6, 3, bias=False),
+        ),
+    ),
+    Case(
         "residual",
         lambda: fnn.serial(L.FanOut(2), fnn.parallel(L.Dense(3), L.Identity()), L.FanInSum()),
         (-1, 3),
