@@ -7,7 +7,16 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FnnError
-from .base import Buffers, FlatForm, LearningRate, Mask, Optimizer, TensorList, check_hyper
+from .base import (
+    Buffers,
+    FlatForm,
+    LearningRate,
+    Mask,
+    Optimizer,
+    TensorList,
+    check_hyper,
+    exact_scalar,
+)
 
 __all__ = ["adadelta"]
 
@@ -84,7 +93,7 @@ class _Adadelta(FlatForm):
         self, params: TensorList, grads: TensorList, state: Buffers, count: int, lr: float
     ) -> tuple[TensorList, Buffers]:
         rho, eps = self.rho, self.eps
-        v = torch._foreach_mul(state[0], rho)
+        v = torch._foreach_mul(state[0], exact_scalar(rho, grads))
         torch._foreach_addcmul_(v, grads, grads, value=1 - rho)
         std = torch._foreach_add(v, eps)
         torch._foreach_sqrt_(std)
@@ -92,6 +101,6 @@ class _Adadelta(FlatForm):
         torch._foreach_sqrt_(delta)
         torch._foreach_div_(delta, std)
         torch._foreach_mul_(delta, grads)
-        u = torch._foreach_mul(state[1], rho)
+        u = torch._foreach_mul(state[1], exact_scalar(rho, grads))
         torch._foreach_addcmul_(u, delta, delta, value=1 - rho)
         return torch._foreach_add(params, delta, alpha=-lr), [v, u]

@@ -15,6 +15,7 @@ from .base import (
     TensorList,
     check_betas,
     check_hyper,
+    exact_scalar,
 )
 
 __all__ = ["adam", "adamw"]
@@ -162,13 +163,13 @@ class _Adam(FlatForm):
         beta1, beta2 = float(self.betas[0]), float(self.betas[1])
         t = count + 1
         m = torch._foreach_lerp(state[0], grads, 1 - beta1)
-        v = torch._foreach_mul(state[1], beta2)
+        v = torch._foreach_mul(state[1], exact_scalar(beta2, grads))
         torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
         new_state = [m, v]
         if self.amsgrad:
             new_state.append(torch._foreach_maximum(state[2], v))
         denom = torch._foreach_sqrt(new_state[-1])
-        torch._foreach_div_(denom, (1 - beta2**t) ** 0.5)
+        torch._foreach_div_(denom, exact_scalar((1 - beta2**t) ** 0.5, grads))
         torch._foreach_add_(denom, self.eps)
         step_size = lr / (1 - beta1**t)
         return torch._foreach_addcdiv(params, m, denom, value=-step_size), new_state

@@ -15,6 +15,7 @@ from .base import (
     TensorList,
     check_betas,
     check_hyper,
+    exact_scalar,
 )
 
 __all__ = ["adamax"]
@@ -92,7 +93,7 @@ class _Adamax(FlatForm):
     ) -> tuple[TensorList, Buffers]:
         beta1, beta2 = float(self.betas[0]), float(self.betas[1])
         m = torch._foreach_lerp(state[0], grads, 1 - beta1)
-        u = torch._foreach_mul(state[1], beta2)
+        u = torch._foreach_mul(state[1], exact_scalar(beta2, grads))
         norm = torch._foreach_abs(grads)
         torch._foreach_add_(norm, self.eps)
         torch._foreach_maximum_(u, norm)

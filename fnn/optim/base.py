@@ -83,6 +83,7 @@ __all__ = [
     "add_weight_decay",
     "scale_leaves",
     "scalar_for",
+    "exact_scalar",
     "explain_lr_overflow",
 ]
 
@@ -278,6 +279,22 @@ def scalar_for(value: float, leaves: TensorList) -> torch.Tensor | list[torch.Te
     if uniform:
         return _constant(value, dtype)
     return [_constant(value, t.dtype) for t in leaves]
+
+
+def exact_scalar(value: float, leaves: TensorList) -> torch.Tensor | float:
+    """What a foreach op should take to multiply or divide `leaves` by `value` with the
+    bits of the plain number: a cached 0-d tensor where all leaves are CPU float32 (or all
+    float64), whose kernels read a number in that very type, so either gives the same bits
+    (the 0-d tensor in half the time: measured 7 against 16 µs for `_foreach_mul` over 8
+    small leaves); `value` itself for anything else (float16 and bfloat16 kernels read a
+    number in float32)."""
+    dtype = leaves[0].dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        return value
+    for t in leaves:
+        if t.dtype is not dtype or not t.is_cpu:
+            return value
+    return _constant(value, dtype)
 
 
 def _constant(value: float, dtype: torch.dtype) -> torch.Tensor:

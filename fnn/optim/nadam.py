@@ -16,6 +16,7 @@ from .base import (
     TensorList,
     check_betas,
     check_hyper,
+    exact_scalar,
 )
 
 __all__ = ["nadam"]
@@ -113,13 +114,13 @@ class _Nadam(FlatForm):
         beta1, beta2 = float(self.betas[0]), float(self.betas[1])
         t = count + 1
         m = torch._foreach_lerp(state[1], grads, 1 - beta1)
-        v = torch._foreach_mul(state[2], beta2)
+        v = torch._foreach_mul(state[2], exact_scalar(beta2, grads))
         torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
         denom = torch._foreach_sqrt(v)
         mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * self.momentum_decay)))
         mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * self.momentum_decay)))
         mu_product = torch._foreach_mul(state[0], mu)
-        torch._foreach_div_(denom, (1 - beta2**t) ** 0.5)
+        torch._foreach_div_(denom, exact_scalar((1 - beta2**t) ** 0.5, grads))
         torch._foreach_add_(denom, self.eps)
         products = [p.item() for p in mu_product]
         step_grads = [(lr * (1.0 - mu) / (1.0 - p)) * -1 for p in products]

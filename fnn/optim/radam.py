@@ -15,6 +15,7 @@ from .base import (
     TensorList,
     check_betas,
     check_hyper,
+    exact_scalar,
 )
 
 __all__ = ["radam"]
@@ -101,7 +102,7 @@ class _Radam(FlatForm):
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * t * (beta2**t) / (1 - beta2**t)
         m = torch._foreach_lerp(state[0], grads, 1 - beta1)
-        v = torch._foreach_mul(state[1], beta2)
+        v = torch._foreach_mul(state[1], exact_scalar(beta2, grads))
         torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
         rect = (
             ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
@@ -115,7 +116,7 @@ class _Radam(FlatForm):
         # torch's expression: buffer = √(1 − β₂ᵗ) r η / (1 − β₁ᵗ) / (√v + ε) + unrectified step
         buffer = torch._foreach_sqrt(v)
         torch._foreach_add_(buffer, self.eps)
-        torch._foreach_div_(buffer, bias_correction2)
+        torch._foreach_div_(buffer, exact_scalar(bias_correction2, grads))
         torch._foreach_reciprocal_(buffer)
         torch._foreach_add_(buffer, unrect_step_size)
         return torch._foreach_addcmul(params, m, buffer), [m, v]
