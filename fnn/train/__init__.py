@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .. import losses, random
+from .. import random
 from .._compat import is_compiling
 from ..core import ApplyFn, Params, PyTree, check_keywords, layer_info
 from ..errors import FnnError, FnnTypeError, describe
@@ -91,12 +91,9 @@ class TrainStep:
         # Small CPU batches of a Dense/activation chain: a workspace variant
         # (fnn/train/_workspace.py) that writes intermediates into buffers this step owns.
         self._ws_code: tuple[str, Callable[..., Any], list[Any]] | None = None
-        inline_loss = next((k for f, k in _workspace.INLINE_LOSSES.items() if f is loss), None)
-        # the loss's backward, which must still be the module's for the inline loss to run
-        self._loss_backward = {
-            "mse": losses.mse_backward,
-            "cross_entropy": losses.cross_entropy_backward,
-        }.get(inline_loss or "")
+        inline_loss, self._loss_backward = next(
+            (found for f, found in _workspace.INLINE_LOSSES.items() if f is loss), (None, None)
+        )
         if self._form is not None and _workspace.applies(self._plan, self._plan.top_keys, has_aux):
             source, ns, slots = _workspace.generate(self._plan, inline_loss, self._scalar_cotangent)
             self._ws_code = (source, compile_source(source, ns, False), slots)

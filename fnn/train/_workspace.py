@@ -32,8 +32,12 @@ __all__ = ["WORKSPACE_BYTES", "INLINE_LOSSES", "applies", "generate", "make_work
 WORKSPACE_BYTES = 1 << 20
 """The largest workspace a step keeps for one batch shape (CPU only)."""
 
-INLINE_LOSSES = {losses.mse: "mse", losses.cross_entropy: "cross_entropy"}
-"""fnn's losses the workspace code computes inline (with their default options)."""
+INLINE_LOSSES = {
+    losses.mse: ("mse", losses.mse_backward),
+    losses.cross_entropy: ("cross_entropy", losses.cross_entropy_backward),
+}
+"""fnn's losses the workspace code computes inline (with their default options), each with
+the backward that must still be its module's for the inline code to run."""
 
 _aten = torch.ops.aten
 _MSE_KERNELS = {"sub": torch.sub, "dot": torch.dot, "mul": torch.mul}
