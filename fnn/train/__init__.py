@@ -91,9 +91,10 @@ class TrainStep:
         # Small CPU batches of a Dense/activation chain: a workspace variant
         # (fnn/train/_workspace.py) that writes intermediates into buffers this step owns.
         self._ws_code: tuple[str, Callable[..., Any], list[Any]] | None = None
-        inline_loss, self._loss_backward = next(
+        inline: tuple[str | None, Any] = next(
             (found for f, found in _workspace.INLINE_LOSSES.items() if f is loss), (None, None)
         )
+        inline_loss, self._loss_backward = inline
         if self._form is not None and _workspace.applies(self._plan, self._plan.top_keys, has_aux):
             source, ns, slots = _workspace.generate(self._plan, inline_loss, self._scalar_cotangent)
             self._ws_code = (source, compile_source(source, ns, False), slots)
