@@ -66,20 +66,51 @@ def equality(device: str = "cuda") -> None:
         _, params = model.init(fnn.random.key(0), (-1, 2), dtype=dtype)
         x, labels = fnn.data.disk(fnn.random.key(1), 100)
         x = x.to(dtype)
-        cases.append((f"disk MLP, MSE, {dtype}", model, fnn.losses.mse, params, x,
-                      fnn.data.one_hot(labels, 2).to(dtype), {}))  # fmt: skip
-        cases.append((f"disk MLP, cross-entropy, {dtype}", model, fnn.losses.cross_entropy,
-                      params, x, labels, {}))  # fmt: skip
+        cases.append(
+            (
+                f"disk MLP, MSE, {dtype}",
+                model,
+                fnn.losses.mse,
+                params,
+                x,
+                fnn.data.one_hot(labels, 2).to(dtype),
+                {},
+            )
+        )
+        cases.append(
+            (
+                f"disk MLP, cross-entropy, {dtype}",
+                model,
+                fnn.losses.cross_entropy,
+                params,
+                x,
+                labels,
+                {},
+            )
+        )
     cnn = fnn.serial(
-        L.Conv(8, 3, padding=1), L.BatchNorm(), L.Relu(), L.MaxPool(2),
-        L.Flatten(), L.Dense(10),
-    )  # fmt: skip
+        L.Conv(8, 3, padding=1),
+        L.BatchNorm(),
+        L.Relu(),
+        L.MaxPool(2),
+        L.Flatten(),
+        L.Dense(10),
+    )
     _, cnn_params = cnn.init(fnn.random.key(0), (-1, 1, 8, 8))
     state = fnn.init_state(cnn, (-1, 1, 8, 8))
     images = fnn.random.uniform(fnn.random.key(1), (32, 1, 8, 8))
     digits = fnn.random.randint(fnn.random.key(2), (32,), 0, 10)
-    cases.append(("digits-style CNN, BatchNorm", cnn, fnn.losses.cross_entropy, cnn_params,
-                  images, digits, {"state": state, "train": True}))  # fmt: skip
+    cases.append(
+        (
+            "digits-style CNN, BatchNorm",
+            cnn,
+            fnn.losses.cross_entropy,
+            cnn_params,
+            images,
+            digits,
+            {"state": state, "train": True},
+        )
+    )
     print(f"\n{device} against CPU, five steps from the same params (largest relative deviation)")
     for name, model, loss, params, x, target, kwargs in cases:
         step = fnn.train_step(model.apply, loss, opt)
@@ -95,8 +126,9 @@ def equality(device: str = "cuda") -> None:
             cpu = _five_steps(fn, params, opt.init(params), x, target, **dict(kwargs))
             gpu_kwargs = _to(dict(kwargs), device)
             gpu_params = _to(params, device)
-            gpu = _five_steps(fn, gpu_params, opt.init(gpu_params), x.to(device),
-                              target.to(device), **gpu_kwargs)  # fmt: skip
+            gpu = _five_steps(
+                fn, gpu_params, opt.init(gpu_params), x.to(device), target.to(device), **gpu_kwargs
+            )
             worst = _deviation(gpu, cpu)
             print(f"  {name:<40} {how:<26} {worst:.2e}")
             assert worst <= tolerance, f"{name}, {how}: {device} deviates from the CPU by {worst}"
@@ -113,8 +145,9 @@ def speed() -> dict[str, float]:
     _, params, opt_state = step(params, opt.init(params), x, target)  # past the first step
 
     # static inputs: the graph reads these and writes its outputs into its own memory
-    static = fnn.tree.map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t,
-                          (params, opt_state))  # fmt: skip
+    static = fnn.tree.map(
+        lambda t: t.clone() if isinstance(t, torch.Tensor) else t, (params, opt_state)
+    )
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -149,8 +182,11 @@ def speed() -> dict[str, float]:
         torch.cuda.synchronize()
 
     times = compare(
-        {"torch eager + autograd": torch_eager, "fnn.train_step (eager)": fnn_eager,
-         "fnn.train_step, CUDA graph": graphed},  # fmt: skip
+        {
+            "torch eager + autograd": torch_eager,
+            "fnn.train_step (eager)": fnn_eager,
+            "fnn.train_step, CUDA graph": graphed,
+        },
         number=50,
         repeats=25,
     )
