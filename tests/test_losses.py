@@ -268,7 +268,8 @@ def central_differences(loss, pred, target, dvalue, reduction, kw, eps=1e-6):
 @pytest.mark.parametrize("case,reduction", PARAMS)
 def test_value_and_vjp_match_torch_and_finite_differences(case, reduction):
     _, loss, ref, pred, target, kw = case
-    if loss is fnn.losses.multi_margin and not pred.numel() and reduction == "mean":
+    if loss is fnn.losses.multi_margin and not pred.numel() and reduction != "none":
+        # seen for "mean" and (once, on Python 3.10) for "sum": 0.23 where nothing was summed
         pytest.skip("torch's multi_margin_loss reads uninitialised memory here: see the next test")
     value, vjp = loss(pred, target, reduction, **kw)
     dvalue = cotangent(value, 30)
@@ -286,8 +287,8 @@ def test_value_and_vjp_match_torch_and_finite_differences(case, reduction):
 
 
 def test_multi_margin_of_an_empty_batch():
-    """torch's kernel returns uninitialised memory for the mean of nothing; fnn gives NaN,
-    as every other mean of nothing."""
+    """torch's kernel returns uninitialised memory for the mean and the sum of nothing; fnn
+    gives NaN and 0, as every other mean and sum of nothing."""
     x, y = torch.zeros(0, 4, dtype=D), torch.zeros(0, dtype=torch.long)
     assert torch.isnan(fnn.losses.multi_margin(x, y)[0])
     assert fnn.losses.multi_margin(x, y, "sum")[0].item() == 0.0
