@@ -370,10 +370,9 @@ def test_momentum_constant_cache_cannot_change_a_result():
 )
 def test_hyperparameter_constants_keep_torchs_foreach_bits(name, dtype):
     """Their foreach multiplies and divides take a cached 0-d tensor on float32/float64 CPU
-    leaves (`exact_scalar`, twice as fast as a number) and the number itself otherwise:
-    either way the bits of torch.optim's foreach update."""
-    if name == "rmsprop" and dtype is torch.bfloat16:
-        pytest.xfail("rmsprop differs from torch's foreach in bfloat16's last bit (it did before)")
+    leaves (`exact_scalar`, twice as fast as a number) and the number itself otherwise;
+    rmsprop's, which torch multiplies in place, a 0-d tensor of the leaves' dtype
+    (`scalar_for`, as sgd): either way the bits of torch.optim's foreach update."""
     torch_class = {**TORCH, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(name)
     if torch_class is None:
         torch_class = getattr(torch.optim, {"rmsprop": "RMSprop"}[name])

@@ -14,7 +14,7 @@ from .base import (
     Optimizer,
     TensorList,
     check_hyper,
-    exact_scalar,
+    scalar_for,
 )
 
 __all__ = ["rmsprop"]
@@ -108,7 +108,7 @@ class _Rmsprop(FlatForm):
         self, params: TensorList, grads: TensorList, state: Buffers, count: int, lr: float
     ) -> tuple[TensorList, Buffers]:
         alpha = self.alpha
-        square_avg = torch._foreach_mul(state[0], exact_scalar(alpha, grads))
+        square_avg = torch._foreach_mul(state[0], scalar_for(alpha, grads))
         torch._foreach_addcmul_(square_avg, grads, grads, value=1 - alpha)
         new_state: list[TensorList] = [square_avg]
         if self.centered:
@@ -119,7 +119,7 @@ class _Rmsprop(FlatForm):
             avg = torch._foreach_sqrt(square_avg)
         torch._foreach_add_(avg, self.eps)
         if self.momentum > 0:
-            buf = torch._foreach_mul(state[1], exact_scalar(self.momentum, grads))
+            buf = torch._foreach_mul(state[1], scalar_for(self.momentum, grads))
             torch._foreach_addcdiv_(buf, grads, avg)
             new_state.append(buf)
             new_params = torch._foreach_add(params, buf, alpha=-lr)
