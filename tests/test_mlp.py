@@ -102,3 +102,41 @@ def test_clear_errors():
     with pytest.raises(fnn.errors.ShapeError, match="Mlp: per-example gradients need"):
         _, vjp = L.Mlp(8, 3).apply(params, torch.ones(4))
         fnn.core.per_example_rule(vjp)(vjp.residuals, torch.ones(3), True)
+
+
+@pytest.mark.parametrize("layout", ["empty", "batch 1", "non-contiguous"])
+def test_vjp_against_autograd_and_central_differences(layout):
+    """float64: the VJP equals torch.autograd's on the torch computation and central
+    differences, on an empty batch, one example and a transposed (strided) input."""
+    import torch.nn.functional as F
+
+    from .helpers import autograd_vjp
+
+    layer = L.Mlp(5, 3)
+    _, params = layer.init(fnn.random.key(0), (-1, 4), dtype=torch.float64)
+    if layout == "non-contiguous":
+        x = randn(1, 4, 2, dtype=torch.float64).t()
+        assert not x.is_contiguous()
+    else:
+        x = randn(1, 0 if layout == "empty" else 1, 4, dtype=torch.float64)
+    y, vjp = layer.apply(params, x)
+    dy = randn(2, *y.shape, dtype=torch.float64)
+    dparams, dx = vjp(dy)
+
+    def torch_mlp(p, x):
+        hidden = F.gelu(F.linear(x, p["0"]["weight"], p["0"]["bias"]))
+        return F.linear(hidden, p["2"]["weight"], p["2"]["bias"])
+
+    expected_dparams, expected_dx = autograd_vjp(torch_mlp, params, x, dy)
+    torch.testing.assert_close(dx, expected_dx, atol=1e-12, rtol=1e-12)
+    for mine, theirs in zip(fnn.tree.leaves(dparams), fnn.tree.leaves(expected_dparams)):
+        torch.testing.assert_close(mine, theirs, atol=1e-12, rtol=1e-12)
+    eps, flat = 1e-6, x.reshape(-1)
+    numeric = torch.zeros_like(flat)
+    for i in range(flat.numel()):
+        moved = [flat.clone(), flat.clone()]
+        moved[0][i] += eps
+        moved[1][i] -= eps
+        up, down = (layer.apply(params, m.reshape(x.shape))[0] for m in moved)
+        numeric[i] = ((up - down) * dy).sum() / (2 * eps)
+    torch.testing.assert_close(dx.reshape(-1), numeric, atol=1e-7, rtol=1e-7)
