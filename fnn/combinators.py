@@ -80,7 +80,7 @@ class _Children:
 
     def split_params(self, params: Params) -> tuple[list[Params], tuple[str, ...], tuple[int, ...]]:
         """Each child's params (`{}` where missing) and the given keys with their positions."""
-        if not isinstance(params, Mapping):
+        if type(params) is not dict and not isinstance(params, Mapping):
             raise TreeError(
                 f"{self.kind}: expected params as a dict with keys {list(self.names)}, got {describe(params)}"
             )

@@ -9,6 +9,7 @@ import torch
 from typing_extensions import Protocol
 
 from . import losses
+from ._no_grad import without_grad
 from .core import VJP, ApplyFn, Params, backprop, check_keywords, layer_info
 from .errors import FnnError, FnnTypeError, describe
 
@@ -93,10 +94,8 @@ def value_and_grad(apply: ApplyFn, loss: Loss, has_aux: bool = False) -> ValueAn
     def loss_and_grads(params: Params, x: Any, target: Any, **kwargs: Any) -> tuple[Any, ...]:
         if kwargs:
             check_keywords("value_and_grad", info, kwargs)
-        if torch.is_grad_enabled():  # inputs that require grad must not build a graph
-            with torch.no_grad():
-                return _loss_and_grads(params, x, target, kwargs)
-        return _loss_and_grads(params, x, target, kwargs)
+        # inputs that require grad must not build a graph
+        return without_grad(_loss_and_grads, params, x, target, kwargs)
 
     def _loss_and_grads(
         params: Params, x: Any, target: Any, kwargs: dict[str, Any]

@@ -695,7 +695,7 @@ def cross_entropy_backward(
         )
         if not log_probs.numel():
             return torch.zeros(shape, dtype=log_probs.dtype, device=log_probs.device)
-    dlogits = aten._log_softmax_backward_data.default(dlog_probs, log_probs, 1, log_probs.dtype)
+    dlogits = torch._log_softmax_backward_data(dlog_probs, log_probs, 1, log_probs.dtype)
     return _classes_back(dlogits, shape)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._dicts import check_devices, pair
+from ._no_grad import without_grad
 from .core import PyTree
 from .errors import FnnTypeError
 from .optim.base import check_lr, explain_lr_overflow
@@ -49,11 +50,11 @@ def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
     if not paired.params:
         return paired.rebuild([])
     try:
-        # params that require grad must not build a graph (set_grad_enabled: half no_grad's cost)
-        with torch.set_grad_enabled(False):
-            new = torch._foreach_add(paired.params, paired.grads, alpha=-lr)
+        # params that require grad must not build a graph
+        new = without_grad(torch._foreach_add, paired.params, paired.grads, alpha=-lr)
     except RuntimeError:  # a gradient on another device, or an lr too large: say which
         check_devices(params, grads, "update")
         explain_lr_overflow("update", lr, paired.params)
         raise
     return paired.rebuild(new)
+

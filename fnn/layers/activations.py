@@ -526,7 +526,7 @@ def log_softmax_backward(
     """y = x − logΣeˣ   ⇒   dx = dy − eʸ · Σ dy   (sums along dim)"""
     y, dim = residuals
     _check_dy("LogSoftmax", y, dy)
-    return {}, aten._log_softmax_backward_data.default(dy, y, _wrap(dim, y.ndim), y.dtype)
+    return {}, torch._log_softmax_backward_data(dy, y, _wrap(dim, y.ndim), y.dtype)
 
 
 def Silu() -> Layer:

@@ -58,6 +58,7 @@ from typing_extensions import Protocol
 
 from .. import tree
 from .._dicts import Paired, check_devices, pair
+from .._no_grad import without_grad
 from ..core import PyTree
 from ..errors import FnnError, FnnTypeError, TreeError, with_context
 
@@ -474,16 +475,26 @@ class FlatForm(ABC):
         if not params:
             return [], [[] for _ in self._keys]
         lr = self.lr if not callable(self.lr) else learning_rate(self.name, self.lr, count)
-        # params that require grad must not build a graph (set_grad_enabled: half no_grad's cost)
-        with torch.set_grad_enabled(False):
-            if self.maximize:
-                grads = torch._foreach_neg(grads)
-            if self.weight_decay:
-                if self.decoupled:
-                    params = scale_leaves(params, 1 - lr * self.weight_decay, decayed)
-                else:
-                    grads = add_weight_decay(grads, params, self.weight_decay, decayed)
-            return self._math(params, grads, state, count, lr)
+        # params that require grad must not build a graph
+        return without_grad(self._step, params, grads, state, count, decayed, lr)
+
+    def _step(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        state: Buffers,
+        count: int,
+        decayed: Sequence[int] | None,
+        lr: float,
+    ) -> tuple[TensorList, Buffers]:
+        if self.maximize:
+            grads = torch._foreach_neg(grads)
+        if self.weight_decay:
+            if self.decoupled:
+                params = scale_leaves(params, 1 - lr * self.weight_decay, decayed)
+            else:
+                grads = add_weight_decay(grads, params, self.weight_decay, decayed)
+        return self._math(params, grads, state, count, lr)
 
     def decayed(self, params: PyTree, names: Sequence[str]) -> tuple[int, ...] | None:
         """The positions in `names` of the leaves weight decay applies to (`None`: all)."""

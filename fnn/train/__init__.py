@@ -27,6 +27,7 @@ import torch
 
 from .. import random
 from .._compat import is_compiling
+from .._no_grad import without_grad
 from ..core import ApplyFn, Params, PyTree, check_keywords, layer_info
 from ..errors import FnnError, FnnTypeError, describe
 from ..grad import _SCALAR_COTANGENT_LOSSES, Loss, value_and_grad
@@ -94,7 +95,9 @@ class TrainStep:
         inline: tuple[str | None, Any] = next(
             (found for f, found in _workspace.INLINE_LOSSES.items() if f is loss), (None, None)
         )
-        inline_loss, self._loss_backward = inline
+        inline_loss, loss_backward = inline
+        # the backwards the workspace code computes inline: each must still be its module's
+        self._current_checks = self._backwards + ((loss_backward,) if loss_backward else ())
         if self._form is not None and _workspace.applies(self._plan, self._plan.top_keys, has_aux):
             source, ns, slots = _workspace.generate(self._plan, inline_loss, self._scalar_cotangent)
             self._ws_code = (source, compile_source(source, ns, False), slots)
@@ -163,20 +166,8 @@ class TrainStep:
     ) -> tuple[Any, ...]:
         if kwargs:
             check_keywords("train_step", self._info, kwargs)
-        if torch.is_grad_enabled():  # inputs that require grad must not build a graph
-            torch.set_grad_enabled(False)
-            try:
-                return self._step(params, opt_state, x, target, kwargs)
-            finally:
-                torch.set_grad_enabled(True)
-        return self._step(params, opt_state, x, target, kwargs)
-
-    def _step(
-        self, params: Params, opt_state: PyTree, x: Any, target: Any, kwargs: dict[str, Any]
-    ) -> tuple[Any, ...]:
-        if (
+        elif (
             self._ws_code is not None
-            and not kwargs
             and not is_compiling()  # traced code allocates (nothing to guard on)
             and self._lock.acquire(blocking=False)  # one call at a time uses the workspace
         ):
@@ -186,6 +177,12 @@ class TrainStep:
                 self._lock.release()
             if found is not None:
                 return found
+        # inputs that require grad must not build a graph
+        return without_grad(self._step, params, opt_state, x, target, kwargs)
+
+    def _step(
+        self, params: Params, opt_state: PyTree, x: Any, target: Any, kwargs: dict[str, Any]
+    ) -> tuple[Any, ...]:
         if self._plan.serial and isinstance(params, dict) and self._top_keys.issuperset(params):
             traced = is_compiling()
             with_state = "state" in kwargs
@@ -233,25 +230,17 @@ class TrainStep:
             or (x.dtype is not torch.float32 and x.dtype is not torch.float64)
             or not x.shape[0]
             or tuple(params) != self._plan.top_keys
-            or self._current_inline() is not self._all_inline
-            or (self._loss_backward is not None and not is_current(self._loss_backward))
+            or not all(map(is_current, self._current_checks))
         ):
             return None
-        shape_key = (x.shape, x.dtype)
-        workspace = self._workspaces.get(shape_key)
+        workspace = self._workspaces.get((x.shape, x.dtype))
         if workspace is None:
-            if shape_key in self._workspaces:
-                return None  # too large for a workspace
-            if len(self._workspaces) >= 4:  # a few batch shapes at most
-                self._workspaces.clear()
-            workspace = self._workspaces[shape_key] = _workspace.make_workspace(
-                self._ws_code[2], self._plan, x.shape, x.dtype
-            )
+            workspace = self._new_workspace(x)
             if workspace is None:
                 return None
-        try:
-            return self._ws_code[1](  # type: ignore[no-any-return]
-                params, opt_state, x, target, self.loss, self._form, _reject, workspace
+        try:  # inputs that require grad must not build a graph
+            return without_grad(  # type: ignore[no-any-return]
+                self._ws_code[1], params, opt_state, x, target, self.loss, self._form, _reject, workspace
             )
         except FnnError:
             raise
@@ -259,6 +248,19 @@ class TrainStep:
             # as in _step: the general path names the layer, or our error is re-raised
             self._general(params, opt_state, x, target, {})
             raise
+
+    def _new_workspace(self, x: torch.Tensor) -> tuple[Any, ...] | None:
+        """A workspace for batches of `x`'s shape and dtype (`None`: too large for one)."""
+        assert self._ws_code is not None
+        shape_key = (x.shape, x.dtype)
+        if shape_key in self._workspaces:
+            return None  # too large for a workspace
+        if len(self._workspaces) >= 4:  # a few batch shapes at most
+            self._workspaces.clear()
+        workspace = self._workspaces[shape_key] = _workspace.make_workspace(
+            self._ws_code[2], self._plan, x.shape, x.dtype
+        )
+        return workspace
 
     def _general(
         self, params: Params, opt_state: PyTree, x: Any, target: Any, kwargs: dict[str, Any]

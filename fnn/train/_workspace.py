@@ -41,11 +41,12 @@ the backward that must still be its module's for the inline code to run."""
 
 _aten = torch.ops.aten
 _MSE_KERNELS = {"sub": torch.sub, "dot": torch.dot, "mul": torch.mul}
-_CE_KERNELS = {  # aten's C++ entry points (`_op`): the kernels cross_entropy and its VJP call
+_CE_KERNELS = {  # the kernels cross_entropy and its VJP call: torch's Python bindings where
+    # they exist, else aten's C++ entry points (`_op`), both cheaper to call than an OpOverload
     "log_softmax": torch._log_softmax,
     "nll_loss": _aten.nll_loss_forward.default._op,
     "nll_loss_dx": _aten.nll_loss_backward.grad_input._op,
-    "log_softmax_dx": _aten._log_softmax_backward_data.out._op,
+    "log_softmax_dx": torch._log_softmax_backward_data,
 }
 
 Slot = tuple[str, tuple[Any, ...]]
