@@ -57,4 +57,3 @@ def update(params: PyTree, grads: PyTree, lr: float = 1e-3) -> PyTree:
         explain_lr_overflow("update", lr, paired.params)
         raise
     return paired.rebuild(new)
-

@@ -240,7 +240,15 @@ class TrainStep:
                 return None
         try:  # inputs that require grad must not build a graph
             return without_grad(  # type: ignore[no-any-return]
-                self._ws_code[1], params, opt_state, x, target, self.loss, self._form, _reject, workspace
+                self._ws_code[1],
+                params,
+                opt_state,
+                x,
+                target,
+                self.loss,
+                self._form,
+                _reject,
+                workspace,
             )
         except FnnError:
             raise
