@@ -16,7 +16,7 @@ __all__ = ["scalar"]
 
 # Cannot change a result: a bounded cache of 0-d constants, never written to or handed out
 # (see the module docstring); a value is the same tensor whether cached or made afresh.
-_SCALARS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+_SCALARS: dict[tuple[float, torch.dtype, torch.device | str], torch.Tensor] = {}
 _CACHE_SIZE = 256  # e.g. 2/n for many batch sizes: keep the cache small
 
 
@@ -25,7 +25,7 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor | float:
     dtype = like.dtype
     if dtype is not torch.float32 and dtype is not torch.float64:
         return value
-    key = (value, dtype, like.device)
+    key = (value, dtype, "cpu" if like.is_cpu else like.device)  # (is_cpu: cheaper)
     found = _SCALARS.get(key)
     if found is None:
         if len(_SCALARS) > _CACHE_SIZE:

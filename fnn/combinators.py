@@ -228,7 +228,9 @@ def serial(*layers: Layer) -> Layer:
                 return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
-        autocasting = isinstance(x, torch.Tensor) and autocast_enabled(x.device.type)
+        autocasting = isinstance(x, torch.Tensor) and autocast_enabled(
+            "cpu" if x.is_cpu else x.device.type  # (is_cpu: cheaper than making a device)
+        )
         vjps = []
         applies = (
             debug.checked_applies(children.applies)

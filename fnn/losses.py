@@ -79,7 +79,7 @@ def _check_target_like(name: str, pred: torch.Tensor, target: object) -> torch.T
         raise ShapeError(
             f"{name}: target shape {tuple(target.shape)} does not match prediction shape {tuple(pred.shape)}"
         )
-    if target.device != pred.device:
+    if not (target.is_cpu and pred.is_cpu) and target.device != pred.device:  # (is_cpu: cheaper)
         raise FnnError(
             f"{name}: target is on {target.device} but the prediction is on {pred.device}"
         )

@@ -78,6 +78,8 @@ def Dense(
             params["bias"] = make_bias(bias_key, (out_features,), dtype, device)
         return shape[:-1] + (out_features,), params
 
+    bias_shape = torch.Size([out_features])
+
     def apply(params: Params, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, VJP]:
         del kwargs  # Dense is deterministic
         weight, b = _checks.weight_and_bias("Dense", params, bias)
@@ -85,7 +87,7 @@ def Dense(
         # would let through (a weight of the wrong height, a bias that broadcasts), then say
         # clearly what is wrong on the slow path.
         try:
-            if weight.shape[0] != out_features or (b is not None and b.shape != weight.shape[:1]):
+            if weight.shape[0] != out_features or (b is not None and b.shape != bias_shape):
                 raise ValueError
             y = F.linear(x, weight, b)
         except (RuntimeError, TypeError, AttributeError, IndexError, ValueError):
