@@ -50,7 +50,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # aten's at::Reduction
 # A cached 0-d one per dtype and device (a finite set of keys, so it stays small). It cannot
 # change a result: `_one` hands it only to aten's backward kernels, which read it, never write.
-_ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+_ONES: dict[tuple[torch.dtype, torch.device | str], torch.Tensor] = {}
 aten = torch.ops.aten
 Shape = tuple[int, ...]
 
@@ -156,11 +156,10 @@ def _run(
 def _one(like: torch.Tensor) -> torch.Tensor:
     """A cached 0-d one of `like`'s dtype and device (never written to: aten's backward
     kernels only read it)."""
-    one = _ONES.get((like.dtype, like.device))
+    key = (like.dtype, "cpu" if like.is_cpu else like.device)  # (is_cpu: cheaper)
+    one = _ONES.get(key)
     if one is None:
-        one = _ONES[(like.dtype, like.device)] = torch.ones(
-            (), dtype=like.dtype, device=like.device
-        )
+        one = _ONES[key] = torch.ones((), dtype=like.dtype, device=like.device)
     return one
 
 
@@ -448,9 +447,11 @@ def _check_labels(
     target: object,
     ignore_index: int | None,
     probabilities: bool = False,
+    kernel_checks: bool = False,
 ) -> torch.Tensor:
     """int64 class indices of `pred`'s shape less its class axis, each in [0, C) or equal to
-    `ignore_index`, on `pred`'s device."""
+    `ignore_index`, on `pred`'s device (the range left to the kernel on the CPU where
+    `kernel_checks`: the caller then names a bad label if the kernel raises)."""
     n_classes = _n_classes(name, what, pred)
     expected = tuple(pred.shape[:1] + pred.shape[2:]) if pred.ndim >= 2 else ()
     if not isinstance(target, torch.Tensor) or target.dtype != torch.int64:
@@ -475,8 +476,20 @@ def _check_labels(
         isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
     ):
         raise FnnTypeError(f"{name}: ignore_index must be an int, got {describe(ignore_index)}")
-    # Checked here, not left to a kernel: a label is valid by the rule, never by accident.
-    # (Data-dependent, so skipped while torch.compile traces; meta tensors hold no values.)
+    # Checked here, not left to a kernel's luck: a label is valid by the rule. The CPU kernels
+    # of nll_loss check every label themselves (`kernel_checks`): there the check runs only
+    # after the kernel raised, to name the bad label (see `_nll_forward`). Elsewhere (a CUDA
+    # kernel asserts on the device) it runs first. Data-dependent, so skipped while
+    # torch.compile traces; meta tensors hold no values.
+    if not (kernel_checks and pred.is_cpu):
+        _check_label_range(name, pred, target, n_classes, ignore_index)
+    return target
+
+
+def _check_label_range(
+    name: str, pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None
+) -> None:
+    """An FnnError naming a label outside [0, n_classes) that is not `ignore_index`."""
     if target.numel() and pred.device.type != "meta" and not torch.compiler.is_compiling():
         low, high = torch.aminmax(target)  # one pass; the mask only when something is outside
         bad = None
@@ -490,7 +503,6 @@ def _check_labels(
                 f"{name}: labels must be class indices in [0, {n_classes}){ignored}, "
                 f"got {int(target[bad][0])}"
             )
-    return target
 
 
 def _check_smoothing(name: str, label_smoothing: object) -> float:
@@ -515,16 +527,20 @@ def _nll_forward(
     """torch's `nll_loss` of `log_probs` (M, C) and `labels` (M,), with `cross_entropy`'s
     label smoothing: `(value, total_weight)`, value (M,) with `"none"`, else 0-d;
     `total_weight` is Σ weight[label] over the labels not ignored (their count unweighted)."""
-    value, total_weight = _run(
-        name,
-        log_probs,
-        aten.nll_loss_forward.default,
-        log_probs,
-        labels,
-        weight,
-        _REDUCTION_ENUM[reduction],
-        ignore_index,
-    )
+    try:
+        value, total_weight = _run(
+            name,
+            log_probs,
+            aten.nll_loss_forward.default,
+            log_probs,
+            labels,
+            weight,
+            _REDUCTION_ENUM[reduction],
+            ignore_index,
+        )
+    except (IndexError, RuntimeError):  # the CPU kernel refuses a label out of range: name it
+        _check_label_range(name, log_probs, labels, log_probs.shape[-1], ignore_index)
+        raise
     if smoothing:  # torch's: (1 − ε) nll + ε/C · Σ_c −w_c log p_c, ignored rows left out
         smooth = -(log_probs * weight).sum(1) if weight is not None else -log_probs.sum(1)
         smooth = smooth.masked_fill_(labels == ignore_index, 0.0)
@@ -649,7 +665,9 @@ def cross_entropy(
         value_shape = tuple(value.shape)
         kept = (log_probs, weighted, None, ignore_index, reduction, smoothing, None, value_shape)
         return value, VJP(cross_entropy_backward, (*kept, shape))
-    labels = _check_labels(name, "logits", logits, target, ignore_index, probabilities=True)
+    labels = _check_labels(
+        name, "logits", logits, target, ignore_index, probabilities=True, kernel_checks=True
+    )
     log_probs = _run(name, logits, torch.log_softmax, _classes_last(logits), 1)
     flat = labels.reshape(-1)
     value, total_weight = _nll_forward(
@@ -743,7 +761,7 @@ def nll(
     _check_pred(name, input, reduction)
     n_classes = _n_classes(name, "input", input)
     weight = _check_weight(name, "weight", weight, input, (n_classes,))
-    labels = _check_labels(name, "input", input, target, ignore_index)
+    labels = _check_labels(name, "input", input, target, ignore_index, kernel_checks=True)
     log_probs, flat = _classes_last(input), labels.reshape(-1)
     value, total_weight = _nll_forward(name, log_probs, flat, weight, ignore_index, reduction, 0.0)
     value_shape = tuple(labels.shape)

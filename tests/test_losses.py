@@ -327,6 +327,19 @@ def test_cross_entropy_ignores_labels_by_rule(weighted, smoothing):
     assert fnn.losses.cross_entropy(z, everything, "sum", **kw)[0].item() == 0.0
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 2)])
+def test_a_label_out_of_range_is_named_whichever_check_finds_it(reduction, shape):
+    """On the CPU the nll kernel refuses a bad label itself; the error still names it."""
+    z = randn(36, *shape)
+    y = labels(37, shape[:1] + shape[2:], 3)
+    y.view(-1)[-1] = 7
+    with pytest.raises(FnnError, match=r"^cross_entropy: labels must be .*, got 7$"):
+        fnn.losses.cross_entropy(z, y, reduction)
+    with pytest.raises(FnnError, match=r"^nll: labels must be .*, got 7$"):
+        fnn.losses.nll(torch.log_softmax(z, 1), y, reduction)
+
+
 def test_nll_ignores_labels_by_rule():
     lp = torch.log_softmax(randn(33, 3, 4), 1)
     value, _ = fnn.losses.nll(lp, torch.tensor([1, 5, 2]), ignore_index=5)
