@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ._devices import device_key
+
 __all__ = ["scalar"]
 
 # Cannot change a result: a bounded cache of 0-d constants, never written to or handed out
@@ -25,7 +27,7 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor | float:
     dtype = like.dtype
     if dtype is not torch.float32 and dtype is not torch.float64:
         return value
-    key = (value, dtype, "cpu" if like.is_cpu else like.device)  # (is_cpu: cheaper)
+    key = (value, dtype, device_key(like))
     found = _SCALARS.get(key)
     if found is None:
         if len(_SCALARS) > _CACHE_SIZE:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._constants import scalar
+from ._devices import device_key, same_device
 from .core import VJP, backward
 from .errors import FnnError, FnnTypeError, ShapeError, describe
 
@@ -79,7 +80,7 @@ def _check_target_like(name: str, pred: torch.Tensor, target: object) -> torch.T
         raise ShapeError(
             f"{name}: target shape {tuple(target.shape)} does not match prediction shape {tuple(pred.shape)}"
         )
-    if not (target.is_cpu and pred.is_cpu) and target.device != pred.device:  # (is_cpu: cheaper)
+    if not same_device(target, pred):
         raise FnnError(
             f"{name}: target is on {target.device} but the prediction is on {pred.device}"
         )
@@ -120,7 +121,7 @@ def _check_weight(
             f"{name}: {keyword} of shape {tuple(weight.shape)} does not broadcast to the "
             f"logits' shape {tuple(pred.shape)}"
         )
-    if weight.device != pred.device:
+    if not same_device(weight, pred):
         raise FnnError(f"{name}: {keyword} is on {weight.device} but the input is on {pred.device}")
     if weight.dtype != pred.dtype:
         raise FnnError(
@@ -156,7 +157,7 @@ def _run(
 def _one(like: torch.Tensor) -> torch.Tensor:
     """A cached 0-d one of `like`'s dtype and device (never written to: aten's backward
     kernels only read it)."""
-    key = (like.dtype, "cpu" if like.is_cpu else like.device)  # (is_cpu: cheaper)
+    key = (like.dtype, device_key(like))
     one = _ONES.get(key)
     if one is None:
         one = _ONES[key] = torch.ones((), dtype=like.dtype, device=like.device)
@@ -470,7 +471,7 @@ def _check_labels(
             f"{tuple(pred.shape)}; expected {expected} ({what} (N, C), (N, C, d1, ...) or "
             "unbatched (C,) take labels (N,), (N, d1, ...) or ())"
         )
-    if target.device != pred.device:
+    if not same_device(target, pred):
         raise FnnError(f"{name}: labels are on {target.device} but the {what} are on {pred.device}")
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, int)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._devices import same_device
 from ..core import Params, Shape
 from ..errors import FnnError, FnnTypeError, ShapeError, TreeError, describe
 
@@ -40,7 +41,7 @@ def input_like(name: str, x: object, param: torch.Tensor) -> torch.Tensor:
         raise FnnError(
             f"{name}: input dtype {x.dtype} does not match the parameters' dtype {param.dtype}"
         )
-    if x.device != param.device:
+    if not same_device(x, param):
         raise FnnError(
             f"{name}: input is on device {x.device} but the parameters are on {param.device}"
         )
@@ -129,7 +130,7 @@ def param_like(name: str, leaf: str, value: object, shape: Shape, like: torch.Te
         raise FnnError(
             f"{name}: params[{leaf!r}] has dtype {value.dtype} but the input has {like.dtype}"
         )
-    if value.device != like.device:
+    if not same_device(value, like):
         raise FnnError(
             f"{name}: params[{leaf!r}] is on device {value.device} but the input is on {like.device}"
         )
@@ -144,7 +145,7 @@ def cotangent_like(
     if dy.dtype != like.dtype:
         kind = FnnTypeError if not dy.is_floating_point() else FnnError
         raise kind(f"{name} VJP: expected a cotangent of dtype {like.dtype}, got {dy.dtype}")
-    if dy.device != like.device:
+    if not same_device(dy, like):
         raise FnnError(f"{name} VJP: expected a cotangent on device {like.device}, got {dy.device}")
 
 
