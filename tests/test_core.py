@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import fnn
 from fnn import layers as L
+from fnn.errors import FnnError
 
 from .helpers import assert_trees_close, autograd_loss_and_grads, randn, torch_disk_mlp
 
@@ -312,3 +313,29 @@ def test_check_vjp_catches_a_wrong_backward_and_names_the_leaf():
 def wrong_scale_backward(residuals, dy):
     x, scale = residuals
     return {"scale": (dy * x)[0]}, dy * scale
+
+
+def test_engines_leave_grad_mode_as_they_found_it_even_when_they_raise():
+    """value_and_grad, update, optimizers and train_step switch grad mode off while they
+    run (fnn/_no_grad.py) and back on after, also when a bad input makes them raise."""
+    model = fnn.serial(*DISK_MLP)
+    _, params = model.init(fnn.random.key(0), (-1, 2))
+    params = fnn.tree.map(lambda t: t.requires_grad_(True), params)
+    x, labels = fnn.data.disk(fnn.random.key(1), 8)
+    opt = fnn.optim.sgd(lr=0.1, momentum=0.9)
+    loss_and_grads = fnn.value_and_grad(model.apply, fnn.losses.cross_entropy)
+    step = fnn.train_step(model.apply, fnn.losses.cross_entropy, opt)
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode):
+            loss, grads = loss_and_grads(params, x, labels)
+            new, state = opt.update(params, grads, opt.init(params))
+            plain = fnn.update(params, grads, lr=0.1)
+            value, stepped, _ = step(params, opt.init(params), x, labels)
+            assert torch.is_grad_enabled() is grad_mode
+            for t in [loss, value, *fnn.tree.leaves([grads, new, state, plain, stepped])]:
+                assert not (isinstance(t, torch.Tensor) and t.requires_grad)
+            with pytest.raises(FnnError):
+                loss_and_grads(params, x, labels.float().unsqueeze(1))
+            with pytest.raises(FnnError):
+                step(params, opt.init(params), x, labels + 5)
+            assert torch.is_grad_enabled() is grad_mode
