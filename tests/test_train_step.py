@@ -392,3 +392,27 @@ def test_a_new_input_width_with_the_same_batch_gets_its_own_workspace():
         assert new["0"]["weight"].shape == (4, width)
     with pytest.raises(fnn.errors.ShapeError, match="Dense"):  # params of width 3, x of width 5
         step(params, opt.init(params), randn(1, 6, 5, dtype=torch.float32), target)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_the_general_code_writes_a_backward_in_place_only_into_a_cotangent_it_made(loss):
+    """Outside the workspace (here a 3-D input), an activation's backward runs in place on
+    its cotangent when the step itself just made it (a Dense's dx, an activation kernel's
+    result), and makes a new tensor when it may be shared (the loss's, or what a Python
+    backward returned); the bits stay the same either way."""
+    model = fnn.serial(
+        L.Dense(5), L.Sigmoid(), L.Gelu(), L.Tanh(), L.Dense(3), L.Relu(), L.Dense(2), L.Tanh()
+    )
+    _, params = model.init(fnn.random.key(0), (-1, 3, 4))
+    x = randn(3, 2, 3, 4, dtype=torch.float32)
+    if loss == "mse":
+        loss_fn, target = fnn.losses.mse, randn(4, 2, 3, 2, dtype=torch.float32)
+    else:  # logits (N, T, 2) read as (N, C=3, d1=2)
+        loss_fn, target = fnn.losses.cross_entropy, torch.tensor([[0, 2], [1, 1]])
+    step = run_both(model, loss_fn, fnn.optim.sgd(0.1, momentum=0.9), params, x, target)
+    general = step.source.split("# Small CPU")[0]
+    assert "dh = k_7(dh, y_7)" in general  # Tanh: the loss's cotangent, left alone
+    assert "dh = k_5_(dh, y_5, 0, grad_input=dh)" in general  # Relu: a Dense's dx
+    assert "dh = k_3_(dh, y_3, grad_input=dh)" in general  # Tanh: a Dense's dx
+    assert "dh = b_2(" in general  # Gelu: its Python backward
+    assert "dh = k_1(dh, y_1)" in general  # Sigmoid: what Gelu's backward returned

@@ -125,10 +125,19 @@ def generate(
             _, forward, inplace, keep_input, constants, kernel = node.info.step
             if kernel is not None:
                 op, extra = kernel
-                ns[f"k{v}"] = getattr(op, "_op", op)  # aten's C++ entry point, eager
-                ns[f"k{v}_traced"] = op
                 extra_args = "".join(f", {e!r}" for e in extra)
-                emit(f"    dh = k{v}(dh, {saved[i]}{extra_args})  # {node.where}")
+                out_form = getattr(op.overloadpacket, "grad_input", None)  # aten's out= form
+                if out_form is not None and _fresh_cotangent(nodes, i):
+                    # dh was made here, by the next layer's kernel, and nothing else holds it
+                    ns[f"k{v}_"] = getattr(out_form, "_op", out_form)  # its C++ entry point
+                    ns[f"k{v}__traced"] = _returning(op)
+                    emit(
+                        f"    dh = k{v}_(dh, {saved[i]}{extra_args}, grad_input=dh)  # {node.where}, in place"
+                    )
+                else:
+                    ns[f"k{v}"] = getattr(op, "_op", op)  # aten's C++ entry point, eager
+                    ns[f"k{v}_traced"] = op
+                    emit(f"    dh = k{v}(dh, {saved[i]}{extra_args})  # {node.where}")
             else:
                 ns[f"b{v}"] = node.info.backward.function
                 residuals = f"({saved[i]}, *c{v})" if constants else saved[i]
@@ -181,6 +190,28 @@ def generate(
     out = "(value, y)" if has_aux else "value"
     emit(f"    return {out}, params, opt_state{', new_state' if with_state else ''}")
     return "\n".join(lines) + "\n", ns
+
+
+def _fresh_cotangent(nodes: tuple[Node, ...], i: int) -> bool:
+    """Whether node i's cotangent is a tensor the step itself just made, held by nothing
+    else: the dx of an inline Dense, or what an inline activation's aten kernel returned
+    (a new tensor, or its own cotangent written in place). A loss's, an opaque layer's or
+    a Python backward's result may be shared, so it is never written into."""
+    if i + 1 >= len(nodes) or not nodes[i + 1].inline:
+        return False
+    step = nodes[i + 1].info.step
+    return step[0] == "dense" or step[-1] is not None  # (elementwise: its kernel)
+
+
+def _returning(op: Any) -> Any:
+    """`op`'s out-of-place call in place of its out= form, for traced code (a graph
+    computes the same values without writing into its input)."""
+
+    def call(dy: Any, saved: Any, *extra: Any, grad_input: Any) -> Any:
+        del grad_input
+        return op(dy, saved, *extra)
+
+    return call
 
 
 def _grad_expr(nodes: tuple[Node, ...], key: str) -> str:
