@@ -416,3 +416,12 @@ def test_the_general_code_writes_a_backward_in_place_only_into_a_cotangent_it_ma
     assert "dh = k_3_(dh, y_3, grad_input=dh)" in general  # Tanh: a Dense's dx
     assert "dh = b_2(" in general  # Gelu: its Python backward
     assert "dh = k_1(dh, y_1)" in general  # Sigmoid: what Gelu's backward returned
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_the_floor_benchmark_times_the_steps_own_numbers(batch):
+    """tests/benchmarks/bench_floor.py's bare kernels give train_step's loss and params
+    bit for bit: the floor it reports is the floor of this very computation."""
+    from .benchmarks import bench_floor
+
+    bench_floor._check_same_numbers(batch)
