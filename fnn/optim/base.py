@@ -487,6 +487,8 @@ class FlatForm(ABC):
         decayed: Sequence[int] | None,
         lr: float,
     ) -> tuple[TensorList, Buffers]:
+        """`step`'s work once `lr` is known, run with grad mode off: maximize, weight
+        decay, then the subclass's math."""
         if self.maximize:
             grads = torch._foreach_neg(grads)
         if self.weight_decay:
