@@ -8,13 +8,11 @@ import torch
 
 from .base import (
     Buffers,
-    FlatForm,
     LearningRate,
     Mask,
+    Moments,
     Optimizer,
     TensorList,
-    check_betas,
-    check_hyper,
     exact_scalar,
 )
 
@@ -138,16 +136,10 @@ def _adam(
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class _Adam(FlatForm):
-    """`adam`'s and `adamw`'s hyperparameters and math (the rest: `FlatForm`)."""
+class _Adam(Moments):
+    """`adam`'s and `adamw`'s hyperparameters and math (betas and eps: `Moments`; the rest: `FlatForm`)."""
 
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
     amsgrad: bool = False
-
-    def _check(self) -> None:
-        check_betas(self.name, self.betas)
-        check_hyper(self.name, "eps", self.eps)
 
     @property
     def buffers(self) -> dict[str, float]:

@@ -8,13 +8,11 @@ import torch
 
 from .base import (
     Buffers,
-    FlatForm,
     LearningRate,
     Mask,
+    Moments,
     Optimizer,
     TensorList,
-    check_betas,
-    check_hyper,
     exact_scalar,
 )
 
@@ -74,15 +72,8 @@ def adamax(
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class _Adamax(FlatForm):
-    """`adamax`'s hyperparameters and math (the rest: `FlatForm`)."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    def _check(self) -> None:
-        check_betas(self.name, self.betas)
-        check_hyper(self.name, "eps", self.eps)
+class _Adamax(Moments):
+    """`adamax`'s hyperparameters and math (betas and eps: `Moments`; the rest: `FlatForm`)."""
 
     @property
     def buffers(self) -> dict[str, float]:

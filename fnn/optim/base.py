@@ -69,6 +69,7 @@ __all__ = [
     "Optimizer",
     "Transform",
     "FlatForm",
+    "Moments",
     "flat_form",
     "Schedule",
     "LearningRate",
@@ -592,6 +593,21 @@ class FlatForm(ABC):
             f"{self.name}: the state must be the dict made by {self.name}'s init, with keys "
             f"{expected}; got {got}"
         )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Moments(FlatForm):
+    """The hyperparameters Adam and its relatives (AdamW, Adamax, NAdam, RAdam) share:
+    `betas` (β₁, β₂), the decay rates of the moving moments, each in [0, 1), and `eps`
+    (ε ≥ 0), checked once here. A subclass adds its own fields (and checks them in
+    `_check`, after `super()._check()`), its `buffers` and `_math`."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def _check(self) -> None:
+        check_betas(self.name, self.betas)
+        check_hyper(self.name, "eps", self.eps)
 
 
 def flat_form(optimizer: Any) -> FlatForm | None:

@@ -9,12 +9,11 @@ import torch
 
 from .base import (
     Buffers,
-    FlatForm,
     LearningRate,
     Mask,
+    Moments,
     Optimizer,
     TensorList,
-    check_betas,
     check_hyper,
     exact_scalar,
 )
@@ -84,18 +83,15 @@ def nadam(
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class _Nadam(FlatForm):
-    """`nadam`'s hyperparameters and math (the rest: `FlatForm`)."""
+class _Nadam(Moments):
+    """`nadam`'s hyperparameters and math (betas and eps: `Moments`; the rest: `FlatForm`)."""
 
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
     momentum_decay: float = 4e-3
 
     scalar_buffers: ClassVar[tuple[str, ...]] = ("mu_product",)
 
     def _check(self) -> None:
-        check_betas(self.name, self.betas)
-        check_hyper(self.name, "eps", self.eps)
+        super()._check()
         check_hyper(self.name, "momentum_decay", self.momentum_decay)
 
     @property

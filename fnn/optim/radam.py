@@ -8,13 +8,11 @@ import torch
 
 from .base import (
     Buffers,
-    FlatForm,
     LearningRate,
     Mask,
+    Moments,
     Optimizer,
     TensorList,
-    check_betas,
-    check_hyper,
     exact_scalar,
 )
 
@@ -80,15 +78,8 @@ def radam(
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class _Radam(FlatForm):
-    """`radam`'s hyperparameters and math (the rest: `FlatForm`)."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    def _check(self) -> None:
-        check_betas(self.name, self.betas)
-        check_hyper(self.name, "eps", self.eps)
+class _Radam(Moments):
+    """`radam`'s hyperparameters and math (betas and eps: `Moments`; the rest: `FlatForm`)."""
 
     @property
     def buffers(self) -> dict[str, float]:
