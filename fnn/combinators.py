@@ -16,6 +16,7 @@ import torch
 
 from . import debug, random
 from ._compat import autocast_enabled
+from ._devices import device_type
 from .core import (
     VJP,
     Key,
@@ -228,9 +229,7 @@ def serial(*layers: Layer) -> Layer:
                 return _apply_with_state(children, params, x, key, kwargs)
         child_params, given, positions = children.split_params(params)
         keys = children.init_keys(key) if key is not None else None
-        autocasting = isinstance(x, torch.Tensor) and autocast_enabled(
-            "cpu" if x.is_cpu else x.device.type  # (is_cpu: cheaper than making a device)
-        )
+        autocasting = isinstance(x, torch.Tensor) and autocast_enabled(device_type(x))
         vjps = []
         applies = (
             debug.checked_applies(children.applies)

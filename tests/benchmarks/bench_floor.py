@@ -44,7 +44,10 @@ def make_kernel_floor(batch: int, params):
     n, two_over_n = torch.tensor(float(batch * 2)), torch.tensor(2.0 / (batch * 2))
     momentum = torch.tensor(0.9)
     diff_flat = diff.view(-1)
-    transposed = {id(t): t.t() for t in (dy, *dxs[1:])}  # made once, as the workspace does
+    # the cotangent reaching Dense i (dy for the last, else the next Dense's dx), and its
+    # transposed view, made once, as the workspace does
+    cotangents = [dxs[1], dxs[2], dxs[3], dy]
+    transposed = [d.t() for d in cotangents]
 
     def step():
         leaves, buffers = carry
@@ -58,14 +61,13 @@ def make_kernel_floor(batch: int, params):
         torch.sub(h, target, out=diff)
         value = torch.dot(diff_flat, diff_flat).div_(n)
         torch.mul(diff, two_over_n, out=dy)
-        d = dy
         for i in (3, 2, 1, 0):
-            torch.mm(transposed[id(d)], outs[i - 1] if i else x, out=grads[2 * i])
+            d = cotangents[i]
+            torch.mm(transposed[i], outs[i - 1] if i else x, out=grads[2 * i])
             torch.sum(d, 0, out=grads[2 * i + 1])
             if i:
                 torch.mm(d, w[i], out=dxs[i])
                 _threshold_backward(dxs[i], outs[i - 1], 0, grad_input=dxs[i])
-                d = dxs[i]
         new_buffers = torch._foreach_mul(buffers, momentum)
         torch._foreach_add_(new_buffers, grads)
         carry[0] = torch._foreach_add(leaves, new_buffers, alpha=-0.01)
